@@ -1,0 +1,253 @@
+//! Connecting to a chorus server and exchanging typed frames with it; used by
+//! the terminal clients, the demo and the tests.
+//!
+//! `connect` opens the TCP connection itself (so a caller can pick the source
+//! address, as the load harness does across 127.0.0.0/8) and performs the
+//! WebSocket handshake. A connection splits into a `Sender` and a `Receiver`
+//! so one task can type while another prints.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::{WebSocketStream, client_async_with_config};
+
+use crate::protocol::{ClientFrame, ServerEvent};
+
+/// The WebSocket stream of a client connection.
+pub type WsStream = WebSocketStream<TcpStream>;
+
+/// Where a client connects by default.
+pub const DEFAULT_URL: &str = "ws://127.0.0.1:8080/";
+
+/// How a client connects.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Give up on TCP connect plus handshake after this long.
+    pub timeout: Duration,
+    /// Bind this local address before connecting (spreads load tests over
+    /// several source addresses).
+    pub bind: Option<SocketAddr>,
+    /// Largest message accepted from the server.
+    pub max_message_size: usize,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions { timeout: Duration::from_secs(10), bind: None, max_message_size: 16 << 20 }
+    }
+}
+
+/// Why a connection could not be made, worded for the person who asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("{url:?} is not a WebSocket URL; write it like ws://127.0.0.1:8080/")]
+    BadUrl { url: String },
+    #[error("{url}: only ws:// URLs are supported by this build")]
+    Unsupported { url: String },
+    #[error("could not reach {url}: {source}; is a chorus server running there? (start one with `chorus server`)")]
+    Unreachable { url: String, source: std::io::Error },
+    #[error("could not connect to {url}: no answer within {timeout:?}")]
+    TimedOut { url: String, timeout: Duration },
+    #[error("{url} refused the WebSocket handshake: {reason}")]
+    Refused { url: String, reason: String },
+}
+
+/// Turn what a user typed (`127.0.0.1:8080`, `http://host`, `ws://host/`) into a ws:// URL.
+pub fn normalize_url(input: &str) -> String {
+    let input = input.trim();
+    let with_scheme = if let Some(rest) = input.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else if let Some(rest) = input.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if input.contains("://") {
+        input.to_string()
+    } else {
+        format!("ws://{input}")
+    };
+    // A bare authority gets the root path.
+    match with_scheme.split_once("://") {
+        Some((scheme, rest)) if !rest.contains('/') => format!("{scheme}://{rest}/"),
+        _ => with_scheme,
+    }
+}
+
+/// Open a WebSocket connection to `url`.
+pub async fn connect(url: &str, options: &ConnectOptions) -> Result<WsStream, ConnectError> {
+    let url = normalize_url(url);
+    match tokio::time::timeout(options.timeout, connect_inner(&url, options)).await {
+        Ok(result) => result,
+        Err(_) => Err(ConnectError::TimedOut { url, timeout: options.timeout }),
+    }
+}
+
+async fn connect_inner(url: &str, options: &ConnectOptions) -> Result<WsStream, ConnectError> {
+    let bad_url = || ConnectError::BadUrl { url: url.to_string() };
+    let request = url.into_client_request().map_err(|_| bad_url())?;
+    let uri = request.uri();
+    match uri.scheme_str() {
+        Some("ws") => {}
+        Some("wss") => return Err(ConnectError::Unsupported { url: url.to_string() }),
+        _ => return Err(bad_url()),
+    }
+    let host = uri.host().ok_or_else(bad_url)?.trim_start_matches('[').trim_end_matches(']').to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    let unreachable = |source| ConnectError::Unreachable { url: url.to_string(), source };
+    let addr = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(unreachable)?
+        .next()
+        .ok_or_else(|| unreachable(std::io::Error::other("the host name resolves to no address")))?;
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(unreachable)?;
+    if let Some(bind) = options.bind {
+        socket.bind(bind).map_err(unreachable)?;
+    }
+    let tcp = socket.connect(addr).await.map_err(unreachable)?;
+    let _ = tcp.set_nodelay(true);
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(options.max_message_size))
+        .max_frame_size(Some(options.max_message_size))
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(16 * 1024);
+    match client_async_with_config(request, tcp, Some(config)).await {
+        Ok((ws, _response)) => Ok(ws),
+        Err(WsError::Http(response)) => {
+            let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+            let reason = format!("HTTP {} {}", response.status(), body.trim());
+            Err(ConnectError::Refused { url: url.to_string(), reason })
+        }
+        Err(WsError::Io(err)) => Err(unreachable(err)),
+        Err(err) => Err(ConnectError::Refused { url: url.to_string(), reason: err.to_string() }),
+    }
+}
+
+/// One thing received from the server.
+#[derive(Debug, Clone)]
+pub enum Received {
+    /// A JSON event; for a `binary` announcement, `data` is the frame that followed it.
+    Event { text: Utf8Bytes, data: Option<Bytes> },
+    /// A binary frame that no announcement preceded (not sent by chorus servers).
+    Binary(Bytes),
+    /// The server closed the connection.
+    Closed(Option<CloseFrame>),
+}
+
+impl Received {
+    /// The decoded event, borrowing from the received text.
+    pub fn event(&self) -> Option<ServerEvent<'_>> {
+        match self {
+            Received::Event { text, .. } => ServerEvent::decode(text).ok(),
+            _ => None,
+        }
+    }
+}
+
+/// The sending half of a connection.
+#[derive(Debug)]
+pub struct Sender {
+    sink: SplitSink<WsStream, Message>,
+}
+
+/// The receiving half of a connection.
+#[derive(Debug)]
+pub struct Receiver {
+    stream: SplitStream<WsStream>,
+}
+
+/// Split a connection into its halves.
+pub fn split(ws: WsStream) -> (Sender, Receiver) {
+    let (sink, stream) = ws.split();
+    (Sender { sink }, Receiver { stream })
+}
+
+impl Sender {
+    /// Send a request as JSON.
+    pub async fn send_frame(&mut self, frame: &ClientFrame<'_>) -> Result<(), WsError> {
+        self.sink.send(Message::Text(frame.encode().into())).await
+    }
+
+    /// Send a text frame as is (plain chat or a slash command).
+    pub async fn send_text(&mut self, text: &str) -> Result<(), WsError> {
+        self.sink.send(Message::Text(text.into())).await
+    }
+
+    /// Send a binary frame.
+    pub async fn send_binary(&mut self, data: impl Into<Bytes>) -> Result<(), WsError> {
+        self.sink.send(Message::Binary(data.into())).await
+    }
+
+    /// Send a raw WebSocket message.
+    pub async fn send_message(&mut self, message: Message) -> Result<(), WsError> {
+        self.sink.send(message).await
+    }
+
+    /// Start a normal close (1000).
+    pub async fn close(&mut self) -> Result<(), WsError> {
+        let frame = CloseFrame { code: CloseCode::Normal, reason: Utf8Bytes::from_static("bye") };
+        match self.sink.send(Message::Close(Some(frame))).await {
+            Ok(()) | Err(WsError::ConnectionClosed) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+}
+
+/// Is this the text of a `binary` announcement? Chorus encodes the tag first.
+fn announces_binary(text: &str) -> bool {
+    text.starts_with("{\"type\":\"binary\"")
+}
+
+impl Receiver {
+    /// The next thing from the server; `None` once the connection is gone.
+    pub async fn recv(&mut self) -> Option<Result<Received, WsError>> {
+        loop {
+            let message = match self.stream.next().await? {
+                Ok(message) => message,
+                Err(err) => return Some(Err(err)),
+            };
+            return Some(Ok(match message {
+                Message::Text(text) if announces_binary(&text) => {
+                    let data = match self.stream.next().await {
+                        Some(Ok(Message::Binary(data))) => Some(data),
+                        _ => None,
+                    };
+                    Received::Event { text, data }
+                }
+                Message::Text(text) => Received::Event { text, data: None },
+                Message::Binary(data) => Received::Binary(data),
+                Message::Close(frame) => Received::Closed(frame),
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+            }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_normalized() {
+        assert_eq!(normalize_url("127.0.0.1:8080"), "ws://127.0.0.1:8080/");
+        assert_eq!(normalize_url("ws://127.0.0.1:8080"), "ws://127.0.0.1:8080/");
+        assert_eq!(normalize_url("ws://h:1/ws"), "ws://h:1/ws");
+        assert_eq!(normalize_url("http://h:1"), "ws://h:1/");
+        assert_eq!(normalize_url("https://h"), "wss://h/");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_one_clear_error() {
+        // Bind then drop: a port on which nobody listens.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let err = connect(&format!("127.0.0.1:{port}"), &ConnectOptions::default()).await.unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, ConnectError::Unreachable { .. }), "{text}");
+        assert!(text.contains("is a chorus server running there"), "{text}");
+    }
+}

@@ -1,0 +1,21 @@
+//! chorus: a WebSocket chat server, its terminal clients, and (soon) a load
+//! harness that proves how it behaves.
+//!
+//! # Layout
+//!
+//! - [`protocol`]: wire protocol v1, the frames and events every part speaks;
+//!   types and codec, no sockets.
+//! - [`server`]: the chat server. `server::run(listener, config, shutdown)`;
+//!   `hub` (rooms, fan-out, presence), `session` (one connection), `outbox`
+//!   (per-connection queue), `http` (handshake, health, metrics), `metrics`.
+//! - [`client`]: `connection` (connect, typed send and receive), `display`,
+//!   `interactive` (`chorus client`), `simple` (`chorus simple-client`).
+//! - [`demo`]: `chorus demo`, an embedded server and scripted bots.
+//! - [`ids`], [`units`]: ids and timestamps; durations and sizes as people write them.
+
+pub mod client;
+pub mod demo;
+pub mod ids;
+pub mod protocol;
+pub mod server;
+pub mod units;

@@ -1,0 +1,667 @@
+//! Wire protocol v1: the frames a client sends, the events a server sends, and
+//! their encoding. No sockets here; the server, both clients and the load
+//! harness all speak through these types.
+//!
+//! Text frames carry one JSON object tagged by `"type"`; binary frames carry
+//! raw bytes. A text frame whose first non-blank character is not `{` is a
+//! plain chat line, or a slash command when it starts with `/`, so raw tools
+//! (wscat, websocat, a browser console) can chat without knowing JSON.
+//!
+//! Strings are `Cow<'a, str>` so that the server encodes events from borrowed
+//! data without copying, and clients decode events without allocating when a
+//! string has no escapes.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version announced in `welcome`.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Longest accepted `client_id`, in characters.
+pub const MAX_CLIENT_ID_CHARS: usize = 64;
+/// Longest accepted username, in characters.
+pub const MAX_USERNAME_CHARS: usize = 32;
+/// Longest accepted room name, in characters.
+pub const MAX_ROOM_CHARS: usize = 64;
+/// Default and maximum number of messages in one `history` answer.
+pub const HISTORY_DEFAULT_LIMIT: u32 = 100;
+pub const HISTORY_MAX_LIMIT: u32 = 500;
+/// The room every connection starts in.
+pub const DEFAULT_ROOM: &str = "lobby";
+
+/// A request from a client, as carried by a JSON text frame or a slash command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame<'a> {
+    /// Send a chat message to a room (default: the current room).
+    Chat {
+        #[serde(borrow)]
+        text: Cow<'a, str>,
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        room: Option<Cow<'a, str>>,
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<Cow<'a, str>>,
+    },
+    /// Change this connection's username.
+    Username {
+        #[serde(borrow)]
+        name: Cow<'a, str>,
+    },
+    /// Move to a room, creating it if needed.
+    Join {
+        #[serde(borrow)]
+        room: Cow<'a, str>,
+    },
+    /// Who is in my current room?
+    Who,
+    /// Which rooms exist, and how many members each has?
+    Rooms,
+    /// Past messages of a room.
+    History {
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        room: Option<Cow<'a, str>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after_seq: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before_seq: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+}
+
+/// One member of a room, as listed by `who`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoUser<'a> {
+    #[serde(borrow)]
+    pub user_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub username: Cow<'a, str>,
+    #[serde(borrow)]
+    pub since: Cow<'a, str>,
+}
+
+/// One room, as listed by `rooms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomInfo<'a> {
+    #[serde(borrow)]
+    pub room: Cow<'a, str>,
+    pub members: usize,
+}
+
+/// An event from the server. Field names are part of the protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerEvent<'a> {
+    /// The first frame after the handshake.
+    Welcome {
+        #[serde(borrow)]
+        user_id: Cow<'a, str>,
+        #[serde(borrow)]
+        username: Cow<'a, str>,
+        #[serde(borrow)]
+        room: Cow<'a, str>,
+        protocol: u32,
+    },
+    /// A chat message from someone else.
+    Chat {
+        #[serde(borrow)]
+        room: Cow<'a, str>,
+        seq: u64,
+        #[serde(borrow)]
+        msg_id: Cow<'a, str>,
+        #[serde(borrow)]
+        from: Cow<'a, str>,
+        #[serde(borrow)]
+        user_id: Cow<'a, str>,
+        #[serde(borrow)]
+        text: Cow<'a, str>,
+        #[serde(borrow)]
+        ts: Cow<'a, str>,
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<Cow<'a, str>>,
+    },
+    /// A binary message from someone else. Live, the binary frame itself follows
+    /// immediately; inside `history`, the payload is in `data` (base64).
+    Binary {
+        #[serde(borrow)]
+        room: Cow<'a, str>,
+        seq: u64,
+        #[serde(borrow)]
+        msg_id: Cow<'a, str>,
+        #[serde(borrow)]
+        from: Cow<'a, str>,
+        #[serde(borrow)]
+        user_id: Cow<'a, str>,
+        bytes: usize,
+        #[serde(borrow)]
+        ts: Cow<'a, str>,
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        data: Option<Cow<'a, str>>,
+    },
+    /// To the sender, once its message was accepted.
+    Ack {
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        msg_id: Cow<'a, str>,
+        seq: u64,
+        recipients: usize,
+        #[serde(borrow)]
+        ts: Cow<'a, str>,
+    },
+    Joined {
+        #[serde(borrow)]
+        room: Cow<'a, str>,
+        #[serde(borrow)]
+        user_id: Cow<'a, str>,
+        #[serde(borrow)]
+        username: Cow<'a, str>,
+        #[serde(borrow)]
+        ts: Cow<'a, str>,
+    },
+    Left {
+        #[serde(borrow)]
+        room: Cow<'a, str>,
+        #[serde(borrow)]
+        user_id: Cow<'a, str>,
+        #[serde(borrow)]
+        username: Cow<'a, str>,
+        #[serde(borrow)]
+        ts: Cow<'a, str>,
+        #[serde(borrow)]
+        reason: Cow<'a, str>,
+    },
+    Renamed {
+        #[serde(borrow)]
+        room: Cow<'a, str>,
+        #[serde(borrow)]
+        user_id: Cow<'a, str>,
+        #[serde(borrow)]
+        old: Cow<'a, str>,
+        #[serde(borrow)]
+        new: Cow<'a, str>,
+        #[serde(borrow)]
+        ts: Cow<'a, str>,
+    },
+    Who {
+        #[serde(borrow)]
+        room: Cow<'a, str>,
+        #[serde(borrow)]
+        users: Vec<WhoUser<'a>>,
+    },
+    Rooms {
+        #[serde(borrow)]
+        rooms: Vec<RoomInfo<'a>>,
+    },
+    History {
+        #[serde(borrow)]
+        room: Cow<'a, str>,
+        #[serde(borrow)]
+        messages: Vec<ServerEvent<'a>>,
+    },
+    /// This connection missed `from_seq..=to_seq` of `room`.
+    Gap {
+        #[serde(borrow)]
+        room: Cow<'a, str>,
+        from_seq: u64,
+        to_seq: u64,
+    },
+    /// A refused request; the connection stays open unless a close follows.
+    Error {
+        #[serde(borrow)]
+        code: Cow<'a, str>,
+        #[serde(borrow)]
+        message: Cow<'a, str>,
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<Cow<'a, str>>,
+    },
+}
+
+impl ServerEvent<'_> {
+    /// Encode as the JSON text of one frame.
+    pub fn encode(&self) -> String {
+        // Serializing these types cannot fail: every key is a string and no
+        // value is a map with non-string keys.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The `type` tag, as it appears on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerEvent::Welcome { .. } => "welcome",
+            ServerEvent::Chat { .. } => "chat",
+            ServerEvent::Binary { .. } => "binary",
+            ServerEvent::Ack { .. } => "ack",
+            ServerEvent::Joined { .. } => "joined",
+            ServerEvent::Left { .. } => "left",
+            ServerEvent::Renamed { .. } => "renamed",
+            ServerEvent::Who { .. } => "who",
+            ServerEvent::Rooms { .. } => "rooms",
+            ServerEvent::History { .. } => "history",
+            ServerEvent::Gap { .. } => "gap",
+            ServerEvent::Error { .. } => "error",
+        }
+    }
+}
+
+impl<'a> ServerEvent<'a> {
+    /// Decode one text frame sent by a server.
+    pub fn decode(text: &'a str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// A refused request.
+    pub fn error(code: ErrorCode, message: impl Into<Cow<'a, str>>) -> Self {
+        ServerEvent::Error { code: Cow::Borrowed(code.as_str()), message: message.into(), client_id: None }
+    }
+
+    /// The `error` event for a refusal, echoing the request's `client_id`.
+    pub fn refused(refusal: &'a Refusal, client_id: Option<&'a str>) -> Self {
+        ServerEvent::Error {
+            code: Cow::Borrowed(refusal.code.as_str()),
+            message: Cow::Borrowed(&refusal.message),
+            client_id: client_id.map(Cow::Borrowed),
+        }
+    }
+}
+
+impl ClientFrame<'_> {
+    /// Encode as the JSON text of one frame.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Why a request was refused: the `code` of an `error` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The frame looked like JSON (starts with `{`) but is not a JSON object.
+    InvalidJson,
+    /// A JSON object without `type`, or with a `type` this server does not know.
+    UnknownType,
+    /// A known `type` with missing, extra or ill-typed fields.
+    InvalidFrame,
+    /// A slash command this server does not know.
+    UnknownCommand,
+    /// An empty chat message.
+    EmptyMessage,
+    /// A username that breaks the naming rules.
+    InvalidName,
+    /// A username someone else already has.
+    NameTaken,
+    /// A room name that breaks the naming rules.
+    InvalidRoom,
+    /// A message addressed to a room this connection is not in.
+    NotInRoom,
+    /// The server already holds as many rooms as it may.
+    TooManyRooms,
+    /// A `client_id` longer than 64 characters.
+    InvalidClientId,
+    /// A request this server does not serve (for example `history` when history is off).
+    Unsupported,
+    /// Too many messages too fast.
+    RateLimited,
+    /// The server could not do what was asked (for example, storing the message failed).
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::InvalidFrame => "invalid_frame",
+            ErrorCode::UnknownCommand => "unknown_command",
+            ErrorCode::EmptyMessage => "empty_message",
+            ErrorCode::InvalidName => "invalid_name",
+            ErrorCode::NameTaken => "name_taken",
+            ErrorCode::InvalidRoom => "invalid_room",
+            ErrorCode::NotInRoom => "not_in_room",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::InvalidClientId => "invalid_client_id",
+            ErrorCode::Unsupported => "unsupported",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// A refused request: a frame that could not be understood, or a request the
+/// server will not carry out. Sent back as an `error` event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Refusal { code, message: message.into() }
+    }
+}
+
+/// The frame types a client may send, for error messages.
+const CLIENT_TYPES: &str = "chat, username, join, who, rooms, history";
+/// The slash commands the server understands, for error messages.
+pub const SLASH_COMMANDS: &str = "/username <name>, /join <room>, /who, /rooms, /history [n]";
+
+/// Understand one text frame from a client: a JSON request, a slash command,
+/// or a plain chat line.
+pub fn decode_client_text(text: &str) -> Result<ClientFrame<'_>, Refusal> {
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') {
+        return decode_client_json(trimmed);
+    }
+    if let Some(command) = trimmed.strip_prefix('/') {
+        if command.starts_with('/') {
+            // "//text" sends the literal line "/text".
+            return plain_chat(&trimmed[1..]);
+        }
+        return decode_slash_command(command);
+    }
+    plain_chat(text)
+}
+
+fn plain_chat(text: &str) -> Result<ClientFrame<'_>, Refusal> {
+    if text.trim().is_empty() {
+        return Err(Refusal::new(ErrorCode::EmptyMessage, "empty message: type some text to send"));
+    }
+    Ok(ClientFrame::Chat { text: Cow::Borrowed(text), room: None, client_id: None })
+}
+
+fn decode_client_json(text: &str) -> Result<ClientFrame<'_>, Refusal> {
+    match serde_json::from_str::<ClientFrame<'_>>(text) {
+        Ok(frame) => Ok(frame),
+        Err(err) => Err(classify_json_error(text, &err)),
+    }
+}
+
+/// The typed parse failed; find out why, for a precise error. Only runs on bad input.
+fn classify_json_error(text: &str, err: &serde_json::Error) -> Refusal {
+    let value: serde_json::Value = match serde_json::from_str(text) {
+        Ok(value) => value,
+        Err(_) => {
+            return Refusal::new(
+                ErrorCode::InvalidJson,
+                format!("invalid JSON ({err}); send one JSON object per frame, or plain text to chat"),
+            );
+        }
+    };
+    let Some(object) = value.as_object() else {
+        return Refusal::new(ErrorCode::InvalidJson, "expected a JSON object");
+    };
+    match object.get("type") {
+        None => Refusal::new(
+            ErrorCode::UnknownType,
+            format!("missing \"type\"; one of: {CLIENT_TYPES}"),
+        ),
+        Some(serde_json::Value::String(kind)) if !CLIENT_TYPES.split(", ").any(|known| known == kind) => {
+            Refusal::new(ErrorCode::UnknownType, format!("unknown type {kind:?}; one of: {CLIENT_TYPES}"))
+        }
+        Some(serde_json::Value::String(kind)) => {
+            Refusal::new(ErrorCode::InvalidFrame, format!("invalid {kind:?} frame: {err}"))
+        }
+        Some(_) => Refusal::new(ErrorCode::UnknownType, "\"type\" must be a string"),
+    }
+}
+
+fn decode_slash_command(command: &str) -> Result<ClientFrame<'_>, Refusal> {
+    let command = command.trim_end();
+    let (name, arg) = match command.split_once(char::is_whitespace) {
+        Some((name, arg)) => (name, arg.trim()),
+        None => (command, ""),
+    };
+    let needs = |what: &str| Refusal::new(ErrorCode::InvalidFrame, format!("usage: /{name} <{what}>"));
+    match name {
+        "username" | "name" | "nick" => {
+            if arg.is_empty() {
+                return Err(needs("name"));
+            }
+            Ok(ClientFrame::Username { name: Cow::Borrowed(arg) })
+        }
+        "join" => {
+            if arg.is_empty() {
+                return Err(needs("room"));
+            }
+            Ok(ClientFrame::Join { room: Cow::Borrowed(arg) })
+        }
+        "who" => Ok(ClientFrame::Who),
+        "rooms" => Ok(ClientFrame::Rooms),
+        "history" => {
+            let limit = if arg.is_empty() {
+                None
+            } else {
+                match arg.parse::<u32>() {
+                    Ok(n) => Some(n),
+                    Err(_) => {
+                        return Err(Refusal::new(
+                            ErrorCode::InvalidFrame,
+                            format!("usage: /history [n] (n a number up to {HISTORY_MAX_LIMIT}, got {arg:?})"),
+                        ));
+                    }
+                }
+            };
+            Ok(ClientFrame::History { room: None, after_seq: None, before_seq: None, limit })
+        }
+        _ => Err(Refusal::new(
+            ErrorCode::UnknownCommand,
+            format!("unknown command /{name}; commands: {SLASH_COMMANDS} (start a line with // to send a literal /)"),
+        )),
+    }
+}
+
+/// Why a name is refused, or `None` when `name` is a valid username:
+/// 1-32 printable characters, no whitespace.
+pub fn check_username(name: &str) -> Option<String> {
+    check_name("username", name, MAX_USERNAME_CHARS)
+}
+
+/// Why a room name is refused, or `None` when it is valid: 1-64 printable
+/// characters, no whitespace.
+pub fn check_room(name: &str) -> Option<String> {
+    check_name("room name", name, MAX_ROOM_CHARS)
+}
+
+fn check_name(what: &str, name: &str, max: usize) -> Option<String> {
+    let chars = name.chars().count();
+    if chars == 0 {
+        return Some(format!("{what} must not be empty"));
+    }
+    if chars > max {
+        return Some(format!("{what} must be at most {max} characters (got {chars})"));
+    }
+    if let Some(bad) = name.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Some(format!("{what} must not contain spaces or control characters (found {bad:?})"));
+    }
+    None
+}
+
+/// Why a `client_id` is refused, or `None` when it is valid.
+pub fn check_client_id(client_id: &str) -> Option<String> {
+    let chars = client_id.chars().count();
+    (chars > MAX_CLIENT_ID_CHARS)
+        .then(|| format!("client_id must be at most {MAX_CLIENT_ID_CHARS} characters (got {chars})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(event: ServerEvent<'_>) {
+        let text = event.encode();
+        let back = ServerEvent::decode(&text).unwrap();
+        assert_eq!(back, event, "{text}");
+    }
+
+    #[test]
+    fn server_events_roundtrip() {
+        let ts = Cow::Borrowed("2026-11-28T15:29:58.123Z");
+        roundtrip(ServerEvent::Welcome {
+            user_id: "u1".into(),
+            username: "guest-1a2b".into(),
+            room: "lobby".into(),
+            protocol: PROTOCOL_VERSION,
+        });
+        roundtrip(ServerEvent::Chat {
+            room: "lobby".into(),
+            seq: 7,
+            msg_id: "m1".into(),
+            from: "alice".into(),
+            user_id: "u1".into(),
+            text: "héllo \"quoted\"\n".into(),
+            ts: ts.clone(),
+            client_id: Some("c1".into()),
+        });
+        roundtrip(ServerEvent::Binary {
+            room: "r".into(),
+            seq: 1,
+            msg_id: "m2".into(),
+            from: "bob".into(),
+            user_id: "u2".into(),
+            bytes: 3,
+            ts: ts.clone(),
+            data: None,
+        });
+        roundtrip(ServerEvent::Ack {
+            client_id: None,
+            msg_id: "m2".into(),
+            seq: 1,
+            recipients: 4,
+            ts: ts.clone(),
+        });
+        roundtrip(ServerEvent::Left {
+            room: "r".into(),
+            user_id: "u2".into(),
+            username: "bob".into(),
+            ts: ts.clone(),
+            reason: "quit".into(),
+        });
+        roundtrip(ServerEvent::Who {
+            room: "r".into(),
+            users: vec![WhoUser { user_id: "u2".into(), username: "bob".into(), since: ts.clone() }],
+        });
+        roundtrip(ServerEvent::Rooms { rooms: vec![RoomInfo { room: "lobby".into(), members: 2 }] });
+        roundtrip(ServerEvent::History {
+            room: "r".into(),
+            messages: vec![ServerEvent::Binary {
+                room: "r".into(),
+                seq: 2,
+                msg_id: "m3".into(),
+                from: "bob".into(),
+                user_id: "u2".into(),
+                bytes: 2,
+                ts: ts.clone(),
+                data: Some("AAE=".into()),
+            }],
+        });
+        roundtrip(ServerEvent::Gap { room: "r".into(), from_seq: 3, to_seq: 9 });
+        roundtrip(ServerEvent::error(ErrorCode::NameTaken, "taken"));
+    }
+
+    #[test]
+    fn events_use_documented_field_names() {
+        let event = ServerEvent::Ack {
+            client_id: Some("c9".into()),
+            msg_id: "m".into(),
+            seq: 3,
+            recipients: 2,
+            ts: "t".into(),
+        };
+        let value: serde_json::Value = serde_json::from_str(&event.encode()).unwrap();
+        assert_eq!(value["type"], "ack");
+        assert_eq!(value["client_id"], "c9");
+        assert_eq!(value["recipients"], 2);
+        let chat = ServerEvent::Chat {
+            room: "r".into(),
+            seq: 1,
+            msg_id: "m".into(),
+            from: "a".into(),
+            user_id: "u".into(),
+            text: "x".into(),
+            ts: "t".into(),
+            client_id: None,
+        };
+        assert!(!chat.encode().contains("client_id"), "absent client_id is omitted");
+    }
+
+    #[test]
+    fn client_frames_roundtrip() {
+        let frames = [
+            ClientFrame::Chat { text: "hi".into(), room: Some("lobby".into()), client_id: Some("c1".into()) },
+            ClientFrame::Username { name: "alice".into() },
+            ClientFrame::Join { room: "rust".into() },
+            ClientFrame::Who,
+            ClientFrame::Rooms,
+            ClientFrame::History { room: None, after_seq: Some(0), before_seq: None, limit: Some(10) },
+        ];
+        for frame in frames {
+            let text = frame.encode();
+            assert_eq!(decode_client_text(&text).unwrap(), frame, "{text}");
+        }
+    }
+
+    #[test]
+    fn plain_text_is_chat() {
+        assert_eq!(
+            decode_client_text("hello there").unwrap(),
+            ClientFrame::Chat { text: "hello there".into(), room: None, client_id: None }
+        );
+        assert_eq!(
+            decode_client_text("//etc/passwd is a path").unwrap(),
+            ClientFrame::Chat { text: "/etc/passwd is a path".into(), room: None, client_id: None }
+        );
+        assert_eq!(decode_client_text("   ").unwrap_err().code, ErrorCode::EmptyMessage);
+    }
+
+    #[test]
+    fn slash_commands() {
+        assert_eq!(decode_client_text("/username  bob ").unwrap(), ClientFrame::Username { name: "bob".into() });
+        assert_eq!(decode_client_text("/nick bob").unwrap(), ClientFrame::Username { name: "bob".into() });
+        assert_eq!(decode_client_text("/join rust").unwrap(), ClientFrame::Join { room: "rust".into() });
+        assert_eq!(decode_client_text("/who").unwrap(), ClientFrame::Who);
+        assert_eq!(decode_client_text("/rooms\n").unwrap(), ClientFrame::Rooms);
+        assert_eq!(
+            decode_client_text("/history 5").unwrap(),
+            ClientFrame::History { room: None, after_seq: None, before_seq: None, limit: Some(5) }
+        );
+        assert_eq!(decode_client_text("/history x").unwrap_err().code, ErrorCode::InvalidFrame);
+        assert_eq!(decode_client_text("/username").unwrap_err().code, ErrorCode::InvalidFrame);
+        assert_eq!(decode_client_text("/dance").unwrap_err().code, ErrorCode::UnknownCommand);
+    }
+
+    #[test]
+    fn json_errors_are_classified() {
+        assert_eq!(decode_client_text("{not json").unwrap_err().code, ErrorCode::InvalidJson);
+        assert_eq!(decode_client_text(" {\"text\":\"x\"}").unwrap_err().code, ErrorCode::UnknownType);
+        assert_eq!(decode_client_text("{\"type\":\"dance\"}").unwrap_err().code, ErrorCode::UnknownType);
+        assert_eq!(decode_client_text("{\"type\":3}").unwrap_err().code, ErrorCode::UnknownType);
+        assert_eq!(decode_client_text("{\"type\":\"chat\"}").unwrap_err().code, ErrorCode::InvalidFrame);
+        assert_eq!(
+            decode_client_text("{\"type\":\"join\",\"room\":5}").unwrap_err().code,
+            ErrorCode::InvalidFrame
+        );
+    }
+
+    #[test]
+    fn escaped_strings_decode() {
+        let frame = decode_client_text(r#"{"type":"chat","text":"a\"b\u00e9"}"#).unwrap();
+        assert_eq!(frame, ClientFrame::Chat { text: "a\"bé".into(), room: None, client_id: None });
+    }
+
+    #[test]
+    fn names() {
+        assert!(check_username("alice").is_none());
+        assert!(check_username("élodie_42").is_none());
+        assert!(check_username("").is_some());
+        assert!(check_username("a b").is_some());
+        assert!(check_username("tab\there").is_some());
+        assert!(check_username(&"x".repeat(32)).is_none());
+        assert!(check_username(&"x".repeat(33)).is_some());
+        assert!(check_username(&"é".repeat(32)).is_none(), "the limit counts characters, not bytes");
+        assert!(check_room("rust").is_none());
+        assert!(check_room(&"r".repeat(65)).is_some());
+        assert!(check_client_id(&"c".repeat(64)).is_none());
+        assert!(check_client_id(&"c".repeat(65)).is_some());
+    }
+}

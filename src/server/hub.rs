@@ -1,0 +1,499 @@
+//! The hub: rooms, their members, fan-out, presence and usernames.
+//!
+//! Locking: `rooms` (the registry) is taken to find, create or drop a room and
+//! to move members in and out; a room's own `state` lock is taken for one
+//! fan-out. When both are needed the registry is taken first. No lock is ever
+//! held across an `.await`: fan-out only pushes to outboxes, which never wait.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use rand::Rng;
+
+use super::metrics::Metrics;
+use super::outbox::{EndReason, Outbound, Outbox};
+use crate::ids::{IdGen, now_ts};
+use crate::protocol::{
+    DEFAULT_ROOM, ErrorCode, PROTOCOL_VERSION, Refusal, RoomInfo, ServerEvent, WhoUser, check_room,
+    check_username,
+};
+
+/// Identifies one connection inside this process.
+pub type ConnId = u64;
+
+/// Take a mutex even if a panicking thread poisoned it: the data it guards
+/// stays consistent between statements, so there is nothing to recover.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[derive(Debug)]
+pub struct Hub {
+    /// Most rooms that may exist at once; joining a new room past it is refused.
+    max_rooms: usize,
+    ids: IdGen,
+    next_conn: AtomicU64,
+    /// The room registry, by name. Guards room creation and removal and every
+    /// membership change, so a room is never dropped while someone enters it.
+    rooms: Mutex<HashMap<Arc<str>, Arc<Room>>>,
+    /// Usernames in use, lowercased, and the connection holding each; taken
+    /// only to check and claim a name.
+    names: Mutex<HashMap<String, ConnId>>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Debug)]
+pub struct Room {
+    name: Arc<str>,
+    /// Sequence counter and members; held for the length of one fan-out so
+    /// that every member receives the room's messages in `seq` order.
+    state: Mutex<RoomState>,
+}
+
+#[derive(Debug, Default)]
+struct RoomState {
+    last_seq: u64,
+    members: Vec<Member>,
+}
+
+#[derive(Debug)]
+struct Member {
+    conn: ConnId,
+    user_id: Arc<str>,
+    username: Arc<str>,
+    since: Arc<str>,
+    outbox: Outbox,
+}
+
+impl Room {
+    fn new(name: &str) -> Arc<Room> {
+        Arc::new(Room { name: Arc::from(name), state: Mutex::new(RoomState::default()) })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Members right now.
+    pub fn member_count(&self) -> usize {
+        lock(&self.state).members.len()
+    }
+}
+
+/// A connection's place in the hub, owned by its session.
+#[derive(Debug)]
+pub struct Presence {
+    pub conn: ConnId,
+    pub user_id: Arc<str>,
+    pub username: Arc<str>,
+    pub room: Arc<Room>,
+    pub outbox: Outbox,
+}
+
+/// A message's content.
+#[derive(Debug, Clone, Copy)]
+pub enum Payload<'a> {
+    Text { text: &'a str, client_id: Option<&'a str> },
+    Binary(&'a Bytes),
+}
+
+/// What became of a published message: what its `ack` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub room: Arc<str>,
+    pub seq: u64,
+    pub msg_id: String,
+    pub recipients: usize,
+    pub ts: String,
+}
+
+impl Published {
+    /// The `ack` event for the sender.
+    pub fn ack(&self, client_id: Option<&str>) -> String {
+        ServerEvent::Ack {
+            client_id: client_id.map(Cow::Borrowed),
+            msg_id: Cow::Borrowed(&self.msg_id),
+            seq: self.seq,
+            recipients: self.recipients,
+            ts: Cow::Borrowed(&self.ts),
+        }
+        .encode()
+    }
+}
+
+/// Queue `item` to every member but `except`; how many took it.
+fn fan_out(members: &[Member], except: Option<ConnId>, item: &Outbound) -> usize {
+    members.iter().filter(|m| Some(m.conn) != except && m.outbox.push(item.clone()).is_ok()).count()
+}
+
+impl Hub {
+    pub fn new(max_rooms: usize, metrics: Arc<Metrics>) -> Hub {
+        let mut rooms = HashMap::new();
+        let lobby = Room::new(DEFAULT_ROOM);
+        rooms.insert(lobby.name.clone(), lobby);
+        Hub {
+            max_rooms: max_rooms.max(1),
+            ids: IdGen::new(),
+            next_conn: AtomicU64::new(1),
+            rooms: Mutex::new(rooms),
+            names: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Rooms that exist now.
+    pub fn room_count(&self) -> usize {
+        lock(&self.rooms).len()
+    }
+
+    /// Admit a new connection: give it an id and a guest name, send it
+    /// `welcome`, put it in the lobby and tell the lobby.
+    pub fn connect(&self, outbox: Outbox) -> Presence {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let user_id: Arc<str> = Arc::from(self.ids.mint('u'));
+        let username: Arc<str> = Arc::from(self.claim_guest_name(conn));
+        let welcome = ServerEvent::Welcome {
+            user_id: Cow::Borrowed(&user_id),
+            username: Cow::Borrowed(&username),
+            room: Cow::Borrowed(DEFAULT_ROOM),
+            protocol: PROTOCOL_VERSION,
+        };
+        // Welcome goes first: nothing can reach this outbox before it joins a room.
+        let _ = outbox.push_text(welcome.encode());
+        let mut rooms = lock(&self.rooms);
+        let lobby = match rooms.get(DEFAULT_ROOM) {
+            Some(lobby) => lobby.clone(),
+            None => {
+                let lobby = Room::new(DEFAULT_ROOM);
+                rooms.insert(lobby.name.clone(), lobby.clone());
+                lobby
+            }
+        };
+        let presence = Presence { conn, user_id, username, room: lobby, outbox };
+        self.enter(&presence, false);
+        presence
+    }
+
+    /// A `guest-xxxx` name nobody holds, claimed for `conn`.
+    fn claim_guest_name(&self, conn: ConnId) -> String {
+        let mut rng = rand::rng();
+        let mut names = lock(&self.names);
+        for attempt in 0u32.. {
+            // Four hex digits while they are easy to find, then eight.
+            let name = if attempt < 16 {
+                format!("guest-{:04x}", rng.random::<u16>())
+            } else {
+                format!("guest-{:08x}", rng.random::<u32>())
+            };
+            if let Entry::Vacant(slot) = names.entry(name.clone()) {
+                slot.insert(conn);
+                return name;
+            }
+        }
+        unreachable!("the loop only ends by returning")
+    }
+
+    /// Add `who` to its room and announce it (to itself too when `confirm`).
+    /// The caller holds the registry lock.
+    fn enter(&self, who: &Presence, confirm: bool) {
+        let ts: Arc<str> = Arc::from(now_ts());
+        let mut state = lock(&who.room.state);
+        state.members.push(Member {
+            conn: who.conn,
+            user_id: who.user_id.clone(),
+            username: who.username.clone(),
+            since: ts.clone(),
+            outbox: who.outbox.clone(),
+        });
+        let joined = ServerEvent::Joined {
+            room: Cow::Borrowed(&who.room.name),
+            user_id: Cow::Borrowed(&who.user_id),
+            username: Cow::Borrowed(&who.username),
+            ts: Cow::Borrowed(&ts),
+        };
+        let except = (!confirm).then_some(who.conn);
+        fan_out(&state.members, except, &Outbound::Text(joined.encode().into()));
+    }
+
+    /// Take `who` out of its room, announce it with `reason`, and drop the
+    /// room if it is now empty (the lobby always stays). The caller holds the
+    /// registry lock and passes it in.
+    fn exit(&self, rooms: &mut HashMap<Arc<str>, Arc<Room>>, who: &Presence, reason: &str) {
+        let mut state = lock(&who.room.state);
+        if let Some(index) = state.members.iter().position(|m| m.conn == who.conn) {
+            state.members.swap_remove(index);
+        }
+        let left = ServerEvent::Left {
+            room: Cow::Borrowed(&who.room.name),
+            user_id: Cow::Borrowed(&who.user_id),
+            username: Cow::Borrowed(&who.username),
+            ts: Cow::Owned(now_ts()),
+            reason: Cow::Borrowed(reason),
+        };
+        fan_out(&state.members, None, &Outbound::Text(left.encode().into()));
+        if state.members.is_empty() && &*who.room.name != DEFAULT_ROOM {
+            rooms.remove(&who.room.name);
+        }
+    }
+
+    /// The connection is gone: leave its room, free its name.
+    pub fn disconnect(&self, who: Presence, reason: EndReason) {
+        {
+            let mut rooms = lock(&self.rooms);
+            self.exit(&mut rooms, &who, reason.as_str());
+        }
+        let mut names = lock(&self.names);
+        let key = who.username.to_lowercase();
+        if names.get(&key) == Some(&who.conn) {
+            names.remove(&key);
+        }
+    }
+
+    /// Send a message to everyone else in the sender's room.
+    pub fn publish(&self, who: &Presence, payload: Payload<'_>) -> Published {
+        let msg_id = self.ids.mint('m');
+        let ts = now_ts();
+        let mut state = lock(&who.room.state);
+        state.last_seq += 1;
+        let seq = state.last_seq;
+        let room = Cow::Borrowed(&*who.room.name);
+        let from = Cow::Borrowed(&*who.username);
+        let user_id = Cow::Borrowed(&*who.user_id);
+        let (item, counter) = match payload {
+            Payload::Text { text, client_id } => {
+                let event = ServerEvent::Chat {
+                    room,
+                    seq,
+                    msg_id: Cow::Borrowed(&msg_id),
+                    from,
+                    user_id,
+                    text: Cow::Borrowed(text),
+                    ts: Cow::Borrowed(&ts),
+                    client_id: client_id.map(Cow::Borrowed),
+                };
+                (Outbound::Text(event.encode().into()), &self.metrics.chat_in)
+            }
+            Payload::Binary(data) => {
+                let event = ServerEvent::Binary {
+                    room,
+                    seq,
+                    msg_id: Cow::Borrowed(&msg_id),
+                    from,
+                    user_id,
+                    bytes: data.len(),
+                    ts: Cow::Borrowed(&ts),
+                    data: None,
+                };
+                (Outbound::Binary { header: event.encode().into(), data: data.clone() }, &self.metrics.binary_in)
+            }
+        };
+        let recipients = fan_out(&state.members, Some(who.conn), &item);
+        drop(state);
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.metrics.delivered.fetch_add(recipients as u64, Ordering::Relaxed);
+        Published { room: who.room.name.clone(), seq, msg_id, recipients, ts }
+    }
+
+    /// Change `who`'s name and tell its room (itself included).
+    pub fn rename(&self, who: &mut Presence, new: &str) -> Result<(), Refusal> {
+        if let Some(why) = check_username(new) {
+            return Err(Refusal::new(ErrorCode::InvalidName, why));
+        }
+        let key = new.to_lowercase();
+        let old_key = who.username.to_lowercase();
+        {
+            let mut names = lock(&self.names);
+            if let Some(&owner) = names.get(&key)
+                && owner != who.conn
+            {
+                return Err(Refusal::new(ErrorCode::NameTaken, format!("the name {new:?} is taken; pick another")));
+            }
+            if key != old_key && names.get(&old_key) == Some(&who.conn) {
+                names.remove(&old_key);
+            }
+            names.insert(key, who.conn);
+        }
+        let old = std::mem::replace(&mut who.username, Arc::from(new));
+        let mut state = lock(&who.room.state);
+        if let Some(member) = state.members.iter_mut().find(|m| m.conn == who.conn) {
+            member.username = who.username.clone();
+        }
+        let renamed = ServerEvent::Renamed {
+            room: Cow::Borrowed(&who.room.name),
+            user_id: Cow::Borrowed(&who.user_id),
+            old: Cow::Borrowed(&old),
+            new: Cow::Borrowed(&who.username),
+            ts: Cow::Owned(now_ts()),
+        };
+        fan_out(&state.members, None, &Outbound::Text(renamed.encode().into()));
+        Ok(())
+    }
+
+    /// Move `who` to `room`, creating it if needed. The old room sees `left`
+    /// (reason `moved`), the new one, `who` included, sees `joined`.
+    pub fn join(&self, who: &mut Presence, room: &str) -> Result<(), Refusal> {
+        if let Some(why) = check_room(room) {
+            return Err(Refusal::new(ErrorCode::InvalidRoom, why));
+        }
+        let mut rooms = lock(&self.rooms);
+        if &*who.room.name == room {
+            // Already there: confirm to the caller alone.
+            let joined = ServerEvent::Joined {
+                room: Cow::Borrowed(room),
+                user_id: Cow::Borrowed(&who.user_id),
+                username: Cow::Borrowed(&who.username),
+                ts: Cow::Owned(now_ts()),
+            };
+            let _ = who.outbox.push_text(joined.encode());
+            return Ok(());
+        }
+        let target = match rooms.get(room) {
+            Some(target) => target.clone(),
+            None if rooms.len() >= self.max_rooms => {
+                return Err(Refusal::new(
+                    ErrorCode::TooManyRooms,
+                    format!("this server holds {} rooms already; join an existing one", self.max_rooms),
+                ));
+            }
+            None => {
+                let target = Room::new(room);
+                rooms.insert(target.name.clone(), target.clone());
+                target
+            }
+        };
+        self.exit(&mut rooms, who, "moved");
+        who.room = target;
+        self.enter(who, true);
+        Ok(())
+    }
+
+    /// The `who` event for `who`'s room.
+    pub fn who(&self, who: &Presence) -> String {
+        let state = lock(&who.room.state);
+        let users = state
+            .members
+            .iter()
+            .map(|m| WhoUser {
+                user_id: Cow::Borrowed(&*m.user_id),
+                username: Cow::Borrowed(&*m.username),
+                since: Cow::Borrowed(&*m.since),
+            })
+            .collect();
+        ServerEvent::Who { room: Cow::Borrowed(&who.room.name), users }.encode()
+    }
+
+    /// The `rooms` event: every room and its member count, by name.
+    pub fn rooms(&self) -> String {
+        let rooms: Vec<Arc<Room>> = lock(&self.rooms).values().cloned().collect();
+        let mut list: Vec<RoomInfo<'_>> = rooms
+            .iter()
+            .map(|room| RoomInfo { room: Cow::Borrowed(&*room.name), members: room.member_count() })
+            .collect();
+        list.sort_by(|a, b| a.room.cmp(&b.room));
+        ServerEvent::Rooms { rooms: list }.encode()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::outbox::{OutboxReceiver, SessionEnd};
+    use tokio_util::sync::CancellationToken;
+
+    fn hub() -> Hub {
+        Hub::new(3, Arc::new(Metrics::default()))
+    }
+
+    fn connect(hub: &Hub) -> (Presence, OutboxReceiver) {
+        let (outbox, rx) = Outbox::new(64, 1 << 20, SessionEnd::new(CancellationToken::new()));
+        (hub.connect(outbox), rx)
+    }
+
+    fn events(rx: &mut OutboxReceiver) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        while let Some(item) = rx.try_recv() {
+            if let Outbound::Text(text) = item {
+                out.push(serde_json::from_str(&text).unwrap());
+            }
+        }
+        out
+    }
+
+    fn kinds(rx: &mut OutboxReceiver) -> Vec<String> {
+        events(rx).iter().map(|e| e["type"].as_str().unwrap().to_string()).collect()
+    }
+
+    #[test]
+    fn welcome_first_then_others_see_joined() {
+        let hub = hub();
+        let (a, mut arx) = connect(&hub);
+        assert_eq!(kinds(&mut arx), ["welcome"]);
+        let (b, mut brx) = connect(&hub);
+        assert_eq!(kinds(&mut brx), ["welcome"]);
+        let seen = events(&mut arx);
+        assert_eq!(seen[0]["type"], "joined");
+        assert_eq!(seen[0]["username"], *b.username);
+        assert_ne!(a.username, b.username);
+        assert!(a.username.starts_with("guest-"));
+    }
+
+    #[test]
+    fn publish_skips_the_sender_and_counts_recipients() {
+        let hub = hub();
+        let (a, mut arx) = connect(&hub);
+        let (_b, mut brx) = connect(&hub);
+        let (_c, mut crx) = connect(&hub);
+        events(&mut arx);
+        events(&mut brx);
+        let first = hub.publish(&a, Payload::Text { text: "hi", client_id: Some("c1") });
+        let second = hub.publish(&a, Payload::Text { text: "again", client_id: None });
+        assert_eq!((first.seq, second.seq, first.recipients), (1, 2, 2));
+        assert!(kinds(&mut arx).is_empty(), "the sender gets no copy");
+        let got = events(&mut brx);
+        assert_eq!(got[0]["text"], "hi");
+        assert_eq!(got[0]["client_id"], "c1");
+        assert_eq!(got[1]["seq"], 2);
+        assert_eq!(events(&mut crx).iter().filter(|e| e["type"] == "chat").count(), 2);
+    }
+
+    #[test]
+    fn names_are_unique_case_insensitively() {
+        let hub = hub();
+        let (mut a, _arx) = connect(&hub);
+        let (mut b, _brx) = connect(&hub);
+        hub.rename(&mut a, "Alice").unwrap();
+        assert_eq!(hub.rename(&mut b, "alice").unwrap_err().code, ErrorCode::NameTaken);
+        assert_eq!(hub.rename(&mut b, "a b").unwrap_err().code, ErrorCode::InvalidName);
+        hub.rename(&mut a, "alice").unwrap();
+        assert_eq!(&*a.username, "alice", "changing only the case of your own name is allowed");
+        hub.disconnect(a, EndReason::Quit);
+        hub.rename(&mut b, "ALICE").unwrap();
+    }
+
+    #[test]
+    fn rooms_are_created_on_join_and_dropped_when_empty() {
+        let hub = hub();
+        let (mut a, mut arx) = connect(&hub);
+        hub.join(&mut a, "rust").unwrap();
+        let joined = events(&mut arx);
+        assert_eq!(joined.last().unwrap()["type"], "joined", "the joiner gets a confirmation");
+        assert_eq!(hub.room_count(), 2);
+        hub.join(&mut a, "lobby").unwrap();
+        assert_eq!(hub.room_count(), 1, "an empty room other than the lobby is dropped");
+        hub.join(&mut a, "r1").unwrap();
+        let (mut b, _brx) = connect(&hub);
+        hub.join(&mut b, "r2").unwrap();
+        assert_eq!(hub.room_count(), 3);
+        let (mut c, _crx) = connect(&hub);
+        assert_eq!(hub.join(&mut c, "r3").unwrap_err().code, ErrorCode::TooManyRooms);
+        assert_eq!(hub.join(&mut c, "bad room").unwrap_err().code, ErrorCode::InvalidRoom);
+    }
+}

@@ -1,0 +1,129 @@
+//! Server counters, exported at `GET /metrics` in the Prometheus text format.
+//!
+//! Plain relaxed atomics: each is updated on its own, nobody reads two of
+//! them as one consistent snapshot, and the hot path takes no lock.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use super::outbox::EndReason;
+
+#[derive(Debug)]
+pub struct Metrics {
+    started: Instant,
+    /// WebSocket sessions open right now.
+    pub connections: AtomicU64,
+    /// WebSocket sessions opened since start.
+    pub connections_total: AtomicU64,
+    /// Handshakes refused (server full, bad request, bad origin, no token...).
+    pub handshakes_refused: AtomicU64,
+    /// Chat messages accepted from clients.
+    pub chat_in: AtomicU64,
+    /// Binary messages accepted from clients.
+    pub binary_in: AtomicU64,
+    /// Events queued to connections by fan-out (one per recipient).
+    pub delivered: AtomicU64,
+    /// Requests answered with an `error` event.
+    pub errors: AtomicU64,
+    /// Sessions ended, by reason (indexed like `EndReason::ALL`).
+    pub ended: [AtomicU64; EndReason::ALL.len()],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            started: Instant::now(),
+            connections: AtomicU64::new(0),
+            connections_total: AtomicU64::new(0),
+            handshakes_refused: AtomicU64::new(0),
+            chat_in: AtomicU64::new(0),
+            binary_in: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            ended: Default::default(),
+        }
+    }
+}
+
+/// Add one to a counter.
+pub fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Metrics {
+    pub fn uptime_secs(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    pub fn record_end(&self, reason: EndReason) {
+        if let Some(index) = EndReason::ALL.iter().position(|r| *r == reason) {
+            bump(&self.ended[index]);
+        }
+    }
+
+    /// The Prometheus text exposition. `rooms` is the number of rooms now.
+    pub fn render(&self, rooms: usize) -> String {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        };
+        metric("chorus_uptime_seconds", "gauge", "Seconds since the server started.", self.uptime_secs());
+        metric("chorus_connections", "gauge", "WebSocket connections open now.", get(&self.connections));
+        metric(
+            "chorus_connections_total",
+            "counter",
+            "WebSocket connections accepted since start.",
+            get(&self.connections_total),
+        );
+        metric(
+            "chorus_handshakes_refused_total",
+            "counter",
+            "HTTP upgrade requests refused.",
+            get(&self.handshakes_refused),
+        );
+        metric("chorus_rooms", "gauge", "Rooms that exist now.", rooms as u64);
+        metric("chorus_errors_total", "counter", "Requests answered with an error event.", get(&self.errors));
+        metric(
+            "chorus_deliveries_total",
+            "counter",
+            "Messages queued to recipients by fan-out.",
+            get(&self.delivered),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP chorus_messages_received_total Messages accepted from clients, by kind.\n\
+             # TYPE chorus_messages_received_total counter\n\
+             chorus_messages_received_total{{kind=\"chat\"}} {}\n\
+             chorus_messages_received_total{{kind=\"binary\"}} {}",
+            get(&self.chat_in),
+            get(&self.binary_in)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP chorus_disconnects_total Connections ended, by reason.\n# TYPE chorus_disconnects_total counter"
+        );
+        for (reason, counter) in EndReason::ALL.iter().zip(&self.ended) {
+            let _ = writeln!(out, "chorus_disconnects_total{{reason=\"{}\"}} {}", reason.as_str(), get(counter));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_is_prometheus_text() {
+        let metrics = Metrics::default();
+        bump(&metrics.chat_in);
+        metrics.record_end(EndReason::Slow);
+        let text = metrics.render(3);
+        assert!(text.contains("chorus_rooms 3\n"));
+        assert!(text.contains("chorus_messages_received_total{kind=\"chat\"} 1\n"));
+        assert!(text.contains("chorus_disconnects_total{reason=\"slow\"} 1\n"));
+        assert!(text.contains("# TYPE chorus_connections gauge\n"));
+    }
+}

@@ -1,0 +1,174 @@
+//! The chat server: an accept loop that hands each connection to `http`,
+//! which upgrades WebSocket requests into `session`s joined through the `hub`.
+//!
+//! `run(listener, config, shutdown)` serves until `shutdown` completes, then
+//! stops accepting, closes every connection with 1001 and returns. The binary
+//! passes ctrl-c / SIGTERM; tests and the harness pass their own future.
+
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod outbox;
+pub mod session;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use hub::Hub;
+pub use metrics::Metrics;
+pub use session::SessionConfig;
+
+/// Everything a server can be told. `Default` gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest message (and frame) accepted; larger closes with 1009.
+    pub max_message_size: usize,
+    /// Most WebSocket connections at once; more are refused with HTTP 503.
+    pub max_connections: usize,
+    /// Most rooms at once; joining a new room past it is refused.
+    pub max_rooms: usize,
+    /// Time a new TCP connection has to send a complete request head.
+    pub handshake_timeout: Duration,
+    /// How long shutdown waits for connections to finish closing.
+    pub shutdown_grace: Duration,
+    /// Keepalive and queue settings of each connection.
+    pub session: SessionConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_message_size: 64 * 1024,
+            max_connections: 10_000,
+            max_rooms: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+            session: SessionConfig::default(),
+        }
+    }
+}
+
+/// State shared by every connection of one server.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: ServerConfig,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the server shuts down; every session holds a child.
+    pub shutdown: CancellationToken,
+}
+
+/// A WebSocket connection's claim on one of `max_connections`; released on drop.
+#[derive(Debug)]
+pub struct Slot<'a>(&'a Metrics);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Shared {
+    fn new(config: ServerConfig) -> Shared {
+        let metrics = Arc::new(Metrics::default());
+        let hub = Arc::new(Hub::new(config.max_rooms, metrics.clone()));
+        Shared { config, hub, metrics, shutdown: CancellationToken::new() }
+    }
+
+    /// Take a connection slot, unless the server is full.
+    pub fn admit(&self) -> Option<Slot<'_>> {
+        let max = self.config.max_connections as u64;
+        self.metrics
+            .connections
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Slot(&self.metrics))
+    }
+
+    pub fn ws_config(&self) -> WebSocketConfig {
+        http::ws_config(self.config.max_message_size)
+    }
+}
+
+/// Serve on `listener` until `shutdown` completes; then close every
+/// connection with 1001 and return once they are gone (or the grace period
+/// has passed).
+pub async fn run(listener: TcpListener, config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let shared = Arc::new(Shared::new(config));
+    let tracker = TaskTracker::new();
+    tokio::pin!(shutdown);
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!("chorus server listening on ws://{addr}/ (web client: http://{addr}/)");
+    }
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    tracker.spawn(http::serve(tcp, peer, shared.clone()));
+                }
+                Err(err) => {
+                    // Out of file descriptors, most likely: wait a little
+                    // instead of spinning; established connections go on.
+                    tracing::warn!("accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    let open = shared.metrics.connections.load(Ordering::Relaxed);
+    tracing::info!("shutting down: closing {open} connection(s)");
+    shared.shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(shared.config.shutdown_grace, tracker.wait()).await.is_err() {
+        tracing::warn!("some connections did not close within {:?}", shared.config.shutdown_grace);
+    }
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+/// A server running in the background, as the demo, the harness and the
+/// tests use it.
+#[derive(Debug)]
+pub struct ServerHandle {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl ServerHandle {
+    /// Bind `addr` (port 0 for a free port) and serve in a background task.
+    pub async fn start(addr: &str, config: ServerConfig) -> std::io::Result<ServerHandle> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(listener, config, stop.clone().cancelled_owned()));
+        Ok(ServerHandle { addr, stop, task })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `ws://<addr>/`
+    pub fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    /// Shut down gracefully and wait until done.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.task.await?
+    }
+}

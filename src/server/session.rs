@@ -1,0 +1,369 @@
+//! One WebSocket connection: a reader that turns frames into hub requests and
+//! a writer that drains the connection's outbox onto the socket.
+//!
+//! Both run inside the connection's task (`tokio::join!`); when either ends it
+//! ends the session, the other sees it and stops, and the connection leaves
+//! the hub. The session is generic over `Sink + Stream` so tests can drive it
+//! without a socket.
+
+use std::time::Duration;
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::time::{Instant, timeout};
+use tokio_tungstenite::tungstenite::error::ProtocolError;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
+
+use super::hub::{Hub, Payload, Presence};
+use super::metrics::bump;
+use super::outbox::{EndReason, Outbound, Outbox, OutboxReceiver, SessionEnd};
+use crate::protocol::{ClientFrame, ErrorCode, Refusal, ServerEvent, check_client_id, decode_client_text};
+
+/// Per-connection settings, taken from the server's configuration.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Send a ping after this long without hearing from the client.
+    pub ping_interval: Duration,
+    /// After a ping, how long the client has to send anything back.
+    pub pong_timeout: Duration,
+    /// How long to wait for the client's side of a close handshake.
+    pub close_timeout: Duration,
+    /// Most events queued for one connection.
+    pub max_queue_items: usize,
+    /// Most bytes queued for one connection.
+    pub max_queue_bytes: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(2),
+            max_queue_items: 4096,
+            max_queue_bytes: 4 << 20,
+        }
+    }
+}
+
+/// Most queued items written before one flush.
+const MAX_BATCH: usize = 256;
+
+/// Run one connection until it ends; returns the socket (for a last linger)
+/// and why it ended.
+pub async fn run<S>(ws: S, hub: &Hub, config: &SessionConfig, shutdown: &CancellationToken) -> (Option<S>, EndReason)
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
+    let end = SessionEnd::new(shutdown.child_token());
+    let (outbox, queue) = Outbox::new(config.max_queue_items, config.max_queue_bytes, end.clone());
+    let mut presence = hub.connect(outbox);
+    tracing::info!(conn = presence.conn, user = %presence.username, "session started");
+    let (sink, stream) = ws.split();
+    let (stream, sink) =
+        tokio::join!(read_loop(stream, hub, &mut presence, config, &end), write_loop(sink, queue, config, &end));
+    let reason = end.reason();
+    tracing::info!(conn = presence.conn, user = %presence.username, reason = reason.as_str(), "session ended");
+    hub.metrics().record_end(reason);
+    hub.disconnect(presence, reason);
+    (stream.reunite(sink).ok(), reason)
+}
+
+/// Read frames until the session ends, handling each.
+async fn read_loop<St>(
+    mut stream: St,
+    hub: &Hub,
+    presence: &mut Presence,
+    config: &SessionConfig,
+    end: &SessionEnd,
+) -> St
+where
+    St: Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    let mut last_seen = Instant::now();
+    let mut ping_sent: Option<Instant> = None;
+    let keepalive = tokio::time::sleep(config.ping_interval);
+    tokio::pin!(keepalive);
+    loop {
+        tokio::select! {
+            biased;
+            () = end.ended() => {
+                // Ended elsewhere (shutdown, slow, timeout): the writer sends our
+                // close frame; read until the client's answer so that nothing
+                // in flight turns into a reset.
+                let _ = timeout(config.close_timeout, async {
+                    while let Some(Ok(message)) = stream.next().await {
+                        if message.is_close() {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                return stream;
+            }
+            () = &mut keepalive => {
+                let now = Instant::now();
+                match ping_sent {
+                    Some(sent) if last_seen < sent => {
+                        tracing::debug!(conn = presence.conn, "no pong within {:?}", config.pong_timeout);
+                        end.end(EndReason::Timeout);
+                    }
+                    _ if now.duration_since(last_seen) >= config.ping_interval => {
+                        let _ = presence.outbox.push(Outbound::Ping);
+                        ping_sent = Some(now);
+                        keepalive.as_mut().reset(now + config.pong_timeout);
+                    }
+                    _ => {
+                        ping_sent = None;
+                        keepalive.as_mut().reset(last_seen + config.ping_interval);
+                    }
+                }
+            }
+            frame = stream.next() => {
+                last_seen = Instant::now();
+                match frame {
+                    Some(Ok(Message::Text(text))) => handle_text(hub, presence, &text),
+                    Some(Ok(Message::Binary(data))) => {
+                        let published = hub.publish(presence, Payload::Binary(&data));
+                        let _ = presence.outbox.push_text(published.ack(None));
+                    }
+                    Some(Ok(Message::Close(_))) => {
+                        end.end(EndReason::Quit);
+                        return stream;
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                    Some(Err(err)) => {
+                        let reason = classify_read_error(&err);
+                        tracing::debug!(conn = presence.conn, "read error: {err}");
+                        end.end(reason);
+                        return stream;
+                    }
+                    None => {
+                        end.end(EndReason::Lost);
+                        return stream;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why a read failed, as a session end reason (which picks the close code).
+fn classify_read_error(err: &WsError) -> EndReason {
+    match err {
+        WsError::Capacity(_) => EndReason::TooBig,
+        WsError::Utf8(_) => EndReason::BadUtf8,
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => EndReason::Lost,
+        WsError::Protocol(_) => EndReason::Protocol,
+        WsError::ConnectionClosed | WsError::AlreadyClosed => EndReason::Quit,
+        _ => EndReason::Lost,
+    }
+}
+
+/// One text frame from the client.
+fn handle_text(hub: &Hub, presence: &mut Presence, text: &str) {
+    let outbox = presence.outbox.clone();
+    let frame = match decode_client_text(text) {
+        Ok(frame) => frame,
+        Err(refusal) => return refuse(hub, &outbox, &refusal, None),
+    };
+    let result = match frame {
+        ClientFrame::Chat { text, room, client_id } => {
+            let client_id = client_id.as_deref();
+            if let Err(refusal) = chat(hub, presence, &text, room.as_deref(), client_id) {
+                refuse(hub, &outbox, &refusal, client_id);
+            }
+            return;
+        }
+        ClientFrame::Username { name } => hub.rename(presence, &name),
+        ClientFrame::Join { room } => hub.join(presence, &room),
+        ClientFrame::Who => {
+            let _ = outbox.push_text(hub.who(presence));
+            Ok(())
+        }
+        ClientFrame::Rooms => {
+            let _ = outbox.push_text(hub.rooms());
+            Ok(())
+        }
+        ClientFrame::History { .. } => {
+            Err(Refusal::new(ErrorCode::Unsupported, "history is not available on this server yet"))
+        }
+    };
+    if let Err(refusal) = result {
+        refuse(hub, &outbox, &refusal, None);
+    }
+}
+
+/// A `chat` request: checked, published, acknowledged.
+fn chat(
+    hub: &Hub,
+    presence: &Presence,
+    text: &str,
+    room: Option<&str>,
+    client_id: Option<&str>,
+) -> Result<(), Refusal> {
+    if let Some(why) = client_id.and_then(check_client_id) {
+        return Err(Refusal::new(ErrorCode::InvalidClientId, why));
+    }
+    if let Some(room) = room
+        && room != presence.room.name()
+    {
+        return Err(Refusal::new(
+            ErrorCode::NotInRoom,
+            format!("you are in {:?}, not {room:?}; join it first", presence.room.name()),
+        ));
+    }
+    if text.is_empty() {
+        return Err(Refusal::new(ErrorCode::EmptyMessage, "empty message: \"text\" must not be empty"));
+    }
+    let published = hub.publish(presence, Payload::Text { text, client_id });
+    let _ = presence.outbox.push_text(published.ack(client_id));
+    Ok(())
+}
+
+/// Answer a refused request with an `error` event.
+fn refuse(hub: &Hub, outbox: &Outbox, refusal: &Refusal, client_id: Option<&str>) {
+    bump(&hub.metrics().errors);
+    let event = ServerEvent::refused(refusal, client_id);
+    let _ = outbox.push_text(event.encode());
+}
+
+/// Write queued items until the session ends, then send the close frame.
+async fn write_loop<Si>(mut sink: Si, mut queue: OutboxReceiver, config: &SessionConfig, end: &SessionEnd) -> Si
+where
+    Si: Sink<Message, Error = WsError> + Unpin,
+{
+    loop {
+        let item = tokio::select! {
+            biased;
+            () = end.ended() => break,
+            item = queue.recv() => item,
+        };
+        let Some(item) = item else { break };
+        let written = tokio::select! {
+            biased;
+            () = end.ended() => break,
+            written = write_batch(&mut sink, item, &mut queue) => written,
+        };
+        if written.is_err() {
+            end.end(EndReason::Lost);
+            break;
+        }
+    }
+    // After a client's close this flushes the close reply tungstenite queued;
+    // otherwise it sends ours. A client that does not read gets a bounded wait.
+    let close = end.reason().close_frame();
+    if end.reason() != EndReason::Lost {
+        let _ = timeout(config.close_timeout, sink.send(Message::Close(close))).await;
+    }
+    sink
+}
+
+/// Write `first` and whatever else is queued (up to a batch), then flush once.
+async fn write_batch<Si>(sink: &mut Si, first: Outbound, queue: &mut OutboxReceiver) -> Result<(), WsError>
+where
+    Si: Sink<Message, Error = WsError> + Unpin,
+{
+    feed(sink, first).await?;
+    for _ in 1..MAX_BATCH {
+        let Some(item) = queue.try_recv() else { break };
+        feed(sink, item).await?;
+    }
+    sink.flush().await
+}
+
+async fn feed<Si>(sink: &mut Si, item: Outbound) -> Result<(), WsError>
+where
+    Si: Sink<Message, Error = WsError> + Unpin,
+{
+    let (first, second) = item.into_messages();
+    sink.feed(first).await?;
+    if let Some(second) = second {
+        sink.feed(second).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::metrics::Metrics;
+    use std::sync::Arc;
+    use futures::channel::mpsc;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A fake socket: frames in from one channel, frames out to another.
+    struct Fake {
+        incoming: mpsc::UnboundedReceiver<Result<Message, WsError>>,
+        outgoing: mpsc::UnboundedSender<Message>,
+    }
+
+    impl Stream for Fake {
+        type Item = Result<Message, WsError>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.incoming.poll_next_unpin(cx)
+        }
+    }
+
+    impl Sink<Message> for Fake {
+        type Error = WsError;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), WsError> {
+            self.outgoing.unbounded_send(item).map_err(|_| WsError::ConnectionClosed)
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn event(message: &Message) -> serde_json::Value {
+        serde_json::from_str(message.to_text().unwrap()).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_pinged_then_timed_out() {
+        let hub = Arc::new(Hub::new(10, Arc::new(Metrics::default())));
+        let (_to_server, incoming) = mpsc::unbounded();
+        let (outgoing, mut from_server) = mpsc::unbounded();
+        let config = SessionConfig::default();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let hub = hub.clone();
+            async move { run(Fake { incoming, outgoing }, &hub, &config, &shutdown).await.1 }
+        });
+        assert_eq!(event(&from_server.next().await.unwrap())["type"], "welcome");
+        assert!(matches!(from_server.next().await.unwrap(), Message::Ping(_)), "a ping after 30 s of silence");
+        let close = from_server.next().await.unwrap();
+        let Message::Close(Some(frame)) = close else { panic!("expected a close frame, got {close:?}") };
+        assert_eq!(u16::from(frame.code), 1001);
+        assert_eq!(task.await.unwrap(), EndReason::Timeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answering_client_stays() {
+        let hub = Arc::new(Hub::new(10, Arc::new(Metrics::default())));
+        let (to_server, incoming) = mpsc::unbounded();
+        let (outgoing, mut from_server) = mpsc::unbounded();
+        let config = SessionConfig::default();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let hub = hub.clone();
+            async move { run(Fake { incoming, outgoing }, &hub, &config, &shutdown).await.1 }
+        });
+        from_server.next().await.unwrap();
+        for _ in 0..5 {
+            assert!(matches!(from_server.next().await.unwrap(), Message::Ping(_)));
+            to_server.unbounded_send(Ok(Message::Pong(Default::default()))).unwrap();
+        }
+        to_server.unbounded_send(Ok(Message::Text("/who".into()))).unwrap();
+        assert_eq!(event(&from_server.next().await.unwrap())["type"], "who");
+        to_server.unbounded_send(Ok(Message::Close(None))).unwrap();
+        assert_eq!(task.await.unwrap(), EndReason::Quit);
+    }
+}

@@ -1,0 +1,101 @@
+//! Human-friendly durations and sizes, as written on the command line and in
+//! scenario files: `500ms`, `10s`, `2m`, `1h`; `512`, `64KiB`, `1MiB`, `2MB`.
+
+use std::time::Duration;
+
+/// Parse `"250ms"`, `"10s"`, `"1.5s"`, `"2m"`, `"1h"`. A bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration; write it like \"500ms\", \"10s\", \"2m\" or \"1h\""))?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!("unknown unit {other:?} in {text:?}; use ms, s, m or h"));
+        }
+    };
+    if !seconds.is_finite() || seconds < 0.0 || seconds > 1e9 {
+        return Err(format!("{text:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Parse a size in bytes: `"4096"`, `"64KiB"`, `"1MiB"`, `"10MB"`, `"1GiB"`.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: usize = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size; write it like \"4096\", \"64KiB\" or \"1MiB\""))?;
+    let multiplier: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?} in {text:?}; use B, KiB, MiB or GiB")),
+    };
+    value.checked_mul(multiplier).ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// A duration as people read it: `850µs`, `12.3ms`, `4.20s`, `3m05s`.
+pub fn format_duration(duration: Duration) -> String {
+    let micros = duration.as_micros();
+    if micros < 1000 {
+        format!("{micros}µs")
+    } else if micros < 100_000 {
+        format!("{:.2}ms", micros as f64 / 1000.0)
+    } else if micros < 1_000_000 {
+        format!("{:.1}ms", micros as f64 / 1000.0)
+    } else if micros < 60_000_000 {
+        format!("{:.2}s", micros as f64 / 1e6)
+    } else {
+        let secs = duration.as_secs();
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 days").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("64KiB").unwrap(), 65536);
+        assert_eq!(parse_size("1 MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_size("2MB").unwrap(), 2_000_000);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("1XB").is_err());
+    }
+
+    #[test]
+    fn formatting() {
+        assert_eq!(format_duration(Duration::from_micros(850)), "850µs");
+        assert_eq!(format_duration(Duration::from_micros(12_345)), "12.35ms");
+        assert_eq!(format_duration(Duration::from_millis(4200)), "4.20s");
+        assert_eq!(format_duration(Duration::from_secs(185)), "3m05s");
+    }
+}
