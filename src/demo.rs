@@ -179,7 +179,8 @@ pub async fn run(pace: Duration) -> anyhow::Result<()> {
         bot.next_id = 1000 + i as u64;
         let client_id = format!("{}-burst{i}", bot.name);
         crate::server::hub::lock(&shared.sent_at).insert(client_id.clone(), Instant::now());
-        let frame = ClientFrame::Chat { text: format!("burst {i}").into(), room: None, client_id: Some(client_id.into()) };
+        let frame =
+            ClientFrame::Chat { text: format!("burst {i}").into(), room: None, client_id: Some(client_id.into()) };
         bot.sender.send_frame(&frame).await?;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -34,7 +34,8 @@ pub struct IdGen {
 impl IdGen {
     pub fn new() -> Self {
         let mut rng = rand::rng();
-        let node: String = (0..6).map(|_| char::from(b"0123456789abcdefghijklmnopqrstuvwxyz"[rng.random_range(0..36)])).collect();
+        let node: String =
+            (0..6).map(|_| char::from(b"0123456789abcdefghijklmnopqrstuvwxyz"[rng.random_range(0..36)])).collect();
         IdGen { node, next: AtomicU64::new(1) }
     }
 

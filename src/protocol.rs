@@ -392,10 +392,7 @@ fn classify_json_error(text: &str, err: &serde_json::Error) -> Refusal {
         return Refusal::new(ErrorCode::InvalidJson, "expected a JSON object");
     };
     match object.get("type") {
-        None => Refusal::new(
-            ErrorCode::UnknownType,
-            format!("missing \"type\"; one of: {CLIENT_TYPES}"),
-        ),
+        None => Refusal::new(ErrorCode::UnknownType, format!("missing \"type\"; one of: {CLIENT_TYPES}")),
         Some(serde_json::Value::String(kind)) if !CLIENT_TYPES.split(", ").any(|known| known == kind) => {
             Refusal::new(ErrorCode::UnknownType, format!("unknown type {kind:?}; one of: {CLIENT_TYPES}"))
         }
@@ -523,13 +520,7 @@ mod tests {
             ts: ts.clone(),
             data: None,
         });
-        roundtrip(ServerEvent::Ack {
-            client_id: None,
-            msg_id: "m2".into(),
-            seq: 1,
-            recipients: 4,
-            ts: ts.clone(),
-        });
+        roundtrip(ServerEvent::Ack { client_id: None, msg_id: "m2".into(), seq: 1, recipients: 4, ts: ts.clone() });
         roundtrip(ServerEvent::Left {
             room: "r".into(),
             user_id: "u2".into(),
@@ -637,10 +628,7 @@ mod tests {
         assert_eq!(decode_client_text("{\"type\":\"dance\"}").unwrap_err().code, ErrorCode::UnknownType);
         assert_eq!(decode_client_text("{\"type\":3}").unwrap_err().code, ErrorCode::UnknownType);
         assert_eq!(decode_client_text("{\"type\":\"chat\"}").unwrap_err().code, ErrorCode::InvalidFrame);
-        assert_eq!(
-            decode_client_text("{\"type\":\"join\",\"room\":5}").unwrap_err().code,
-            ErrorCode::InvalidFrame
-        );
+        assert_eq!(decode_client_text("{\"type\":\"join\",\"room\":5}").unwrap_err().code, ErrorCode::InvalidFrame);
     }
 
     #[test]

@@ -54,7 +54,7 @@ impl Display {
         Some(match event {
             ServerEvent::Welcome { user_id, username, room, protocol } => {
                 self.me = Some(user_id.to_string());
-                self.notice(format!("you are {username} in #{room} (protocol {protocol}); /help lists the commands"))
+                self.notice(format!("you are {username} in #{room} (protocol {protocol})"))
             }
             ServerEvent::Chat { room, from, text, ts, .. } => {
                 let name = self.paint(BOLD, format!("<{from}>"));
@@ -90,12 +90,17 @@ impl Display {
                 }
             }
             ServerEvent::Who { room, users } => {
-                let names: Vec<String> = users
-                    .iter()
-                    .map(|u| {
-                        if self.is_me(&u.user_id) { format!("{} (you)", u.username) } else { u.username.to_string() }
-                    })
-                    .collect();
+                let names: Vec<String> =
+                    users
+                        .iter()
+                        .map(|u| {
+                            if self.is_me(&u.user_id) {
+                                format!("{} (you)", u.username)
+                            } else {
+                                u.username.to_string()
+                            }
+                        })
+                        .collect();
                 self.notice(format!("{} in #{room}: {}", users.len(), names.join(", ")))
             }
             ServerEvent::Rooms { rooms } => {
@@ -153,8 +158,12 @@ mod tests {
     #[test]
     fn lines_name_people_and_rooms() {
         let mut display = Display::new(false);
-        let welcome =
-            ServerEvent::Welcome { user_id: "u1".into(), username: "guest-1".into(), room: "lobby".into(), protocol: 1 };
+        let welcome = ServerEvent::Welcome {
+            user_id: "u1".into(),
+            username: "guest-1".into(),
+            room: "lobby".into(),
+            protocol: 1,
+        };
         assert!(display.line(&welcome, None).unwrap().contains("you are guest-1 in #lobby"));
         let chat = ServerEvent::Chat {
             room: "lobby".into(),

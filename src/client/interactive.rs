@@ -80,7 +80,9 @@ fn parse_command(line: &str) -> Command<'_> {
         ("rooms", _) => frame(ClientFrame::Rooms),
         ("history", "") => frame(ClientFrame::History { room: None, after_seq: None, before_seq: None, limit: None }),
         ("history", n) => match n.parse() {
-            Ok(limit) => frame(ClientFrame::History { room: None, after_seq: None, before_seq: None, limit: Some(limit) }),
+            Ok(limit) => {
+                frame(ClientFrame::History { room: None, after_seq: None, before_seq: None, limit: Some(limit) })
+            }
             Err(_) => Command::Usage("/history [n]"),
         },
         ("binary", "") => Command::Usage("/binary <text>"),
@@ -128,6 +130,9 @@ pub async fn run(options: ClientOptions) -> anyhow::Result<()> {
         spawn_stdin_reader(input_tx);
         Output::Plain
     };
+    if on_terminal {
+        output.print(format!("* connected to {}; type /help for the commands", options.url));
+    }
     let mut display = Display::new(on_terminal && Display::color_for_stdout());
     display.show_acks = !on_terminal;
     let mut state = State { pending: 0, next_client_id: 1, input_done: false };
@@ -158,8 +163,8 @@ pub async fn run(options: ClientOptions) -> anyhow::Result<()> {
                     Some(Ok(received)) => received,
                 };
                 if let Received::Closed(frame) = &received {
-                    let why = frame.as_ref().map(|f| format!("{} {}", u16::from(f.code), f.reason)).unwrap_or_default();
-                    break Err(anyhow::anyhow!("the server closed the connection {why}"));
+                    let why = frame.as_ref().map(|f| format!("{}: {}", u16::from(f.code), f.reason)).unwrap_or_else(|| "no close code".into());
+                    break Err(anyhow::anyhow!("the server closed the connection ({why})"));
                 }
                 show(&received, &mut display, &mut output, options.json, &mut state, &prompt);
                 if state.input_done && state.pending == 0 { break Ok(()); }
@@ -214,7 +219,9 @@ async fn handle_line(line: &str, sender: &mut Sender, state: &mut State, output:
         Command::Chat(text) => {
             let client_id = format!("c{}", state.next_client_id);
             state.next_client_id += 1;
-            sender.send_frame(&ClientFrame::Chat { text: text.into(), room: None, client_id: Some(client_id.into()) }).await
+            sender
+                .send_frame(&ClientFrame::Chat { text: text.into(), room: None, client_id: Some(client_id.into()) })
+                .await
         }
         Command::Frame(frame) => sender.send_frame(&frame).await,
         Command::Binary(text) => sender.send_binary(text.as_bytes().to_vec()).await,

@@ -13,6 +13,7 @@ use tokio::time::timeout;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tracing::Instrument as _;
 
 use super::Shared;
 use super::metrics::bump;
@@ -240,8 +241,9 @@ fn check_upgrade(request: &Request, shared: &Shared) -> Result<String, Response>
         return Err(Response::text(400, "a WebSocket handshake needs \"Connection: Upgrade\""));
     }
     if request.header("sec-websocket-version").map(str::trim) != Some("13") {
-        return Err(Response::text(426, "only WebSocket version 13 is supported")
-            .with_header("Sec-WebSocket-Version", "13"));
+        return Err(
+            Response::text(426, "only WebSocket version 13 is supported").with_header("Sec-WebSocket-Version", "13")
+        );
     }
     let Some(key) = request.header("sec-websocket-key").map(str::trim).filter(|k| !k.is_empty()) else {
         return Err(Response::text(400, "a WebSocket handshake needs a Sec-WebSocket-Key header"));
@@ -279,10 +281,9 @@ where
         return;
     }
     bump(&shared.metrics.connections_total);
-    tracing::info!(%peer, path = %request.path, "websocket connected");
     let ws = WebSocketStream::from_partially_read(stream, request.rest, Role::Server, Some(shared.ws_config())).await;
-    let (ws, reason) = session::run(ws, &shared.hub, &shared.config.session, &shared.shutdown).await;
-    tracing::info!(%peer, reason = reason.as_str(), "websocket closed");
+    let span = tracing::info_span!("ws", %peer);
+    let (ws, reason) = session::run(ws, &shared.hub, &shared.config.session, &shared.shutdown).instrument(span).await;
     if matches!(reason, EndReason::TooBig | EndReason::BadUtf8 | EndReason::Protocol)
         && let Some(mut ws) = ws
     {

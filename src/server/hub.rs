@@ -18,8 +18,7 @@ use super::metrics::Metrics;
 use super::outbox::{EndReason, Outbound, Outbox};
 use crate::ids::{IdGen, now_ts};
 use crate::protocol::{
-    DEFAULT_ROOM, ErrorCode, PROTOCOL_VERSION, Refusal, RoomInfo, ServerEvent, WhoUser, check_room,
-    check_username,
+    DEFAULT_ROOM, ErrorCode, PROTOCOL_VERSION, Refusal, RoomInfo, ServerEvent, WhoUser, check_room, check_username,
 };
 
 /// Identifies one connection inside this process.

@@ -85,12 +85,7 @@ impl Metrics {
         );
         metric("chorus_rooms", "gauge", "Rooms that exist now.", rooms as u64);
         metric("chorus_errors_total", "counter", "Requests answered with an error event.", get(&self.errors));
-        metric(
-            "chorus_deliveries_total",
-            "counter",
-            "Messages queued to recipients by fan-out.",
-            get(&self.delivered),
-        );
+        metric("chorus_deliveries_total", "counter", "Messages queued to recipients by fan-out.", get(&self.delivered));
         let _ = writeln!(
             out,
             "# HELP chorus_messages_received_total Messages accepted from clients, by kind.\n\

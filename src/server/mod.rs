@@ -102,7 +102,11 @@ impl Shared {
 /// Serve on `listener` until `shutdown` completes; then close every
 /// connection with 1001 and return once they are gone (or the grace period
 /// has passed).
-pub async fn run(listener: TcpListener, config: ServerConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let shared = Arc::new(Shared::new(config));
     let tracker = TaskTracker::new();
     tokio::pin!(shutdown);

@@ -58,12 +58,12 @@ where
     let end = SessionEnd::new(shutdown.child_token());
     let (outbox, queue) = Outbox::new(config.max_queue_items, config.max_queue_bytes, end.clone());
     let mut presence = hub.connect(outbox);
-    tracing::info!(conn = presence.conn, user = %presence.username, "session started");
+    tracing::info!(conn = presence.conn, user = %presence.username, "connected");
     let (sink, stream) = ws.split();
     let (stream, sink) =
         tokio::join!(read_loop(stream, hub, &mut presence, config, &end), write_loop(sink, queue, config, &end));
     let reason = end.reason();
-    tracing::info!(conn = presence.conn, user = %presence.username, reason = reason.as_str(), "session ended");
+    tracing::info!(conn = presence.conn, user = %presence.username, reason = reason.as_str(), "disconnected");
     hub.metrics().record_end(reason);
     hub.disconnect(presence, reason);
     (stream.reunite(sink).ok(), reason)
@@ -250,11 +250,18 @@ where
             break;
         }
     }
-    // After a client's close this flushes the close reply tungstenite queued;
-    // otherwise it sends ours. A client that does not read gets a bounded wait.
-    let close = end.reason().close_frame();
-    if end.reason() != EndReason::Lost {
-        let _ = timeout(config.close_timeout, sink.send(Message::Close(close))).await;
+    // Send our close frame (unless the client closed first), then flush: after
+    // a client's close that sends the reply tungstenite queued. A client that
+    // does not read gets a bounded wait.
+    let reason = end.reason();
+    if reason != EndReason::Lost {
+        let _ = timeout(config.close_timeout, async {
+            if let Some(frame) = reason.close_frame() {
+                sink.send(Message::Close(Some(frame))).await?;
+            }
+            sink.close().await
+        })
+        .await;
     }
     sink
 }
@@ -288,9 +295,9 @@ where
 mod tests {
     use super::*;
     use crate::server::metrics::Metrics;
-    use std::sync::Arc;
     use futures::channel::mpsc;
     use std::pin::Pin;
+    use std::sync::Arc;
     use std::task::{Context, Poll};
 
     /// A fake socket: frames in from one channel, frames out to another.

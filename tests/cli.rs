@@ -1,0 +1,140 @@
+//! The `chorus` binary as a user runs it.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Client, code, server};
+
+fn chorus() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chorus"));
+    command.env("NO_COLOR", "1").env_remove("RUST_LOG");
+    command
+}
+
+/// Run `chorus args...` off the async runtime; returns (success, stdout, stderr).
+async fn run(args: &[&str], stdin: &str) -> (bool, String, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let stdin = stdin.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut child =
+            chorus().args(&args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        let output = child.wait_with_output().unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn simple_client_sends_text_binary_and_rename_then_closes_cleanly() {
+    let server = server().await;
+    let mut watcher = Client::named(&server.url(), "watcher").await;
+    let (ok, stdout, stderr) = run(&["simple-client", &server.url()], "").await;
+    assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("ack: seq=1"), "{stdout}");
+    assert!(stdout.contains("recipients=1"), "{stdout}");
+    assert!(stdout.contains("you are now simple-"), "{stdout}");
+    assert!(stdout.contains("closed cleanly (1000"), "{stdout}");
+    assert_eq!(watcher.expect("chat").await["text"], "Hello from chorus simple-client!");
+    watcher.expect("binary").await;
+    watcher.expect("renamed").await;
+    assert_eq!(watcher.expect("left").await["reason"], "quit");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn client_reads_messages_from_a_pipe_and_prints_one_event_per_line() {
+    let server = server().await;
+    let mut bob = Client::named(&server.url(), "bob").await;
+    let script = "/username piper\nhello from a pipe\n/binary raw\n/who\n/join elsewhere\n";
+    let (ok, stdout, stderr) = run(&["client", &server.url()], script).await;
+    assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("you are now piper"), "{stdout}");
+    assert!(
+        stdout.contains("2 in #lobby: bob, piper (you)") || stdout.contains("2 in #lobby: piper (you), bob"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("you joined #elsewhere"), "{stdout}");
+    assert_eq!(stdout.matches("ack:").count(), 2, "both messages acknowledged before exit: {stdout}");
+    let chat = bob.expect("chat").await;
+    assert_eq!((chat["text"].as_str(), chat["from"].as_str()), (Some("hello from a pipe"), Some("piper")));
+    bob.expect("binary").await;
+    assert_eq!(bob.expect("left").await["reason"], "moved");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn client_json_mode_prints_raw_events() {
+    let server = server().await;
+    let (ok, stdout, _) = run(&["client", "--json", &server.url()], "/rooms\n").await;
+    assert!(ok);
+    let first: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(first["type"], "welcome");
+    assert!(stdout.lines().any(|l| l.contains("\"type\":\"rooms\"")), "{stdout}");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_server_gives_one_clear_line_and_a_failure_code() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("ws://127.0.0.1:{port}");
+    for command in ["client", "simple-client"] {
+        let (ok, stdout, stderr) = run(&[command, &url], "").await;
+        assert!(!ok, "{command} must fail");
+        assert_eq!(stderr.trim().lines().count(), 1, "{command}: one line: {stderr}");
+        assert!(stderr.contains("could not reach") && stderr.contains(&url), "{stderr}");
+        assert!(stdout.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn demo_runs_to_a_clean_end_with_a_latency_report() {
+    let (ok, stdout, stderr) = run(&["demo", "--pace", "20ms"], "").await;
+    assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for expected in ["alice ▶ says", "joins #rust", "[binary, 8 bytes]", "name_taken", "left #rust (quit)", "p99"] {
+        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
+    }
+    let delivery = stdout.lines().find(|l| l.starts_with("delivery:")).unwrap();
+    let numbers: Vec<&str> = delivery.split_whitespace().filter(|w| w.parse::<u64>().is_ok()).collect();
+    assert_eq!(numbers[0], numbers[1], "every expected message was received: {delivery}");
+}
+
+#[tokio::test]
+async fn server_process_stops_on_sigterm_closing_clients_with_1001() {
+    let mut child = chorus()
+        .args(["server", "--addr", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let _ = tx.send(line.unwrap_or_default());
+        }
+    });
+    let url = loop {
+        let line = rx.recv_timeout(Duration::from_secs(10)).expect("the server logs its address");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let mut alice = Client::connect(&url).await;
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    assert_eq!(code(&alice.expect_close().await), 1001);
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert!(exit.success(), "the server exits 0 after a graceful shutdown: {exit:?}");
+    let logs: Vec<String> = rx.try_iter().collect();
+    assert!(logs.iter().any(|l| l.contains("shutting down")), "{logs:?}");
+}

@@ -1,0 +1,163 @@
+//! Shared test helpers: a server on port 0 and a small raw WebSocket client.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+use chorus::server::{ServerConfig, ServerHandle};
+
+/// How long a test waits for something it expects.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A server on a free port with the default configuration.
+pub async fn server() -> ServerHandle {
+    server_with(quick_close()).await
+}
+
+/// The default configuration, but a short wait for close replies: test
+/// clients that are dropped never answer a close.
+pub fn quick_close() -> ServerConfig {
+    let mut config = ServerConfig::default();
+    config.session.close_timeout = Duration::from_millis(200);
+    config
+}
+
+pub async fn server_with(config: ServerConfig) -> ServerHandle {
+    ServerHandle::start("127.0.0.1:0", config).await.unwrap()
+}
+
+/// A raw WebSocket client that decodes JSON events.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub user_id: String,
+    pub username: String,
+}
+
+impl Client {
+    /// Connect and read the `welcome`.
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = connect_async(url).await.unwrap();
+        let mut client = Client { ws, user_id: String::new(), username: String::new() };
+        let welcome = client.next_event().await;
+        assert_eq!(welcome["type"], "welcome", "the first frame is welcome: {welcome}");
+        client.user_id = welcome["user_id"].as_str().unwrap().to_string();
+        client.username = welcome["username"].as_str().unwrap().to_string();
+        client
+    }
+
+    /// Connect and take a name (others in the lobby see `joined` then `renamed`).
+    pub async fn named(url: &str, name: &str) -> Client {
+        let mut client = Client::connect(url).await;
+        client.send_json(serde_json::json!({"type": "username", "name": name})).await;
+        let me = client.user_id.clone();
+        client.expect_where("renamed", |e| e["user_id"] == me.as_str()).await;
+        client.username = name.to_string();
+        client
+    }
+
+    pub async fn send_json(&mut self, value: Value) {
+        self.ws.send(Message::Text(value.to_string().into())).await.unwrap();
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::Text(text.into())).await.unwrap();
+    }
+
+    pub async fn send_binary(&mut self, data: &[u8]) {
+        self.ws.send(Message::Binary(data.to_vec().into())).await.unwrap();
+    }
+
+    pub async fn chat(&mut self, text: &str, client_id: &str) {
+        self.send_json(serde_json::json!({"type": "chat", "text": text, "client_id": client_id})).await;
+    }
+
+    /// The next data message (pings and pongs skipped).
+    pub async fn next_message(&mut self) -> Message {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .expect("timed out waiting for a message")
+                .expect("the connection ended")
+                .expect("the connection failed");
+            if !matches!(message, Message::Ping(_) | Message::Pong(_)) {
+                return message;
+            }
+        }
+    }
+
+    /// The next JSON event.
+    pub async fn next_event(&mut self) -> Value {
+        match self.next_message().await {
+            Message::Text(text) => serde_json::from_str(&text).unwrap(),
+            other => panic!("expected a JSON event, got {other:?}"),
+        }
+    }
+
+    /// Skip events until one of type `kind`; panics on timeout.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        loop {
+            let Message::Text(text) = self.next_message().await else { continue };
+            let event: Value = serde_json::from_str(&text).unwrap();
+            if event["type"] == kind {
+                return event;
+            }
+        }
+    }
+
+    /// Skip events until one of type `kind` for which `check` holds.
+    pub async fn expect_where(&mut self, kind: &str, check: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let event = self.expect(kind).await;
+            if check(&event) {
+                return event;
+            }
+        }
+    }
+
+    /// Discard whatever arrives within `within` (join and rename notices).
+    pub async fn settle(&mut self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, self.ws.next()).await {}
+    }
+
+    /// Nothing but pings arrives within `within`.
+    pub async fn expect_silence(&mut self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                Ok(other) => panic!("expected silence, got {other:?}"),
+            }
+        }
+    }
+
+    /// Read until the server's close frame; returns it.
+    pub async fn expect_close(&mut self) -> Option<CloseFrame> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await.expect("timed out waiting for a close") {
+                Some(Ok(Message::Close(frame))) => {
+                    // Reading once more sends tungstenite's queued close reply.
+                    let _ = tokio::time::timeout(Duration::from_millis(100), self.ws.next()).await;
+                    return frame;
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(err)) => panic!("connection failed before a close frame: {err}"),
+                None => panic!("connection ended without a close frame"),
+            }
+        }
+    }
+}
+
+/// The close code of a frame, as a number.
+pub fn code(frame: &Option<CloseFrame>) -> u16 {
+    frame.as_ref().map(|f| u16::from(f.code)).unwrap_or(0)
+}
