@@ -78,6 +78,10 @@ struct ServerArgs {
     /// On shutdown, how long to wait for connections to close.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     shutdown_grace: Duration,
+    /// Data directory (history and accounts live in DIR/chorus.db). Default: $CHORUS_DATA,
+    /// else $XDG_DATA_HOME/chorus, else ~/.local/share/chorus.
+    #[arg(long, value_name = "DIR")]
+    data: Option<std::path::PathBuf>,
 }
 
 impl ServerArgs {
@@ -88,6 +92,7 @@ impl ServerArgs {
             max_rooms: self.max_rooms,
             handshake_timeout: self.handshake_timeout,
             shutdown_grace: self.shutdown_grace,
+            data_dir: self.data.clone().unwrap_or_else(chorus::server::default_data_dir),
             session: SessionConfig {
                 ping_interval: self.ping_interval,
                 pong_timeout: self.pong_timeout,

@@ -13,6 +13,7 @@ pub mod session;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -40,8 +41,26 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// How long shutdown waits for connections to finish closing.
     pub shutdown_grace: Duration,
+    /// Where the server keeps its files (history and accounts in `chorus.db`).
+    pub data_dir: PathBuf,
     /// Keepalive and queue settings of each connection.
     pub session: SessionConfig,
+}
+
+/// The default data directory: `$CHORUS_DATA`, else `$XDG_DATA_HOME/chorus`,
+/// else `~/.local/share/chorus`, else `./chorus-data`.
+pub fn default_data_dir() -> PathBuf {
+    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(dir) = env("CHORUS_DATA") {
+        return dir;
+    }
+    if let Some(dir) = env("XDG_DATA_HOME") {
+        return dir.join("chorus");
+    }
+    if let Some(home) = env("HOME") {
+        return home.join(".local/share/chorus");
+    }
+    PathBuf::from("chorus-data")
 }
 
 impl Default for ServerConfig {
@@ -52,6 +71,7 @@ impl Default for ServerConfig {
             max_rooms: 10_000,
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
+            data_dir: default_data_dir(),
             session: SessionConfig::default(),
         }
     }
