@@ -1,5 +1,5 @@
-//! chorus: a WebSocket chat server, its terminal clients, and (soon) a load
-//! harness that proves how it behaves.
+//! chorus: a WebSocket chat server, its terminal clients, and a load harness
+//! that proves how it behaves.
 //!
 //! # Layout
 //!
@@ -10,11 +10,13 @@
 //!   (per-connection queue), `http` (handshake, health, metrics), `metrics`.
 //! - [`client`]: `connection` (connect, typed send and receive), `display`,
 //!   `interactive` (`chorus client`), `simple` (`chorus simple-client`).
+//! - [`harness`]: `chorus run` and `chorus report`, the load harness.
 //! - [`demo`]: `chorus demo`, an embedded server and scripted bots.
 //! - [`ids`], [`units`]: ids and timestamps; durations and sizes as people write them.
 
 pub mod client;
 pub mod demo;
+pub mod harness;
 pub mod ids;
 pub mod protocol;
 pub mod server;

@@ -38,12 +38,59 @@ enum Command {
         #[arg(default_value = DEFAULT_URL)]
         url: String,
     },
+    /// Run a load scenario: many simulated clients, latency and delivery report, exit code from thresholds.
+    Run(RunArgs),
+    /// Re-print a saved run, compare it with a baseline, or merge the shards of one run.
+    Report(ReportArgs),
     /// An embedded server and scripted bots chatting, with a short latency report.
     Demo {
         /// Pause between scripted steps.
         #[arg(long, default_value = "300ms", value_parser = parse_duration)]
         pace: Duration,
     },
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The scenario file (TOML), e.g. scenarios/smoke.toml.
+    scenario: std::path::PathBuf,
+    /// Load this server instead of an embedded one (overrides the scenario's target).
+    #[arg(long, value_name = "URL")]
+    target: Option<String>,
+    /// Write the results into exactly this folder.
+    #[arg(long, value_name = "DIR")]
+    out: Option<std::path::PathBuf>,
+    /// Where result folders are created.
+    #[arg(long, value_name = "DIR", default_value = "results")]
+    results: std::path::PathBuf,
+    /// Run only shard i of n (bots i, i+n, ...): for runs bigger than one process; needs a target.
+    #[arg(long, value_name = "i/n")]
+    shard: Option<chorus::harness::Shard>,
+    /// Start at this moment (Unix seconds or RFC 3339), so the shards of a run start together.
+    #[arg(long, value_name = "TIME", value_parser = parse_start_at)]
+    start_at: Option<std::time::SystemTime>,
+}
+
+#[derive(Debug, Args)]
+struct ReportArgs {
+    /// A results folder (results/<name>-<timestamp>/).
+    #[arg(required = true)]
+    dirs: Vec<std::path::PathBuf>,
+    /// Merge the given folders (the shards of one run) into a new results folder.
+    #[arg(long)]
+    merge: bool,
+    /// With --merge: write the merged results into exactly this folder.
+    #[arg(long, value_name = "DIR")]
+    out: Option<std::path::PathBuf>,
+}
+
+fn parse_start_at(text: &str) -> Result<std::time::SystemTime, String> {
+    if let Ok(secs) = text.trim().parse::<f64>() {
+        return Ok(std::time::UNIX_EPOCH + Duration::from_secs_f64(secs.max(0.0)));
+    }
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .map(std::time::SystemTime::from)
+        .map_err(|_| format!("{text:?} is neither Unix seconds nor an RFC 3339 time"))
 }
 
 #[derive(Debug, Args)]
@@ -133,8 +180,75 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// A command's outcome: the exit code to return (errors are reported by `main`).
+async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
+        Command::Run(args) => {
+            init_tracing("warn");
+            run_scenario(args).await
+        }
+        Command::Report(args) => {
+            init_tracing("warn");
+            report(args)
+        }
+        other => run_chat(other).await.map(|()| 0),
+    }
+}
+
+async fn run_scenario(args: RunArgs) -> anyhow::Result<u8> {
+    use chorus::harness;
+    let scenario = harness::Scenario::load(&args.scenario)?;
+    let target = args.target.clone().or_else(|| scenario.target.clone());
+    eprintln!(
+        "running {} ({} clients, {:.0}s) against {}",
+        scenario.name,
+        scenario.total_clients(),
+        scenario.total_duration().as_secs_f64(),
+        target.as_deref().unwrap_or("an embedded server")
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        eprintln!("stopping: no more sends; draining in-flight messages, then writing the partial report");
+        on_signal.cancel();
+    });
+    let options = harness::RunOptions {
+        target: args.target,
+        results: args.results,
+        out: args.out,
+        shard: args.shard,
+        start_at: args.start_at,
+        ..harness::RunOptions::default()
+    };
+    let outcome = harness::run(scenario, options, stop).await?;
+    println!("{}", outcome.report);
+    println!("results: {}", outcome.dir.display());
+    Ok(harness::exit_code(&outcome.summary))
+}
+
+fn report(args: ReportArgs) -> anyhow::Result<u8> {
+    use chorus::harness;
+    if args.merge {
+        let outcome = harness::merge(&args.dirs, std::path::Path::new("results"), args.out.as_deref())?;
+        println!("{}", outcome.report);
+        println!("merged results: {}", outcome.dir.display());
+        return Ok(harness::exit_code(&outcome.summary));
+    }
+    if args.out.is_some() {
+        anyhow::bail!("--out only goes with --merge");
+    }
+    let (text, summary) = match args.dirs.as_slice() {
+        [dir] => harness::report(dir, None)?,
+        [dir, baseline] => harness::report(dir, Some(baseline))?,
+        _ => anyhow::bail!("give one results folder, or two to compare (or --merge for shards)"),
+    };
+    println!("{text}");
+    Ok(harness::exit_code(&summary))
+}
+
+async fn run_chat(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Server(args) => {
             init_tracing("info");
             let listener = tokio::net::TcpListener::bind(&args.addr)
@@ -154,6 +268,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_tracing("warn");
             chorus::demo::run(pace).await
         }
+        Command::Run(_) | Command::Report(_) => unreachable!("handled by run()"),
     }
 }
 
@@ -170,7 +285,7 @@ fn main() -> ExitCode {
     // Do not wait for a line editor thread still blocked on the terminal.
     runtime.shutdown_timeout(Duration::from_millis(100));
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(err) => {
             eprintln!("chorus: {err:#}");
             ExitCode::FAILURE

@@ -265,6 +265,36 @@ impl<'a> ServerEvent<'a> {
     }
 }
 
+/// The fields of a server event that hot paths look at, decoded without
+/// building the whole event (the load harness reads every delivery).
+#[derive(Debug, Clone, Deserialize)]
+pub struct EventHeader<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub room: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub seq: Option<u64>,
+    #[serde(borrow, default)]
+    pub user_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub client_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub recipients: Option<u64>,
+    #[serde(borrow, default)]
+    pub code: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub from_seq: Option<u64>,
+    #[serde(default)]
+    pub to_seq: Option<u64>,
+}
+
+impl<'a> EventHeader<'a> {
+    pub fn decode(text: &'a str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
 impl ClientFrame<'_> {
     /// Encode as the JSON text of one frame.
     pub fn encode(&self) -> String {
@@ -629,6 +659,25 @@ mod tests {
         assert_eq!(decode_client_text("{\"type\":3}").unwrap_err().code, ErrorCode::UnknownType);
         assert_eq!(decode_client_text("{\"type\":\"chat\"}").unwrap_err().code, ErrorCode::InvalidFrame);
         assert_eq!(decode_client_text("{\"type\":\"join\",\"room\":5}").unwrap_err().code, ErrorCode::InvalidFrame);
+    }
+
+    #[test]
+    fn headers_decode_the_fields_hot_paths_need() {
+        let chat = ServerEvent::Chat {
+            room: "r".into(),
+            seq: 9,
+            msg_id: "m".into(),
+            from: "a".into(),
+            user_id: "u".into(),
+            text: "with \"escapes\"".into(),
+            ts: "t".into(),
+            client_id: Some("c1".into()),
+        }
+        .encode();
+        let header = EventHeader::decode(&chat).unwrap();
+        assert_eq!((header.kind.as_ref(), header.seq, header.client_id.as_deref()), ("chat", Some(9), Some("c1")));
+        let ack = EventHeader::decode(r#"{"type":"ack","msg_id":"m","seq":1,"recipients":3,"ts":"t"}"#).unwrap();
+        assert_eq!(ack.recipients, Some(3));
     }
 
     #[test]

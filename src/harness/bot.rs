@@ -1,0 +1,520 @@
+//! One simulated client: connects at its planned time, sends on its
+//! schedule, receives and accounts for every delivery, drops and comes back
+//! when its group churns, and closes at the end. It records into its own
+//! `BotMetrics`; only per-second ticks leave it while it runs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+
+use super::metrics::{BotMetrics, Kind, Live, LiveWindow, Metric, Tick};
+use super::scenario::{Arrival, Group, Protocol, Scenario};
+use super::schedule::{SendSchedule, Timeline};
+use super::stamp::Stamp;
+use super::tracker::{Pending, PendingSend, SeqTracker};
+use crate::client::connection::{ConnectError, ConnectOptions, WsStream, connect};
+use crate::protocol::{ClientFrame, DEFAULT_ROOM, EventHeader};
+
+/// How early a bot wakes before a scheduled send (the timer's granularity).
+const TIMER_SLACK: Duration = Duration::from_millis(1);
+
+/// What every bot of a run shares (read-only but for the `connected` gauge).
+#[derive(Debug)]
+pub struct RunContext {
+    pub scenario: Arc<Scenario>,
+    pub timeline: Timeline,
+    pub url: String,
+    pub connect: ConnectOptions,
+    /// Marks this run's messages (see `stamp::run_tag`).
+    pub tag: u32,
+    /// The run's time zero, and the same instant as Unix microseconds.
+    pub epoch: Instant,
+    pub epoch_wall_us: i64,
+    /// Cancelled on ctrl-c: stop sending, drain, finish.
+    pub stop: CancellationToken,
+    /// How long bots keep receiving after `stop`.
+    pub drain_after_stop: Duration,
+    /// Bots connected right now (raw mode derives expected deliveries from it).
+    pub connected: AtomicUsize,
+    /// Random letters message texts are cut from.
+    pub filler: String,
+}
+
+impl RunContext {
+    /// Now, as Unix microseconds on the run's clock.
+    pub fn now_us(&self) -> i64 {
+        self.wall_us(Instant::now())
+    }
+
+    pub fn wall_us(&self, instant: Instant) -> i64 {
+        self.epoch_wall_us + instant.saturating_duration_since(self.epoch).as_micros() as i64
+    }
+
+    pub fn at(&self, offset: Duration) -> Instant {
+        self.epoch + offset
+    }
+
+    /// Seconds since the start of the run.
+    pub fn second(&self) -> u32 {
+        self.epoch.elapsed().as_secs() as u32
+    }
+}
+
+/// Who a bot is and when it starts.
+#[derive(Debug, Clone)]
+pub struct BotPlan {
+    /// Global index across every shard: the sender id in stamps.
+    pub id: u32,
+    /// Index of its group in the scenario.
+    pub group: usize,
+    pub room: String,
+    pub connect_at: Duration,
+    pub seed: u64,
+    /// Local address to connect from.
+    pub bind: Option<SocketAddr>,
+}
+
+/// One open connection of a bot.
+pub(super) struct Conn {
+    pub sink: SplitSink<WsStream, Message>,
+    pub stream: SplitStream<WsStream>,
+    /// Per-sender sequence tracking of this connection.
+    pub tracker: SeqTracker,
+    /// A `binary` announcement was read; the frame comes next.
+    pub expect_binary: bool,
+    /// `history` fetches under way after `gap`s: (next after_seq, last seq wanted).
+    pub recovering: Vec<(u64, u64)>,
+    pub user_id: Option<String>,
+    pub reading: bool,
+}
+
+/// How a connection ended.
+enum Outcome {
+    /// The run is over.
+    Finished,
+    /// Churn: reconnect after the downtime.
+    Churn,
+    /// The server closed or the network failed.
+    Dropped,
+}
+
+pub(super) struct Bot {
+    pub plan: BotPlan,
+    pub ctx: Arc<RunContext>,
+    pub metrics: BotMetrics,
+    pub live: LiveWindow,
+    schedule: std::iter::Peekable<SendSchedule>,
+    /// Closed model: when the next message goes.
+    closed_next: Option<Instant>,
+    rng: StdRng,
+    /// Messages sent so far (the stamp's seq).
+    seq: u64,
+    renames: u64,
+    pub pending: Pending,
+    stopping: bool,
+    end: Instant,
+}
+
+/// Run one bot to the end of the run; its measurements come back.
+pub async fn run(plan: BotPlan, ctx: Arc<RunContext>, ticks: mpsc::Sender<Tick>) -> BotMetrics {
+    let group = &ctx.scenario.groups[plan.group];
+    let schedule = SendSchedule::new(&ctx.timeline, group.rate, group.arrival, plan.seed).peekable();
+    let closed_next =
+        (group.arrival == Arrival::Closed && group.rate > 0.0).then(|| ctx.at(ctx.timeline.steady_start()));
+    let end = ctx.at(ctx.timeline.end());
+    let mut bot = Bot {
+        rng: StdRng::seed_from_u64(plan.seed ^ 0x5eed_c0de),
+        plan,
+        ctx,
+        metrics: BotMetrics::default(),
+        live: LiveWindow::new(ticks),
+        schedule,
+        closed_next,
+        seq: 0,
+        renames: 0,
+        pending: Pending::default(),
+        stopping: false,
+        end,
+    };
+    bot.lifetime().await;
+    bot.live.flush();
+    bot.metrics
+}
+
+impl Bot {
+    pub fn group(&self) -> &Group {
+        &self.ctx.scenario.groups[self.plan.group]
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.ctx.scenario.protocol
+    }
+
+    async fn lifetime(&mut self) {
+        let start = self.ctx.at(self.plan.connect_at);
+        if !self.wait_until(start).await {
+            return;
+        }
+        let mut first = true;
+        loop {
+            let Some(mut conn) = self.open().await else {
+                if first {
+                    return;
+                }
+                self.metrics.counters.dropped += 1;
+                return;
+            };
+            first = false;
+            self.ctx.connected.fetch_add(1, Ordering::Relaxed);
+            let outcome = self.session(&mut conn).await;
+            self.ctx.connected.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.counters.missing += conn.tracker.missing();
+            self.pending.clear();
+            match outcome {
+                Outcome::Finished => return,
+                Outcome::Dropped => {
+                    self.metrics.counters.dropped += 1;
+                    return;
+                }
+                Outcome::Churn => {
+                    let downtime = self.group().churn.map_or(Duration::ZERO, |c| c.downtime);
+                    if !self.wait_until(Instant::now() + downtime).await || Instant::now() >= self.end {
+                        return;
+                    }
+                    self.skip_missed_sends();
+                    self.metrics.counters.reconnects += 1;
+                }
+            }
+        }
+    }
+
+    /// Sleep until `at`; false if the run is stopped or over first.
+    async fn wait_until(&mut self, at: Instant) -> bool {
+        tokio::select! {
+            () = self.ctx.stop.cancelled() => false,
+            () = sleep_until(at.min(self.end)) => at < self.end,
+        }
+    }
+
+    /// Sends scheduled while disconnected are skipped, not sent late.
+    fn skip_missed_sends(&mut self) {
+        let now = Instant::now();
+        while let Some(offset) = self.schedule.peek() {
+            if self.ctx.at(*offset) >= now {
+                break;
+            }
+            self.schedule.next();
+            self.metrics.counters.skipped += 1;
+        }
+        if let Some(next) = self.closed_next
+            && next < now
+        {
+            self.closed_next = Some(now);
+        }
+    }
+
+    /// Connect, read `welcome`, join the room; `None` (counted) on failure.
+    async fn open(&mut self) -> Option<Conn> {
+        let started = Instant::now();
+        let mut options = self.ctx.connect.clone();
+        options.bind = self.plan.bind;
+        let ws = match connect(&self.ctx.url, &options).await {
+            Ok(ws) => ws,
+            Err(err) => {
+                self.metrics.counters.connects_failed += 1;
+                self.metrics.count_error(connect_error_kind(&err));
+                self.live.count(self.ctx.second(), Live::Error);
+                tracing::debug!(bot = self.plan.id, "connect failed: {err}");
+                return None;
+            }
+        };
+        let (sink, stream) = ws.split();
+        let mut conn = Conn {
+            sink,
+            stream,
+            tracker: SeqTracker::default(),
+            expect_binary: false,
+            recovering: Vec::new(),
+            user_id: None,
+            reading: true,
+        };
+        if self.protocol() == Protocol::Chorus {
+            let joined = timeout(self.ctx.connect.timeout, self.enter_room(&mut conn)).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                let kind = match joined {
+                    Err(_) => "connect: no welcome/joined in time".to_string(),
+                    Ok(Err(why)) => format!("connect: {why}"),
+                    Ok(Ok(())) => unreachable!(),
+                };
+                self.metrics.counters.connects_failed += 1;
+                self.metrics.count_error(&kind);
+                return None;
+            }
+        }
+        self.metrics.record(Metric::Connect, started.elapsed().as_micros() as u64);
+        self.metrics.counters.connects_ok += 1;
+        Some(conn)
+    }
+
+    /// Read `welcome`, then join the bot's room and wait for the confirmation.
+    async fn enter_room(&mut self, conn: &mut Conn) -> Result<(), String> {
+        let user_id = loop {
+            let text = next_text(conn).await?;
+            let header = EventHeader::decode(&text).map_err(|e| format!("bad welcome: {e}"))?;
+            if header.kind == "welcome" {
+                break header.user_id.map(|u| u.into_owned()).unwrap_or_default();
+            }
+        };
+        conn.user_id = Some(user_id.clone());
+        let room = self.plan.room.clone();
+        if room == DEFAULT_ROOM {
+            return Ok(());
+        }
+        let join = ClientFrame::Join { room: room.as_str().into() }.encode();
+        conn.sink.send(Message::Text(join.into())).await.map_err(|e| e.to_string())?;
+        loop {
+            let text = next_text(conn).await?;
+            let Ok(header) = EventHeader::decode(&text) else { continue };
+            match header.kind.as_ref() {
+                "joined" if header.user_id.as_deref() == Some(user_id.as_str()) => return Ok(()),
+                "error" => return Err(format!("join refused: {}", header.code.unwrap_or_default())),
+                _ => {}
+            }
+        }
+    }
+
+    /// The next scheduled send, unless stopping or past the sending phases.
+    fn next_send(&mut self) -> Option<Instant> {
+        if self.stopping {
+            return None;
+        }
+        let send_end = self.ctx.at(self.ctx.timeline.send_end());
+        let next = match self.group().arrival {
+            Arrival::Closed => self.closed_next?,
+            _ => self.ctx.at(*self.schedule.peek()?),
+        };
+        (next < send_end).then_some(next)
+    }
+
+    /// Run one connection until the run ends, churn, or the server drops it.
+    async fn session(&mut self, conn: &mut Conn) -> Outcome {
+        let churn_at = self.group().churn.map(|churn| {
+            let u: f64 = self.rng.random_range(f64::EPSILON..1.0);
+            Instant::now() + churn.every.mul_f64(-u.ln())
+        });
+        let stop_reading_at =
+            self.group().stop_reading_after.map(|d| self.ctx.at(self.ctx.timeline.steady_start() + d));
+        let far = self.end + Duration::from_secs(3600);
+        loop {
+            // Wake a timer tick early: tokio's timer has millisecond
+            // granularity, and a send that would always be up to 1ms late
+            // would add that to every corrected latency.
+            let next_send = self.next_send().map(|at| at.checked_sub(TIMER_SLACK).unwrap_or(at));
+            let stop_reading = stop_reading_at.filter(|_| conn.reading);
+            tokio::select! {
+                biased;
+                () = self.ctx.stop.cancelled(), if !self.stopping => {
+                    self.stopping = true;
+                    self.end = self.end.min(Instant::now() + self.ctx.drain_after_stop);
+                }
+                () = sleep_until(self.end) => {
+                    close(conn).await;
+                    return Outcome::Finished;
+                }
+                () = sleep_until(churn_at.unwrap_or(far)), if churn_at.is_some() => {
+                    close(conn).await;
+                    return Outcome::Churn;
+                }
+                () = sleep_until(stop_reading.unwrap_or(far)), if stop_reading.is_some() => {
+                    conn.reading = false;
+                }
+                () = sleep_until(next_send.unwrap_or(far)), if next_send.is_some() => {
+                    if let Err(err) = self.send(conn).await {
+                        self.note_failure(&err);
+                        return Outcome::Dropped;
+                    }
+                }
+                message = conn.stream.next(), if conn.reading => match message {
+                    Some(Ok(message)) => {
+                        if let Err(err) = self.receive(conn, message).await {
+                            self.note_failure(&err);
+                            return Outcome::Dropped;
+                        }
+                    }
+                    Some(Err(err)) => {
+                        self.note_failure(&err);
+                        return Outcome::Dropped;
+                    }
+                    None => {
+                        self.metrics.count_error("connection closed without a close frame");
+                        return Outcome::Dropped;
+                    }
+                },
+            }
+        }
+    }
+
+    fn note_failure(&mut self, err: &WsError) {
+        match err {
+            WsError::ConnectionClosed | WsError::AlreadyClosed => {}
+            other => self.metrics.count_error(&format!("connection: {}", error_kind(other))),
+        }
+        self.live.count(self.ctx.second(), Live::Error);
+    }
+
+    /// Send the next scheduled message.
+    async fn send(&mut self, conn: &mut Conn) -> Result<(), WsError> {
+        let now = Instant::now();
+        let intended = match self.group().arrival {
+            Arrival::Closed => {
+                self.closed_next = None;
+                now
+            }
+            _ => self.ctx.at(self.schedule.next().unwrap_or_default()),
+        };
+        // Sent a little early (see TIMER_SLACK): measure from the actual send.
+        let intended = intended.min(now);
+        let lag = now.saturating_duration_since(intended);
+        self.metrics.record(Metric::Lag, lag.as_micros() as u64);
+        let kind = self.pick_kind();
+        let (message, pending) = self.build(kind, intended, lag);
+        if self.protocol() == Protocol::Chorus {
+            match kind {
+                Kind::Text => self.pending.text.push_back(pending),
+                Kind::Binary => self.pending.binary.push_back(pending),
+                Kind::Rename => self.pending.rename.push_back(pending),
+            }
+        }
+        conn.sink.send(message).await?;
+        let counters = &mut self.metrics.counters;
+        match kind {
+            Kind::Text => counters.sent_text += 1,
+            Kind::Binary => counters.sent_binary += 1,
+            Kind::Rename => counters.sent_rename += 1,
+        }
+        if self.protocol() == Protocol::Raw {
+            // A raw relay sends to everyone else connected; nothing acks.
+            let others = self.ctx.connected.load(Ordering::Relaxed).saturating_sub(1);
+            self.metrics.counters.expected += others as u64;
+        }
+        self.live.count(self.ctx.second(), Live::Sent);
+        Ok(())
+    }
+
+    fn pick_kind(&mut self) -> Kind {
+        let mix = self.group().mix;
+        let roll = self.rng.random_range(0..(mix.text + mix.binary + mix.rename).max(1));
+        if roll < mix.text {
+            Kind::Text
+        } else if roll < mix.text + mix.binary {
+            Kind::Binary
+        } else {
+            Kind::Rename
+        }
+    }
+
+    /// The frame for one message of `kind`, and what to remember until its ack.
+    fn build(&mut self, kind: Kind, intended: Instant, lag: Duration) -> (Message, PendingSend) {
+        let intended_us = self.ctx.wall_us(intended);
+        let lag_us = lag.as_micros().min(u128::from(u32::MAX)) as u32;
+        let pending = |client_id| PendingSend { client_id, intended_us, sent_us: intended_us + i64::from(lag_us) };
+        if kind == Kind::Rename {
+            self.renames += 1;
+            let name = format!("{}-{}-{}", self.group().name, self.plan.id, self.renames);
+            return (Message::Text(ClientFrame::Username { name: name.into() }.encode().into()), pending(None));
+        }
+        self.seq += 1;
+        let stamp = Stamp { tag: self.ctx.tag, bot: self.plan.id, seq: self.seq, intended_us, lag_us };
+        let group = self.group();
+        if kind == Kind::Binary {
+            let size = self.rng.random_range(group.binary_size.min..=group.binary_size.max);
+            let mut data = Vec::with_capacity(size);
+            stamp.write_binary(&mut data);
+            data.resize(size, b'.');
+            return (Message::Binary(data.into()), pending(None));
+        }
+        let size = self.rng.random_range(group.text_size.min..=group.text_size.max);
+        let filler = &self.ctx.filler;
+        match self.protocol() {
+            Protocol::Raw => (Message::Text(stamp.raw_text(size, filler).into()), pending(None)),
+            Protocol::Chorus => {
+                let client_id = stamp.to_text();
+                let text = &filler[..size.min(filler.len())];
+                let frame =
+                    ClientFrame::Chat { text: text.into(), room: None, client_id: Some(client_id.as_str().into()) };
+                (Message::Text(frame.encode().into()), pending(Some(client_id)))
+            }
+        }
+    }
+
+    /// Closed model: the answer to our last message came; think, then send again.
+    pub fn answered(&mut self) {
+        if self.group().arrival == Arrival::Closed {
+            let think = self.group().think_time;
+            let pause = if think.max > think.min { self.rng.random_range(think.min..=think.max) } else { think.min };
+            self.closed_next = Some(Instant::now() + pause);
+        }
+    }
+}
+
+/// The next text frame (pings answered by tungstenite as we read).
+async fn next_text(conn: &mut Conn) -> Result<Utf8Bytes, String> {
+    loop {
+        match conn.stream.next().await {
+            Some(Ok(Message::Text(text))) => return Ok(text),
+            Some(Ok(Message::Close(frame))) => {
+                return Err(format!("closed by the server: {}", frame.map(|f| f.to_string()).unwrap_or_default()));
+            }
+            Some(Ok(_)) => {}
+            Some(Err(err)) => return Err(err.to_string()),
+            None => return Err("connection closed".into()),
+        }
+    }
+}
+
+/// Close with 1000 and wait briefly for the server's answer.
+async fn close(conn: &mut Conn) {
+    let frame = CloseFrame { code: CloseCode::Normal, reason: Utf8Bytes::from_static("run finished") };
+    let _ = timeout(Duration::from_secs(1), async {
+        if conn.sink.send(Message::Close(Some(frame))).await.is_ok() {
+            while let Some(Ok(message)) = conn.stream.next().await {
+                if message.is_close() {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+}
+
+/// A short name for a connect failure, for counting by kind.
+fn connect_error_kind(err: &ConnectError) -> &'static str {
+    match err {
+        ConnectError::BadUrl { .. } | ConnectError::Unsupported { .. } => "connect: bad url",
+        ConnectError::Unreachable { .. } => "connect: unreachable",
+        ConnectError::TimedOut { .. } => "connect: timeout",
+        ConnectError::Refused { .. } => "connect: handshake refused",
+    }
+}
+
+/// A short name for a WebSocket error, for counting by kind.
+fn error_kind(err: &WsError) -> String {
+    match err {
+        WsError::Io(io) => format!("io {:?}", io.kind()),
+        WsError::Protocol(p) => format!("protocol {p}"),
+        WsError::Capacity(_) => "message too big".into(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,359 @@
+//! The driver of a run: starts the embedded server (unless there is a
+//! target), plans and spawns the bots, shows progress, stops them on the
+//! caller's token, merges their measurements and writes the results.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use futures_util::StreamExt;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::bot::{self, BotPlan, RunContext};
+use super::html::{self, ChartData, Series};
+use super::metrics::{BotMetrics, GroupMetrics};
+use super::progress::{self, Collected};
+use super::report;
+use super::results::{self, SavedRun};
+use super::scenario::{Protocol, Scenario};
+use super::schedule::Timeline;
+use super::stamp::run_tag;
+use super::summary::{REPORTED, RunFacts, Summary, scenario_info};
+use crate::client::connection::{ConnectOptions, connect, normalize_url};
+use crate::protocol::EventHeader;
+use crate::server::ServerHandle;
+
+/// Connections per source address before the next one is used (the
+/// ephemeral port range allows about 28k per address and destination).
+const PER_SOURCE_ADDRESS: usize = 25_000;
+
+/// One shard of a run split over several processes: `index` of `count`, from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Shard, String> {
+        let bad = || format!("--shard takes i/n with 1 <= i <= n, like 1/4 (got {text:?})");
+        let (i, n) = text.split_once('/').ok_or_else(bad)?;
+        let shard = Shard { index: i.trim().parse().map_err(|_| bad())?, count: n.trim().parse().map_err(|_| bad())? };
+        if shard.index == 0 || shard.index > shard.count {
+            return Err(bad());
+        }
+        Ok(shard)
+    }
+}
+
+/// How to run a scenario, beyond the file itself.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Overrides the scenario's `target`.
+    pub target: Option<String>,
+    /// Where result folders go (`results/`).
+    pub results: PathBuf,
+    /// An exact folder for this run's results instead.
+    pub out: Option<PathBuf>,
+    pub shard: Option<Shard>,
+    /// Wait until then before starting (aligns the shards of a run).
+    pub start_at: Option<SystemTime>,
+    pub connect: ConnectOptions,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            target: None,
+            results: PathBuf::from("results"),
+            out: None,
+            shard: None,
+            start_at: None,
+            connect: ConnectOptions::default(),
+        }
+    }
+}
+
+/// A finished run.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub summary: Summary,
+    pub dir: PathBuf,
+    /// The terminal report.
+    pub report: String,
+}
+
+/// Run a scenario. `stop` ends it early (ctrl-c): sending stops, in-flight
+/// messages drain, and the partial results are written.
+pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToken) -> anyhow::Result<RunOutcome> {
+    let scenario = Arc::new(scenario);
+    let target = options.target.clone().or_else(|| scenario.target.clone()).map(|t| normalize_url(&t));
+    if options.shard.is_some() && target.is_none() {
+        bail!(
+            "--shard needs an external target (--target URL or target = in the scenario): every shard must load the same server"
+        );
+    }
+    if target.is_some() && scenario.has_server_table {
+        eprintln!("note: the scenario's [server] settings are ignored when a target is given");
+    }
+    let server = match &target {
+        Some(_) => None,
+        None => Some(
+            ServerHandle::start("127.0.0.1:0", scenario.server.clone())
+                .await
+                .context("starting the embedded server")?,
+        ),
+    };
+    let url = target.clone().or_else(|| server.as_ref().map(ServerHandle::url)).unwrap_or_default();
+    let mut connect_options = options.connect.clone();
+    connect_options.timeout = scenario.connect_timeout;
+    preflight(&url, &connect_options, scenario.protocol).await?;
+    if let Some(at) = options.start_at
+        && let Ok(wait) = at.duration_since(SystemTime::now())
+    {
+        eprintln!("waiting {:.1}s for the agreed start time", wait.as_secs_f64());
+        tokio::time::sleep(wait).await;
+    }
+    let timeline = Timeline::new(&scenario.phases);
+    let plans = plan_bots(&scenario, &timeline, options.shard, &url);
+    let target_clients = plans.len();
+    let ctx = Arc::new(RunContext {
+        filler: filler(&scenario),
+        tag: run_tag(&scenario.name, scenario.seed),
+        timeline,
+        url: url.clone(),
+        connect: connect_options,
+        epoch: Instant::now(),
+        epoch_wall_us: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64),
+        stop: stop.clone(),
+        drain_after_stop: drain_of(&scenario),
+        connected: AtomicUsize::new(0),
+        scenario: scenario.clone(),
+    });
+    let started_at = crate::ids::now_ts();
+    let cpu_before = cpu_time();
+    let (tick_tx, tick_rx) = mpsc::channel(16 * 1024);
+    let progress = tokio::spawn(progress::run(tick_rx, ctx.clone(), target_clients));
+    let (total, groups) = run_bots(plans, &ctx, tick_tx).await;
+    let collected = progress.await.unwrap_or_default();
+    let elapsed = ctx.epoch.elapsed();
+    let cpu = cpu_time().saturating_sub(cpu_before);
+    if let Some(server) = server {
+        server.shutdown().await.context("stopping the embedded server")?;
+    }
+    let interrupted = stop.is_cancelled();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let cpu_percent = cpu.as_secs_f64() / elapsed.as_secs_f64().max(1e-9) * 100.0;
+    let facts = RunFacts {
+        started_at,
+        duration_secs: elapsed.as_secs_f64(),
+        steady_secs: steady_secs(&ctx, elapsed),
+        interrupted,
+        shard: options.shard.map(|s| format!("{}/{}", s.index, s.count)),
+        merged_from: 1,
+        suspect: suspicions(&total, cpu_percent, cores, target.is_none()),
+        generator_cpu_percent: cpu_percent,
+        cores,
+        target: url,
+        embedded_server: target.is_none(),
+    };
+    let info = scenario_info(&scenario, &facts);
+    let summary = Summary::build(info, &scenario.thresholds, facts, &total, &groups);
+    let saved = SavedRun::new(&total, &groups, &collected.seconds);
+    let dir =
+        results::make_dir(&options.results, options.out.as_deref(), &scenario.name, summary.run.shard.as_deref())?;
+    let outcome = finish(summary, &saved, &collected, dir)?;
+    Ok(outcome)
+}
+
+/// Render and write the results of a run (or of a merge).
+pub fn finish(summary: Summary, saved: &SavedRun, collected: &Collected, dir: PathBuf) -> anyhow::Result<RunOutcome> {
+    let report = report::text(&summary);
+    let (total, _) = saved.metrics()?;
+    let html = html::render(&summary, &chart_data(&total, collected));
+    results::write(&dir, &summary, saved, &report, &html)?;
+    Ok(RunOutcome { summary, dir, report })
+}
+
+/// Connect once before the run, so an unreachable target is one clear error.
+async fn preflight(url: &str, options: &ConnectOptions, protocol: Protocol) -> anyhow::Result<()> {
+    let mut ws = connect(url, options).await.with_context(|| format!("the target {url} is not usable"))?;
+    if protocol == Protocol::Chorus {
+        let welcome = tokio::time::timeout(options.timeout, ws.next()).await;
+        let ok = matches!(&welcome, Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))))
+            if EventHeader::decode(t).is_ok_and(|h| h.kind == "welcome"));
+        if !ok {
+            bail!("{url} did not greet with a chorus `welcome`; for another kind of server use protocol = \"raw\"");
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+    Ok(())
+}
+
+/// Who connects when, from where, to which room.
+fn plan_bots(scenario: &Scenario, timeline: &Timeline, shard: Option<Shard>, url: &str) -> Vec<BotPlan> {
+    let total = scenario.total_clients();
+    let loopback = url_is_loopback_v4(url);
+    let mut plans = Vec::new();
+    let mut id = 0usize;
+    for (g, group) in scenario.groups.iter().enumerate() {
+        for i in 0..group.clients {
+            let mine = shard.is_none_or(|s| id % s.count as usize == (s.index - 1) as usize);
+            if mine {
+                let bind = (loopback && total > PER_SOURCE_ADDRESS).then(|| {
+                    let n = (id / PER_SOURCE_ADDRESS + 1).min(254) as u8;
+                    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)), 0)
+                });
+                plans.push(BotPlan {
+                    id: id as u32,
+                    group: g,
+                    room: group.rooms[i % group.rooms.len()].clone(),
+                    connect_at: timeline.connect_at(id, total),
+                    seed: splitmix(scenario.seed ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                    bind,
+                });
+            }
+            id += 1;
+        }
+    }
+    plans
+}
+
+fn url_is_loopback_v4(url: &str) -> bool {
+    let host = url.split("://").nth(1).and_then(|rest| rest.split(['/', ':']).next()).unwrap_or("");
+    host.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback()) || host == "localhost"
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Spawn every bot and merge what they measured: (total, per group).
+async fn run_bots(
+    plans: Vec<BotPlan>,
+    ctx: &Arc<RunContext>,
+    ticks: mpsc::Sender<super::metrics::Tick>,
+) -> (BotMetrics, Vec<GroupMetrics>) {
+    let mut groups: Vec<GroupMetrics> =
+        ctx.scenario.groups.iter().map(|g| (g.name.clone(), 0, BotMetrics::default())).collect();
+    let handles: Vec<(usize, tokio::task::JoinHandle<BotMetrics>)> =
+        plans.into_iter().map(|plan| (plan.group, tokio::spawn(bot::run(plan, ctx.clone(), ticks.clone())))).collect();
+    drop(ticks);
+    let mut total = BotMetrics::default();
+    for (group, handle) in handles {
+        let entry = &mut groups[group];
+        entry.1 += 1;
+        match handle.await {
+            Ok(metrics) => {
+                entry.2.merge(&metrics);
+                total.merge(&metrics);
+            }
+            Err(err) => {
+                tracing::error!("a bot task failed: {err}");
+                entry.2.count_error("bot task failed");
+                total.count_error("bot task failed");
+            }
+        }
+    }
+    (total, groups)
+}
+
+/// Random letters, as much as the longest text needs.
+fn filler(scenario: &Scenario) -> String {
+    let longest = scenario.groups.iter().map(|g| g.text_size.max).max().unwrap_or(0).max(64);
+    let mut rng = StdRng::seed_from_u64(scenario.seed);
+    (0..longest).map(|_| char::from(rng.random_range(b'a'..=b'z'))).collect()
+}
+
+fn drain_of(scenario: &Scenario) -> Duration {
+    match scenario.phases.last() {
+        Some(super::scenario::Phase::Drain(d)) => d.duration,
+        _ => Duration::from_secs(2),
+    }
+}
+
+/// Seconds of steady phases that actually ran (all of them unless interrupted).
+fn steady_secs(ctx: &RunContext, elapsed: Duration) -> f64 {
+    ctx.timeline
+        .spans
+        .iter()
+        .filter(|s| matches!(s.phase, super::scenario::Phase::Steady(_)))
+        .map(|s| elapsed.min(s.end).saturating_sub(s.start).as_secs_f64())
+        .sum()
+}
+
+/// User plus system CPU time of this process so far.
+fn cpu_time() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_SELF)
+        .map(|u| {
+            let t = |tv: nix::sys::time::TimeVal| {
+                Duration::new(tv.tv_sec().max(0) as u64, (tv.tv_usec().max(0) as u32) * 1000)
+            };
+            t(u.user_time()) + t(u.system_time())
+        })
+        .unwrap_or_default()
+}
+
+/// Reasons to distrust the figures: the generator could not keep up.
+fn suspicions(total: &BotMetrics, cpu_percent: f64, cores: u64, embedded: bool) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if let Some(lag) = total.hist(super::metrics::Metric::Lag) {
+        let p99 = lag.value_at_quantile(0.99) as f64 / 1000.0;
+        let max = lag.max() as f64 / 1000.0;
+        if p99 > 10.0 || max > 1000.0 {
+            reasons.push(format!(
+                "the generator fell behind its schedule (scheduler lag p99 {p99:.1}ms, max {max:.1}ms); latencies include that delay"
+            ));
+        }
+    }
+    if cpu_percent > 90.0 * cores as f64 {
+        let who = if embedded { "the generator and the embedded server" } else { "the generator" };
+        reasons.push(format!("{who} used {cpu_percent:.0}% CPU of {cores} core(s): CPU-bound"));
+    }
+    reasons
+}
+
+/// The series the HTML charts draw.
+fn chart_data(total: &BotMetrics, collected: &Collected) -> ChartData {
+    let curve = |name: &str, color: &'static str| {
+        let parts = REPORTED.iter().find(|(n, _)| *n == name).map(|(_, p)| *p).unwrap_or(&[]);
+        total.combined(parts).map(|hist| Series {
+            name: name.to_string(),
+            color,
+            points: hist
+                .iter_quantiles(4)
+                .filter(|v| v.quantile_iterated_to() < 0.99999)
+                .map(|v| (1.0 / (1.0 - v.quantile_iterated_to()), v.value_iterated_to() as f64 / 1000.0))
+                .collect(),
+        })
+    };
+    let percentiles = [curve("delivery", "#c0392b"), curve("ack", "#2e86c1"), curve("connect", "#7d3c98")]
+        .into_iter()
+        .flatten()
+        .collect();
+    let per_second = |f: &dyn Fn(&progress::Second) -> Option<f64>| -> Vec<(f64, f64)> {
+        collected.seconds.iter().filter_map(|(s, b)| f(b).map(|v| (f64::from(*s), v))).collect()
+    };
+    let throughput = vec![
+        Series { name: "sent/s".into(), color: "#2e86c1", points: per_second(&|b| Some(b.sent as f64)) },
+        Series { name: "delivered/s".into(), color: "#27ae60", points: per_second(&|b| Some(b.received as f64)) },
+    ];
+    let p99 = vec![Series {
+        name: "delivery p99".into(),
+        color: "#c0392b",
+        points: per_second(&|b| (!b.delivery.is_empty()).then(|| b.delivery.value_at_quantile(0.99) as f64 / 1000.0)),
+    }];
+    ChartData { percentiles, throughput, p99 }
+}

@@ -1,0 +1,365 @@
+//! What bots measure. Each bot owns a `BotMetrics` (HDR histograms, created
+//! on first use, and counters) and records into it without any lock; the
+//! driver merges them at the end (`Histogram::add` is lossless). Only small
+//! per-second `Tick`s travel over a channel, for live progress and the time
+//! series.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use tokio::sync::mpsc;
+
+/// Latencies are recorded in microseconds.
+pub type Hist = Histogram<u64>;
+
+/// A histogram with 3 significant figures that grows as needed.
+pub fn new_hist() -> Hist {
+    // new() only fails for sigfig > 5.
+    Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures is valid"))
+}
+
+/// Every histogram a bot keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// Receive time minus intended send time, text messages.
+    DeliveryText,
+    /// The same for binary messages.
+    DeliveryBinary,
+    /// Receive time minus actual send time (no coordinated-omission correction).
+    DeliveryRaw,
+    /// Ack time minus intended send time, by kind.
+    AckText,
+    AckBinary,
+    AckRename,
+    /// Ack time minus actual send time.
+    AckRaw,
+    /// TCP connect plus WebSocket handshake plus welcome.
+    Connect,
+    /// How late the generator sent, against the schedule.
+    Lag,
+    /// Receive time of a message recovered through `history` after a `gap`.
+    Recovery,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 10] = [
+        Metric::DeliveryText,
+        Metric::DeliveryBinary,
+        Metric::DeliveryRaw,
+        Metric::AckText,
+        Metric::AckBinary,
+        Metric::AckRename,
+        Metric::AckRaw,
+        Metric::Connect,
+        Metric::Lag,
+        Metric::Recovery,
+    ];
+
+    /// The name in reports and thresholds.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::DeliveryText => "delivery.text",
+            Metric::DeliveryBinary => "delivery.binary",
+            Metric::DeliveryRaw => "delivery_raw",
+            Metric::AckText => "ack.text",
+            Metric::AckBinary => "ack.binary",
+            Metric::AckRename => "ack.rename",
+            Metric::AckRaw => "ack_raw",
+            Metric::Connect => "connect",
+            Metric::Lag => "lag",
+            Metric::Recovery => "recovery",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Message kinds a bot sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Text,
+    Binary,
+    Rename,
+}
+
+impl Kind {
+    pub fn ack_metric(self) -> Metric {
+        match self {
+            Kind::Text => Metric::AckText,
+            Kind::Binary => Metric::AckBinary,
+            Kind::Rename => Metric::AckRename,
+        }
+    }
+}
+
+/// Plain counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counters {
+    pub sent_text: u64,
+    pub sent_binary: u64,
+    pub sent_rename: u64,
+    /// Sends skipped because the client was disconnected (churn).
+    pub skipped: u64,
+    /// Acks (and rename confirmations) received.
+    pub acked: u64,
+    /// Sum of `ack.recipients` (raw mode: other clients connected at send time).
+    pub expected: u64,
+    pub received_text: u64,
+    pub received_binary: u64,
+    /// Messages fetched with `history` after a `gap`.
+    pub recovered: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    /// Seq holes a receiver saw in a sender's stream and never filled.
+    pub missing: u64,
+    /// `gap` events received.
+    pub gaps: u64,
+    pub connects_ok: u64,
+    pub connects_failed: u64,
+    /// Connections that ended before the run did (churn excluded).
+    pub dropped: u64,
+    /// Churn reconnections.
+    pub reconnects: u64,
+    /// Messages without this run's stamp (other traffic on the target).
+    pub foreign: u64,
+    /// Our own messages sent back to us (a relay that echoes to the sender).
+    pub echoes: u64,
+}
+
+impl Counters {
+    pub fn sent(&self) -> u64 {
+        self.sent_text + self.sent_binary + self.sent_rename
+    }
+
+    pub fn received(&self) -> u64 {
+        self.received_text + self.received_binary
+    }
+
+    fn add(&mut self, o: &Counters) {
+        self.sent_text += o.sent_text;
+        self.sent_binary += o.sent_binary;
+        self.sent_rename += o.sent_rename;
+        self.skipped += o.skipped;
+        self.acked += o.acked;
+        self.expected += o.expected;
+        self.received_text += o.received_text;
+        self.received_binary += o.received_binary;
+        self.recovered += o.recovered;
+        self.duplicated += o.duplicated;
+        self.reordered += o.reordered;
+        self.missing += o.missing;
+        self.gaps += o.gaps;
+        self.connects_ok += o.connects_ok;
+        self.connects_failed += o.connects_failed;
+        self.dropped += o.dropped;
+        self.reconnects += o.reconnects;
+        self.foreign += o.foreign;
+        self.echoes += o.echoes;
+    }
+}
+
+/// One bot's (or, merged, one group's or the run's) measurements.
+#[derive(Debug, Clone, Default)]
+pub struct BotMetrics {
+    hists: [Option<Hist>; Metric::ALL.len()],
+    pub counters: Counters,
+    /// Errors by kind (`error` codes from the server, connect failures, ...).
+    pub errors: BTreeMap<String, u64>,
+    /// Connections closed by the server, by close code and reason.
+    pub closes: BTreeMap<String, u64>,
+}
+
+impl BotMetrics {
+    /// Record a latency in microseconds.
+    pub fn record(&mut self, metric: Metric, micros: u64) {
+        let hist = self.hists[metric.index()].get_or_insert_with(new_hist);
+        if hist.record(micros.max(1)).is_err() {
+            hist.saturating_record(micros.max(1));
+        }
+    }
+
+    pub fn hist(&self, metric: Metric) -> Option<&Hist> {
+        self.hists[metric.index()].as_ref()
+    }
+
+    /// Several metrics merged into one (for example delivery = text + binary).
+    pub fn combined(&self, metrics: &[Metric]) -> Option<Hist> {
+        let mut out: Option<Hist> = None;
+        for metric in metrics {
+            if let Some(hist) = self.hist(*metric) {
+                let merged = out.get_or_insert_with(new_hist);
+                let _ = merged.add(hist);
+            }
+        }
+        out
+    }
+
+    pub fn count_error(&mut self, kind: &str) {
+        *self.errors.entry(kind.to_string()).or_default() += 1;
+    }
+
+    pub fn count_close(&mut self, what: String) {
+        *self.closes.entry(what).or_default() += 1;
+    }
+
+    pub fn error_total(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    /// Fold `other` into this one.
+    pub fn merge(&mut self, other: &BotMetrics) {
+        for (mine, theirs) in self.hists.iter_mut().zip(&other.hists) {
+            if let Some(theirs) = theirs {
+                let _ = mine.get_or_insert_with(new_hist).add(theirs);
+            }
+        }
+        self.counters.add(&other.counters);
+        for (kind, n) in &other.errors {
+            *self.errors.entry(kind.clone()).or_default() += n;
+        }
+        for (kind, n) in &other.closes {
+            *self.closes.entry(kind.clone()).or_default() += n;
+        }
+    }
+
+    /// Replace a histogram (used when loading saved results).
+    pub fn set_hist(&mut self, metric: Metric, hist: Hist) {
+        self.hists[metric.index()] = Some(hist);
+    }
+}
+
+/// A group's merged measurements: (name, clients, metrics).
+pub type GroupMetrics = (String, u64, BotMetrics);
+
+/// One second of one bot's activity, for live progress and the time series.
+#[derive(Debug, Clone)]
+pub struct Tick {
+    /// Seconds since the run started.
+    pub second: u32,
+    pub sent: u32,
+    pub received: u32,
+    pub acked: u32,
+    pub errors: u32,
+    /// Delivery latency this second (2 significant figures: it is only for progress and charts).
+    pub delivery: Option<Histogram<u64>>,
+}
+
+impl Tick {
+    fn new(second: u32) -> Tick {
+        Tick { second, sent: 0, received: 0, acked: 0, errors: 0, delivery: None }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sent == 0 && self.received == 0 && self.acked == 0 && self.errors == 0
+    }
+}
+
+/// A bot's current `Tick`, sent to the driver when the second changes.
+#[derive(Debug)]
+pub struct LiveWindow {
+    tick: Tick,
+    tx: mpsc::Sender<Tick>,
+}
+
+/// What a bot counts in its live window.
+#[derive(Debug, Clone, Copy)]
+pub enum Live {
+    Sent,
+    Received(u64),
+    Acked,
+    Error,
+}
+
+impl LiveWindow {
+    pub fn new(tx: mpsc::Sender<Tick>) -> LiveWindow {
+        LiveWindow { tick: Tick::new(0), tx }
+    }
+
+    /// Count one event at `second` (seconds since the start of the run).
+    pub fn count(&mut self, second: u32, what: Live) {
+        if second != self.tick.second {
+            self.flush();
+            self.tick = Tick::new(second);
+        }
+        match what {
+            Live::Sent => self.tick.sent += 1,
+            Live::Acked => self.tick.acked += 1,
+            Live::Error => self.tick.errors += 1,
+            Live::Received(micros) => {
+                self.tick.received += 1;
+                let hist = self
+                    .tick
+                    .delivery
+                    .get_or_insert_with(|| Histogram::new(2).unwrap_or_else(|_| unreachable!("2 is valid")));
+                if hist.record(micros.max(1)).is_err() {
+                    hist.saturating_record(micros.max(1));
+                }
+            }
+        }
+    }
+
+    /// Send the current tick to the driver (dropped if the driver is behind).
+    pub fn flush(&mut self) {
+        if !self.tick.is_empty() {
+            let second = self.tick.second;
+            let tick = std::mem::replace(&mut self.tick, Tick::new(second));
+            let _ = self.tx.try_send(tick);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merging_is_lossless() {
+        let mut a = BotMetrics::default();
+        let mut b = BotMetrics::default();
+        for v in 1..=100 {
+            a.record(Metric::DeliveryText, v);
+            b.record(Metric::DeliveryText, v + 100);
+        }
+        b.record(Metric::DeliveryBinary, 5000);
+        a.counters.sent_text = 3;
+        b.counters.sent_text = 4;
+        b.count_error("rate_limited");
+        let mut all = BotMetrics::default();
+        all.merge(&a);
+        all.merge(&b);
+        let delivery = all.hist(Metric::DeliveryText).unwrap();
+        assert_eq!(delivery.len(), 200);
+        assert_eq!(delivery.max(), 200);
+        assert_eq!(all.counters.sent(), 7);
+        assert_eq!(all.errors["rate_limited"], 1);
+        let combined = all.combined(&[Metric::DeliveryText, Metric::DeliveryBinary]).unwrap();
+        assert_eq!(combined.len(), 201);
+        assert!(all.hist(Metric::Connect).is_none(), "histograms exist only once used");
+    }
+
+    #[test]
+    fn large_latencies_are_kept_not_clamped() {
+        let mut m = BotMetrics::default();
+        m.record(Metric::DeliveryText, 300);
+        m.record(Metric::DeliveryText, 5_000_000);
+        let hist = m.hist(Metric::DeliveryText).unwrap();
+        assert!(hist.max() >= 4_990_000, "a 5 s latency stays 5 s: {}", hist.max());
+    }
+
+    #[tokio::test]
+    async fn live_windows_flush_per_second() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut live = LiveWindow::new(tx);
+        live.count(0, Live::Sent);
+        live.count(0, Live::Received(1500));
+        live.count(1, Live::Acked);
+        let first = rx.recv().await.unwrap();
+        assert_eq!((first.second, first.sent, first.received), (0, 1, 1));
+        assert_eq!(first.delivery.unwrap().len(), 1);
+        live.flush();
+        let second = rx.recv().await.unwrap();
+        assert_eq!((second.second, second.acked), (1, 1));
+    }
+}

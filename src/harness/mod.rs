@@ -1,0 +1,168 @@
+//! The load harness: `chorus run <scenario.toml>` and `chorus report`.
+//!
+//! - `scenario`: TOML -> validated `Scenario`; `thresholds`: pass / fail rules.
+//! - `schedule`: phases on the clock, connect times, open-model send times.
+//! - `driver`: runs a scenario; `bot` and `receive`: one simulated client;
+//!   `tracker`: pending acks and per-sender sequences; `stamp`: what each
+//!   message carries.
+//! - `metrics`: per-bot HDR histograms and counters; `progress`: live view and
+//!   time series; `summary`: the `summary.json` schema; `report`, `html`:
+//!   rendering; `results`: the results folder, reading it back, merging shards.
+
+pub mod bot;
+pub mod driver;
+pub mod html;
+pub mod metrics;
+pub mod progress;
+mod receive;
+pub mod report;
+pub mod results;
+pub mod scenario;
+pub mod schedule;
+pub mod stamp;
+pub mod summary;
+pub mod thresholds;
+pub mod tracker;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+
+pub use driver::{RunOptions, RunOutcome, Shard, run};
+pub use scenario::{Scenario, ScenarioError};
+
+use metrics::{BotMetrics, GroupMetrics};
+use progress::{Collected, Second};
+use results::SavedRun;
+use summary::{RunFacts, Summary};
+use thresholds::Threshold;
+
+/// Exit code: every threshold passed.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: an error (bad scenario, unreachable target, unreadable results).
+pub const EXIT_ERROR: u8 = 1;
+/// Exit code: the run finished but at least one threshold failed.
+pub const EXIT_THRESHOLDS_FAILED: u8 = 3;
+/// Exit code: the run was interrupted (ctrl-c); partial results were written.
+pub const EXIT_INTERRUPTED: u8 = 4;
+
+/// The exit code a finished run deserves.
+pub fn exit_code(summary: &Summary) -> u8 {
+    if summary.run.interrupted {
+        EXIT_INTERRUPTED
+    } else if !summary.passed {
+        EXIT_THRESHOLDS_FAILED
+    } else {
+        EXIT_OK
+    }
+}
+
+/// `chorus report DIR [BASELINE]`: the saved report, or two runs compared.
+pub fn report(dir: &Path, baseline: Option<&Path>) -> anyhow::Result<(String, Summary)> {
+    let (summary, _) = results::read(dir)?;
+    let text = match baseline {
+        None => report::text(&summary),
+        Some(base) => {
+            let (base, _) = results::read(base)?;
+            report::compare(&summary, &base)
+        }
+    };
+    Ok((text, summary))
+}
+
+/// `chorus report --merge DIR...`: combine the shards of one run, exactly
+/// (counters add, histograms merge losslessly), and write the merged results.
+pub fn merge(dirs: &[PathBuf], results_base: &Path, out: Option<&Path>) -> anyhow::Result<RunOutcome> {
+    if dirs.len() < 2 {
+        bail!("--merge needs at least two result folders");
+    }
+    let mut runs = Vec::new();
+    for dir in dirs {
+        runs.push(results::read(dir)?);
+    }
+    let (first, _) = &runs[0];
+    for (other, dir) in runs.iter().map(|(s, _)| s).zip(dirs).skip(1) {
+        if other.scenario.name != first.scenario.name || other.scenario.seed != first.scenario.seed {
+            bail!(
+                "{} is a run of {} (seed {}), not of {} (seed {}): only shards of one run merge",
+                dir.display(),
+                other.scenario.name,
+                other.scenario.seed,
+                first.scenario.name,
+                first.scenario.seed
+            );
+        }
+    }
+    let info = first.scenario.clone();
+    let mut total = BotMetrics::default();
+    let mut groups: BTreeMap<String, (u64, BotMetrics)> = BTreeMap::new();
+    let mut collected = Collected::default();
+    for (_, saved) in &runs {
+        let (t, gs) = saved.metrics()?;
+        total.merge(&t);
+        for (name, clients, m) in gs {
+            let entry = groups.entry(name).or_insert_with(|| (0, BotMetrics::default()));
+            entry.0 += clients;
+            entry.1.merge(&m);
+        }
+        add_seconds(&mut collected, saved)?;
+    }
+    let order: Vec<String> = info.groups.iter().map(|g| g.name.clone()).collect();
+    let groups: Vec<GroupMetrics> =
+        order.iter().filter_map(|name| groups.remove(name).map(|(c, m)| (name.clone(), c, m))).collect();
+    let group_names: Vec<&str> = order.iter().map(String::as_str).collect();
+    let protocol = if info.protocol == "raw" { scenario::Protocol::Raw } else { scenario::Protocol::Chorus };
+    let thresholds = info
+        .thresholds
+        .iter()
+        .map(|(k, c)| Threshold::parse(k, c, protocol, &group_names).map_err(|e| anyhow::anyhow!("threshold {k}: {e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let summaries: Vec<&Summary> = runs.iter().map(|(s, _)| s).collect();
+    let facts = RunFacts {
+        started_at: summaries.iter().map(|s| s.run.started_at.clone()).min().unwrap_or_default(),
+        duration_secs: summaries.iter().map(|s| s.run.duration_secs).fold(0.0, f64::max),
+        steady_secs: summaries.iter().map(|s| s.run.steady_secs).fold(0.0, f64::max),
+        interrupted: summaries.iter().any(|s| s.run.interrupted),
+        shard: None,
+        merged_from: summaries.iter().map(|s| s.run.merged_from).sum(),
+        suspect: summaries
+            .iter()
+            .flat_map(|s| {
+                let shard = s.run.shard.clone().unwrap_or_default();
+                s.run.suspect.iter().map(move |r| format!("shard {shard}: {r}"))
+            })
+            .collect(),
+        generator_cpu_percent: summaries.iter().map(|s| s.run.generator_cpu_percent).sum(),
+        cores: summaries.iter().map(|s| s.run.cores).max().unwrap_or(1),
+        target: info.target.clone(),
+        embedded_server: info.embedded_server,
+    };
+    let mut merged_info = info;
+    merged_info.clients = summaries.iter().map(|s| s.scenario.clients).max().unwrap_or(0);
+    let summary = Summary::build(merged_info, &thresholds, facts, &total, &groups);
+    let saved = SavedRun::new(&total, &groups, &collected.seconds);
+    let dir = results::make_dir(results_base, out, &format!("{}-merged", summary.scenario.name), None)?;
+    driver::finish(summary, &saved, &collected, dir)
+}
+
+fn add_seconds(collected: &mut Collected, saved: &SavedRun) -> anyhow::Result<()> {
+    for (second, bucket) in saved.seconds().context("reading a time series")? {
+        match collected.seconds.get_mut(&second) {
+            None => {
+                collected.seconds.insert(second, bucket);
+            }
+            Some(mine) => add_second(mine, &bucket),
+        }
+    }
+    Ok(())
+}
+
+fn add_second(mine: &mut Second, other: &Second) {
+    mine.sent += other.sent;
+    mine.received += other.received;
+    mine.acked += other.acked;
+    mine.errors += other.errors;
+    mine.connected += other.connected;
+    let _ = mine.delivery.add(&other.delivery);
+}

@@ -1,0 +1,198 @@
+//! What a bot does with each frame it receives: deliveries (latency and
+//! sequence tracking), acks (ack latency and expected deliveries), errors,
+//! closes, and `gap`s, which it recovers through `history`.
+
+use base64::Engine as _;
+use futures_util::SinkExt;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use super::bot::{Bot, Conn};
+use super::metrics::{Kind, Live, Metric};
+use super::scenario::Protocol;
+use super::stamp::Stamp;
+use super::tracker::{Arrival, PendingSend};
+use crate::protocol::{ClientFrame, EventHeader, HISTORY_MAX_LIMIT, ServerEvent};
+
+impl Bot {
+    /// Handle one frame; an error ends the connection.
+    pub(super) async fn receive(&mut self, conn: &mut Conn, message: Message) -> Result<(), WsError> {
+        match message {
+            Message::Text(text) => match self.protocol() {
+                Protocol::Raw => match Stamp::from_raw_text(&text) {
+                    Some(stamp) => self.deliver(conn, stamp, Kind::Text),
+                    None => self.metrics.counters.foreign += 1,
+                },
+                Protocol::Chorus => self.on_event(conn, &text).await?,
+            },
+            Message::Binary(data) => {
+                let announced = std::mem::take(&mut conn.expect_binary);
+                match Stamp::from_binary(&data) {
+                    Some(stamp) if announced || self.protocol() == Protocol::Raw => {
+                        self.deliver(conn, stamp, Kind::Binary)
+                    }
+                    _ => self.metrics.counters.foreign += 1,
+                }
+            }
+            Message::Close(frame) => {
+                let what = frame
+                    .map_or_else(|| "no close code".to_string(), |f| format!("{} {}", u16::from(f.code), f.reason));
+                self.metrics.count_close(what);
+                return Err(WsError::ConnectionClosed);
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+        }
+        Ok(())
+    }
+
+    /// A stamped message from another bot arrived live.
+    fn deliver(&mut self, conn: &mut Conn, stamp: Stamp, kind: Kind) {
+        if stamp.tag != self.ctx.tag {
+            self.metrics.counters.foreign += 1;
+            return;
+        }
+        if stamp.bot == self.plan.id {
+            self.metrics.counters.echoes += 1;
+            return;
+        }
+        let now = self.ctx.now_us();
+        let latency = (now - stamp.intended_us).max(0) as u64;
+        let metric = if kind == Kind::Binary { Metric::DeliveryBinary } else { Metric::DeliveryText };
+        self.metrics.record(metric, latency);
+        self.metrics.record(Metric::DeliveryRaw, (now - stamp.sent_us()).max(0) as u64);
+        let counters = &mut self.metrics.counters;
+        match conn.tracker.observe(stamp.bot, stamp.seq) {
+            Arrival::Duplicate => {
+                counters.duplicated += 1;
+                return;
+            }
+            Arrival::Reordered => counters.reordered += 1,
+            Arrival::Fresh => {}
+        }
+        match kind {
+            Kind::Binary => counters.received_binary += 1,
+            _ => counters.received_text += 1,
+        }
+        self.live.count(self.ctx.second(), Live::Received(latency));
+    }
+
+    /// One JSON event from a chorus server.
+    async fn on_event(&mut self, conn: &mut Conn, text: &str) -> Result<(), WsError> {
+        let Ok(header) = EventHeader::decode(text) else {
+            self.metrics.count_error("undecodable event");
+            return Ok(());
+        };
+        match header.kind.as_ref() {
+            "chat" => match header.client_id.as_deref().and_then(Stamp::from_text) {
+                Some(stamp) => self.deliver(conn, stamp, Kind::Text),
+                None => self.metrics.counters.foreign += 1,
+            },
+            "binary" => conn.expect_binary = true,
+            "ack" => {
+                let found = match header.client_id.as_deref() {
+                    Some(client_id) => self.pending.take_text(client_id).map(|p| (Kind::Text, p)),
+                    None => self.pending.binary.pop_front().map(|p| (Kind::Binary, p)),
+                };
+                self.metrics.counters.expected += header.recipients.unwrap_or(0);
+                if let Some((kind, pending)) = found {
+                    self.acked(kind, &pending);
+                }
+            }
+            "renamed" if header.user_id.is_some() && header.user_id.as_deref() == conn.user_id.as_deref() => {
+                if let Some(pending) = self.pending.rename.pop_front() {
+                    self.acked(Kind::Rename, &pending);
+                }
+            }
+            "error" => self.refused(&header),
+            "gap" => {
+                self.metrics.counters.gaps += 1;
+                if let (Some(from), Some(to)) = (header.from_seq, header.to_seq)
+                    && from <= to
+                {
+                    conn.recovering.push((from.saturating_sub(1), to));
+                    if conn.recovering.len() == 1 {
+                        self.request_history(conn).await?;
+                    }
+                }
+            }
+            "history" => self.recovered(conn, text).await?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn acked(&mut self, kind: Kind, pending: &PendingSend) {
+        let now = self.ctx.now_us();
+        self.metrics.record(kind.ack_metric(), (now - pending.intended_us).max(0) as u64);
+        self.metrics.record(Metric::AckRaw, (now - pending.sent_us).max(0) as u64);
+        self.metrics.counters.acked += 1;
+        self.live.count(self.ctx.second(), Live::Acked);
+        self.answered();
+    }
+
+    /// An `error` event: count it and retire the send it answers.
+    fn refused(&mut self, header: &EventHeader<'_>) {
+        let code = header.code.as_deref().unwrap_or("unknown");
+        self.metrics.count_error(code);
+        self.live.count(self.ctx.second(), Live::Error);
+        let retired = match header.client_id.as_deref() {
+            Some(client_id) => self.pending.take_text(client_id).is_some(),
+            None if code.contains("name") => self.pending.rename.pop_front().is_some(),
+            None => self.pending.binary.pop_front().is_some(),
+        };
+        if retired {
+            self.answered();
+        }
+    }
+
+    /// Ask for the next chunk of the oldest gap being recovered.
+    async fn request_history(&mut self, conn: &mut Conn) -> Result<(), WsError> {
+        let Some(&(after, to)) = conn.recovering.first() else { return Ok(()) };
+        let limit = (to - after).min(u64::from(HISTORY_MAX_LIMIT)) as u32;
+        let request = ClientFrame::History {
+            room: Some(self.plan.room.as_str().into()),
+            after_seq: Some(after),
+            before_seq: None,
+            limit: Some(limit),
+        };
+        conn.sink.send(Message::Text(request.encode().into())).await
+    }
+
+    /// A `history` answer to a gap fetch: count what it recovers, ask for more.
+    async fn recovered(&mut self, conn: &mut Conn, text: &str) -> Result<(), WsError> {
+        let Some(&(after, to)) = conn.recovering.first() else { return Ok(()) };
+        let Ok(ServerEvent::History { messages, .. }) = ServerEvent::decode(text) else {
+            self.metrics.count_error("undecodable history");
+            conn.recovering.remove(0);
+            return Ok(());
+        };
+        let now = self.ctx.now_us();
+        let mut last = after;
+        for message in &messages {
+            let (seq, stamp) = match message {
+                ServerEvent::Chat { seq, client_id, .. } => (*seq, client_id.as_deref().and_then(Stamp::from_text)),
+                ServerEvent::Binary { seq, data, .. } => {
+                    let bytes = data.as_deref().and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok());
+                    (*seq, bytes.as_deref().and_then(Stamp::from_binary))
+                }
+                _ => continue,
+            };
+            if seq <= after || seq > to {
+                continue;
+            }
+            last = last.max(seq);
+            let Some(stamp) = stamp.filter(|s| s.tag == self.ctx.tag && s.bot != self.plan.id) else { continue };
+            if conn.tracker.observe(stamp.bot, stamp.seq) == Arrival::Duplicate {
+                self.metrics.counters.duplicated += 1;
+                continue;
+            }
+            self.metrics.counters.recovered += 1;
+            self.metrics.record(Metric::Recovery, (now - stamp.intended_us).max(0) as u64);
+        }
+        if messages.is_empty() || last >= to {
+            conn.recovering.remove(0);
+        } else {
+            conn.recovering[0].0 = last;
+        }
+        self.request_history(conn).await
+    }
+}

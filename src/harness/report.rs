@@ -1,0 +1,270 @@
+//! Reports, pure functions of a `Summary`: the terminal report, and the side
+//! by side comparison of two runs. (`html.rs` renders the HTML one.)
+
+use std::fmt::Write as _;
+
+use super::summary::{LatencyStats, Summary};
+
+/// Latency rows shown, in order, when they have samples.
+const ROWS: &[&str] = &[
+    "delivery",
+    "delivery.text",
+    "delivery.binary",
+    "delivery_raw",
+    "ack",
+    "ack.text",
+    "ack.binary",
+    "ack.rename",
+    "ack_raw",
+    "connect",
+    "lag",
+    "recovery",
+];
+
+fn ms(value: f64) -> String {
+    if value >= 100.0 {
+        format!("{value:.0}")
+    } else if value >= 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.3}")
+    }
+}
+
+fn count_list(map: &std::collections::BTreeMap<String, u64>) -> String {
+    if map.is_empty() {
+        return "none".to_string();
+    }
+    map.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
+}
+
+/// The terminal report of a run.
+pub fn text(s: &Summary) -> String {
+    let mut out = String::new();
+    let sc = &s.scenario;
+    let _ = writeln!(
+        out,
+        "chorus run: {}{}",
+        sc.name,
+        if sc.description.is_empty() { String::new() } else { format!(" — {}", sc.description) }
+    );
+    let where_ = if sc.embedded_server { "embedded server" } else { "external server" };
+    let shard = s.run.shard.as_ref().map(|sh| format!(" · shard {sh}")).unwrap_or_default();
+    let merged = if s.run.merged_from > 1 { format!(" · {} shards merged", s.run.merged_from) } else { String::new() };
+    let _ = writeln!(
+        out,
+        "target {} ({where_}) · protocol {} · seed {} · {} clients · {:.1}s (steady {:.1}s){shard}{merged}",
+        sc.target, sc.protocol, sc.seed, sc.clients, s.run.duration_secs, s.run.steady_secs
+    );
+    if s.run.interrupted {
+        let _ = writeln!(out, "INTERRUPTED: stopped early; the figures cover only what ran");
+    }
+    let _ = writeln!(out);
+    let c = &s.connections;
+    let connect = s
+        .latency
+        .get("connect")
+        .map(|l| format!("  connect p50 {}ms  p99 {}ms", ms(l.p50_ms), ms(l.p99_ms)))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "connections  {} of {} ok, {} failed{connect}  reconnects {}  dropped {}",
+        c.ok, c.target, c.failed, c.reconnects, c.dropped
+    );
+    let m = &s.messages;
+    let _ = writeln!(
+        out,
+        "messages     sent {} (text {}, binary {}, rename {})  acked {}  received {}  skipped {}",
+        m.sent, m.sent_text, m.sent_binary, m.sent_rename, m.acked, m.received, m.skipped
+    );
+    if m.foreign + m.echoes > 0 {
+        let _ = writeln!(out, "             foreign frames {}  echoes of our own {}", m.foreign, m.echoes);
+    }
+    let _ = writeln!(
+        out,
+        "throughput   {:.1} sent/s  {:.1} delivered/s (steady phases)\n",
+        s.throughput.sent_per_sec, s.throughput.delivered_per_sec
+    );
+    latency_table(&mut out, s);
+    let d = &s.delivery;
+    let _ =
+        writeln!(out, "\ndelivery       expected   received  recovered       lost  duplicated  reordered     ratio");
+    let ratio = d.ratio.map_or("-".to_string(), |r| format!("{r:.6}"));
+    let _ = writeln!(
+        out,
+        "             {:>10} {:>10} {:>10} {:>10} {:>11} {:>10} {:>9}",
+        d.expected, d.received, d.recovered, d.lost, d.duplicated, d.reordered, ratio
+    );
+    if d.gaps > 0 || d.missing > 0 {
+        let _ = writeln!(out, "             gaps announced {}  sequence holes never filled {}", d.gaps, d.missing);
+    }
+    if s.groups.len() > 1 {
+        groups_table(&mut out, s);
+    }
+    let _ = writeln!(out, "\nerrors       {}", count_list(&s.errors));
+    if !s.closes.is_empty() {
+        let _ = writeln!(out, "closed by server  {}", count_list(&s.closes));
+    }
+    let cpu = format!("generator CPU {:.0}% of {} core(s)", s.run.generator_cpu_percent, s.run.cores);
+    if s.run.suspect.is_empty() {
+        let _ = writeln!(out, "generator    ok ({cpu}; scheduler kept up)");
+    } else {
+        let _ = writeln!(out, "SUSPECT      the load generator may have distorted this run ({cpu}):");
+        for reason in &s.run.suspect {
+            let _ = writeln!(out, "             - {reason}");
+        }
+    }
+    thresholds(&mut out, s);
+    out
+}
+
+fn latency_table(out: &mut String, s: &Summary) {
+    let _ = writeln!(out, "latency (ms)          count       p50       p90       p99     p99.9       max");
+    for name in ROWS {
+        if let Some(l) = s.latency.get(*name) {
+            latency_row(out, name, l);
+        }
+    }
+}
+
+fn latency_row(out: &mut String, name: &str, l: &LatencyStats) {
+    let _ = writeln!(
+        out,
+        "  {name:<16} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        l.count,
+        ms(l.p50_ms),
+        ms(l.p90_ms),
+        ms(l.p99_ms),
+        ms(l.p999_ms),
+        ms(l.max_ms)
+    );
+}
+
+fn groups_table(out: &mut String, s: &Summary) {
+    let _ =
+        writeln!(out, "\ngroups         clients      sent  received  delivery p99  observed ratio  errors  dropped");
+    for g in &s.groups {
+        let p99 = g.latency.get("delivery").map_or("-".to_string(), |l| format!("{}ms", ms(l.p99_ms)));
+        let ratio = g.observed_ratio.map_or("-".to_string(), |r| format!("{r:.6}"));
+        let _ = writeln!(
+            out,
+            "  {:<12} {:>7} {:>9} {:>9} {:>13} {:>15} {:>7} {:>8}",
+            g.name, g.clients, g.sent, g.received, p99, ratio, g.errors, g.dropped
+        );
+    }
+}
+
+fn thresholds(out: &mut String, s: &Summary) {
+    if s.thresholds.is_empty() {
+        let _ = writeln!(out, "\nthresholds   none set");
+        return;
+    }
+    let _ = writeln!(out, "\nthresholds");
+    for t in &s.thresholds {
+        let mark = if t.passed { "pass" } else { "FAIL" };
+        let observed = match t.observed {
+            Some(v)
+                if t.key.contains(".p")
+                    || t.key.ends_with(".max")
+                    || t.key.ends_with(".min")
+                    || t.key.ends_with(".mean") =>
+            {
+                format!("{}ms", ms(v))
+            }
+            Some(v) => format!("{v}"),
+            None => "no data".to_string(),
+        };
+        let _ = writeln!(out, "  {mark}  {:<32} {:<10} observed {observed}", t.key, t.condition);
+    }
+    let failed = s.thresholds.iter().filter(|t| !t.passed).count();
+    if failed == 0 {
+        let _ = writeln!(out, "\nresult: PASSED ({} threshold(s))", s.thresholds.len());
+    } else {
+        let _ = writeln!(out, "\nresult: FAILED ({failed} of {} threshold(s))", s.thresholds.len());
+    }
+}
+
+/// Which way is better for a compared figure.
+#[derive(Clone, Copy)]
+enum Better {
+    Lower,
+    Higher,
+}
+
+/// Two runs side by side, with deltas; regressions are marked.
+pub fn compare(this: &Summary, base: &Summary) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "chorus report: {} ({})  vs  baseline {} ({})",
+        this.scenario.name, this.run.started_at, base.scenario.name, base.run.started_at
+    );
+    let _ = writeln!(out, "\n{:<24} {:>12} {:>12} {:>10}", "figure", "this", "baseline", "change");
+    let mut regressions = 0;
+    let mut row = |out: &mut String, name: &str, a: Option<f64>, b: Option<f64>, better: Better, unit: &str| {
+        let show = |v: Option<f64>| {
+            v.map_or("-".to_string(), |v| format!("{}{unit}", if unit == "ms" { ms(v) } else { format!("{v:.2}") }))
+        };
+        let (change, mark) = match (a, b) {
+            (Some(a), Some(b)) if b != 0.0 => {
+                let pct = (a - b) / b.abs() * 100.0;
+                let worse = match better {
+                    Better::Lower => pct > 10.0 && (a - b) > if unit == "ms" { 0.1 } else { 0.0 },
+                    Better::Higher => pct < -10.0 || (unit.is_empty() && name.contains("ratio") && a < b),
+                };
+                (format!("{pct:+.1}%"), if worse { "  ▲ regression" } else { "" })
+            }
+            (Some(a), Some(b)) if a > b && matches!(better, Better::Lower) => ("new".to_string(), "  ▲ regression"),
+            _ => (String::new(), ""),
+        };
+        if !mark.is_empty() {
+            regressions += 1;
+        }
+        let _ = writeln!(out, "{name:<24} {:>12} {:>12} {change:>10}{mark}", show(a), show(b));
+    };
+    for metric in ["delivery", "ack", "connect"] {
+        for stat in ["p50", "p99", "p99.9", "max"] {
+            let get = |s: &Summary| s.latency.get(metric).and_then(|l| l.stat(stat));
+            if get(this).is_some() || get(base).is_some() {
+                row(&mut out, &format!("{metric}.{stat}"), get(this), get(base), Better::Lower, "ms");
+            }
+        }
+    }
+    row(
+        &mut out,
+        "throughput sent/s",
+        Some(this.throughput.sent_per_sec),
+        Some(base.throughput.sent_per_sec),
+        Better::Higher,
+        "",
+    );
+    row(
+        &mut out,
+        "throughput delivered/s",
+        Some(this.throughput.delivered_per_sec),
+        Some(base.throughput.delivered_per_sec),
+        Better::Higher,
+        "",
+    );
+    row(&mut out, "delivery.ratio", this.delivery.ratio, base.delivery.ratio, Better::Higher, "");
+    row(&mut out, "delivery.lost", Some(this.delivery.lost as f64), Some(base.delivery.lost as f64), Better::Lower, "");
+    let errors = |s: &Summary| Some(s.errors.values().sum::<u64>() as f64);
+    row(&mut out, "errors", errors(this), errors(base), Better::Lower, "");
+    row(
+        &mut out,
+        "connect failures",
+        Some(this.connections.failed as f64),
+        Some(base.connections.failed as f64),
+        Better::Lower,
+        "",
+    );
+    let verdict =
+        if regressions == 0 { "no regressions".to_string() } else { format!("{regressions} regression(s) marked ▲") };
+    let _ =
+        writeln!(out, "\n{verdict} (latency: worse by more than 10% and 0.1ms; throughput: lower by more than 10%)");
+    if !this.run.suspect.is_empty() || !base.run.suspect.is_empty() {
+        let _ =
+            writeln!(out, "note: at least one run is marked SUSPECT (its generator fell behind); compare with care");
+    }
+    out
+}

@@ -1,0 +1,690 @@
+//! Scenario files: TOML parsed in two stages, first into a serde mirror of the
+//! file (`RawScenario`), then validated into a `Scenario` whose every field is
+//! known good. Errors name the file, the key and the fix.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::thresholds::Threshold;
+use crate::protocol::check_room;
+use crate::server::{ServerConfig, SessionConfig};
+use crate::units::{parse_duration, parse_size};
+
+/// Bytes a binary payload needs for its stamp.
+pub use super::stamp::BINARY_STAMP_LEN;
+/// Characters a raw-protocol text needs for its stamp.
+pub use super::stamp::TEXT_STAMP_MAX_LEN;
+
+/// A scenario file that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("cannot read scenario {file}: {source}")]
+    Read { file: String, source: std::io::Error },
+    #[error("scenario {file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("scenario {file}: {key} {message}")]
+    Invalid { file: String, key: String, message: String },
+}
+
+// ---- stage 1: the file as written -------------------------------------------------
+
+/// A duration written as `"10s"` or as a number of seconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum DurationValue {
+    Text(String),
+    Seconds(f64),
+}
+
+/// A size written as a number, `"4KiB"`, or a `[min, max]` range of either.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    One(OneSize),
+    Range([OneSize; 2]),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum OneSize {
+    Bytes(i64),
+    Text(String),
+}
+
+/// A duration or a `[min, max]` range of durations.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum DurationRange {
+    One(DurationValue),
+    Range([DurationValue; 2]),
+}
+
+/// A rate multiplier, constant or changing linearly over a phase.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum ScaleValue {
+    One(f64),
+    Ramp([f64; 2]),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    name: Option<String>,
+    description: Option<String>,
+    seed: Option<u64>,
+    duration: Option<DurationValue>,
+    ramp_up: Option<DurationValue>,
+    drain: Option<DurationValue>,
+    protocol: Option<String>,
+    target: Option<String>,
+    /// How long one client may take to connect (default 10s).
+    connect_timeout: Option<DurationValue>,
+    server: Option<RawServer>,
+    #[serde(default, rename = "phase")]
+    phases: Vec<RawPhase>,
+    #[serde(default, rename = "group")]
+    groups: Vec<RawGroup>,
+    #[serde(default)]
+    thresholds: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    max_message_size: Option<OneSize>,
+    max_connections: Option<usize>,
+    max_rooms: Option<usize>,
+    max_queue_bytes: Option<OneSize>,
+    max_queue_messages: Option<usize>,
+    handshake_timeout: Option<DurationValue>,
+    ping_interval: Option<DurationValue>,
+    pong_timeout: Option<DurationValue>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPhase {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    name: Option<String>,
+    duration: Option<DurationValue>,
+    rate: Option<ScaleValue>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    name: Option<String>,
+    clients: Option<i64>,
+    room: Option<String>,
+    rooms: Option<Vec<String>>,
+    rate: Option<f64>,
+    arrival: Option<String>,
+    think_time: Option<DurationRange>,
+    mix: Option<RawMix>,
+    text_size: Option<SizeValue>,
+    binary_size: Option<SizeValue>,
+    churn: Option<RawChurn>,
+    stop_reading_after: Option<DurationValue>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMix {
+    #[serde(default)]
+    text: Option<i64>,
+    #[serde(default)]
+    binary: Option<i64>,
+    #[serde(default)]
+    rename: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChurn {
+    every: DurationValue,
+    downtime: Option<DurationValue>,
+}
+
+// ---- stage 2: the validated scenario -----------------------------------------------
+
+/// What the harness speaks to the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// chorus wire protocol v1: JSON envelopes, acks, rooms.
+    Chorus,
+    /// Any server that relays text and binary frames verbatim to the other clients.
+    Raw,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Chorus => "chorus",
+            Protocol::Raw => "raw",
+        }
+    }
+}
+
+/// How a group's clients pace their messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Open model, evenly spaced sends.
+    Uniform,
+    /// Open model, exponentially distributed gaps (a Poisson process).
+    Poisson,
+    /// Closed model: send, wait for the ack, think, send again.
+    Closed,
+}
+
+/// A `[min, max]` range (both inclusive) of sizes or durations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range<T> {
+    pub min: T,
+    pub max: T,
+}
+
+/// Message kind weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mix {
+    pub text: u32,
+    pub binary: u32,
+    pub rename: u32,
+}
+
+/// Clients that drop their connection and come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Churn {
+    /// Mean time connected between drops (exponentially distributed).
+    pub every: Duration,
+    /// Time disconnected before reconnecting.
+    pub downtime: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    pub name: String,
+    pub clients: usize,
+    /// Rooms the clients are spread over, round-robin.
+    pub rooms: Vec<String>,
+    /// Messages per second per client.
+    pub rate: f64,
+    pub arrival: Arrival,
+    /// Closed model only: pause after each ack.
+    pub think_time: Range<Duration>,
+    pub mix: Mix,
+    pub text_size: Range<usize>,
+    pub binary_size: Range<usize>,
+    pub churn: Option<Churn>,
+    /// The clients stop reading from their socket this long after the first steady phase starts.
+    pub stop_reading_after: Option<Duration>,
+}
+
+/// Connections are opened evenly over a ramp; sending is scaled by `rate` (default 0).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ramp {
+    pub duration: Duration,
+    pub rate: (f64, f64),
+}
+
+/// Every client sends at its group rate times `rate` (from, to: linear over the phase).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Steady {
+    pub name: String,
+    pub duration: Duration,
+    pub rate: (f64, f64),
+}
+
+/// Nobody sends; in-flight deliveries are awaited.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Drain {
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Phase {
+    Ramp(Ramp),
+    Steady(Steady),
+    Drain(Drain),
+}
+
+impl Phase {
+    pub fn duration(&self) -> Duration {
+        match self {
+            Phase::Ramp(p) => p.duration,
+            Phase::Steady(p) => p.duration,
+            Phase::Drain(p) => p.duration,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Phase::Ramp(_) => "ramp",
+            Phase::Steady(p) => &p.name,
+            Phase::Drain(_) => "drain",
+        }
+    }
+
+    /// The rate multiplier at the start and end of the phase.
+    pub fn rate(&self) -> (f64, f64) {
+        match self {
+            Phase::Ramp(p) => p.rate,
+            Phase::Steady(p) => p.rate,
+            Phase::Drain(_) => (0.0, 0.0),
+        }
+    }
+}
+
+/// A validated scenario.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: String,
+    pub description: String,
+    /// The file it came from, for messages.
+    pub file: String,
+    pub seed: u64,
+    pub protocol: Protocol,
+    /// `None`: an embedded server.
+    pub target: Option<String>,
+    pub connect_timeout: Duration,
+    pub server: ServerConfig,
+    /// Whether the file had a `[server]` table (ignored when a target is set).
+    pub has_server_table: bool,
+    pub phases: Vec<Phase>,
+    pub groups: Vec<Group>,
+    pub thresholds: Vec<Threshold>,
+}
+
+impl Scenario {
+    /// Read and validate a scenario file.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let file = path.display().to_string();
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { file: file.clone(), source })?;
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("scenario");
+        Scenario::parse(&text, &file, stem)
+    }
+
+    /// Validate scenario text; `file` names it in errors, `default_name` is used without a `name` key.
+    pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Scenario, ScenarioError> {
+        let raw: RawScenario = toml::from_str(text)
+            .map_err(|err| ScenarioError::Parse { file: file.to_string(), message: err.to_string() })?;
+        Validator { file }.scenario(raw, default_name)
+    }
+
+    /// Total run time, all phases included.
+    pub fn total_duration(&self) -> Duration {
+        self.phases.iter().map(Phase::duration).sum()
+    }
+
+    pub fn total_clients(&self) -> usize {
+        self.groups.iter().map(|g| g.clients).sum()
+    }
+}
+
+/// Turns a `RawScenario` into a `Scenario`, naming the file in every error.
+struct Validator<'a> {
+    file: &'a str,
+}
+
+impl Validator<'_> {
+    fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ScenarioError {
+        ScenarioError::Invalid { file: self.file.to_string(), key: key.into(), message: message.into() }
+    }
+
+    fn duration(&self, key: &str, value: &DurationValue) -> Result<Duration, ScenarioError> {
+        match value {
+            DurationValue::Text(text) => parse_duration(text).map_err(|why| self.invalid(key, why)),
+            DurationValue::Seconds(secs) if secs.is_finite() && *secs >= 0.0 => Ok(Duration::from_secs_f64(*secs)),
+            DurationValue::Seconds(secs) => Err(self.invalid(key, format!("must be a duration >= 0 (got {secs})"))),
+        }
+    }
+
+    fn size(&self, key: &str, value: &OneSize) -> Result<usize, ScenarioError> {
+        match value {
+            OneSize::Bytes(n) if *n >= 0 => Ok(*n as usize),
+            OneSize::Bytes(n) => Err(self.invalid(key, format!("must be a size >= 0 (got {n})"))),
+            OneSize::Text(text) => parse_size(text).map_err(|why| self.invalid(key, why)),
+        }
+    }
+
+    fn size_range(&self, key: &str, value: &SizeValue, min_allowed: usize) -> Result<Range<usize>, ScenarioError> {
+        let range = match value {
+            SizeValue::One(one) => {
+                let n = self.size(key, one)?;
+                Range { min: n, max: n }
+            }
+            SizeValue::Range([a, b]) => Range { min: self.size(key, a)?, max: self.size(key, b)? },
+        };
+        if range.min > range.max {
+            return Err(self.invalid(key, format!("[min, max] needs min <= max (got [{}, {}])", range.min, range.max)));
+        }
+        if range.min < min_allowed {
+            return Err(self.invalid(key, format!("must be at least {min_allowed} bytes (got {})", range.min)));
+        }
+        if range.max > 16 << 20 {
+            return Err(self.invalid(key, format!("must be at most 16 MiB (got {})", range.max)));
+        }
+        Ok(range)
+    }
+
+    fn scenario(&self, raw: RawScenario, default_name: &str) -> Result<Scenario, ScenarioError> {
+        let name = raw.name.clone().unwrap_or_else(|| default_name.to_string());
+        if name.is_empty()
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            || name.len() > 64
+        {
+            return Err(self.invalid(
+                "name",
+                format!("must be 1-64 letters, digits, '-', '_' or '.' (it names the results folder); got {name:?}"),
+            ));
+        }
+        let protocol = match raw.protocol.as_deref() {
+            None | Some("chorus") => Protocol::Chorus,
+            Some("raw") => Protocol::Raw,
+            Some(other) => {
+                return Err(self.invalid("protocol", format!("must be \"chorus\" or \"raw\" (got {other:?})")));
+            }
+        };
+        if let Some(target) = &raw.target
+            && !(target.starts_with("ws://") || target.starts_with("wss://"))
+        {
+            return Err(self.invalid("target", format!("must be a ws:// or wss:// URL (got {target:?})")));
+        }
+        if raw.target.is_none() && protocol == Protocol::Raw {
+            return Err(
+                self.invalid("target", "is required with protocol = \"raw\" (the embedded server speaks chorus)")
+            );
+        }
+        let phases = self.phases(&raw)?;
+        if raw.groups.is_empty() {
+            return Err(self.invalid("group", "is missing: add at least one [[group]] with clients = N"));
+        }
+        let groups =
+            raw.groups.iter().enumerate().map(|(i, g)| self.group(i, g, protocol)).collect::<Result<Vec<_>, _>>()?;
+        for (i, group) in groups.iter().enumerate() {
+            if groups[..i].iter().any(|g| g.name == group.name) {
+                return Err(self.invalid(format!("group[{i}].name"), format!("{:?} is used twice", group.name)));
+            }
+        }
+        let total: usize = groups.iter().map(|g| g.clients).sum();
+        if total > 1_000_000 {
+            return Err(self.invalid("group", format!("at most 1,000,000 clients in all (got {total})")));
+        }
+        let group_names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+        let mut thresholds = Vec::new();
+        for (key, condition) in &raw.thresholds {
+            let threshold = Threshold::parse(key, condition, protocol, &group_names)
+                .map_err(|why| self.invalid(format!("thresholds.\"{key}\""), why))?;
+            thresholds.push(threshold);
+        }
+        let connect_timeout = match &raw.connect_timeout {
+            Some(value) => self.duration("connect_timeout", value)?,
+            None => Duration::from_secs(10),
+        };
+        let has_server_table = raw.server.is_some();
+        let server = self.server(raw.server.unwrap_or_default())?;
+        Ok(Scenario {
+            name,
+            description: raw.description.clone().unwrap_or_default(),
+            file: self.file.to_string(),
+            seed: raw.seed.unwrap_or(1),
+            protocol,
+            target: raw.target,
+            connect_timeout,
+            server,
+            has_server_table,
+            phases,
+            groups,
+            thresholds,
+        })
+    }
+
+    fn phases(&self, raw: &RawScenario) -> Result<Vec<Phase>, ScenarioError> {
+        if !raw.phases.is_empty() {
+            if raw.duration.is_some() || raw.ramp_up.is_some() || raw.drain.is_some() {
+                return Err(
+                    self.invalid("phase", "use either duration / ramp_up / drain or [[phase]] entries, not both")
+                );
+            }
+            let phases = raw.phases.iter().enumerate().map(|(i, p)| self.phase(i, p)).collect::<Result<Vec<_>, _>>()?;
+            for (i, phase) in phases.iter().enumerate() {
+                match phase {
+                    Phase::Ramp(_) if i != 0 => {
+                        return Err(self.invalid(format!("phase[{i}].type"), "a ramp can only be the first phase"));
+                    }
+                    Phase::Drain(_) if i != phases.len() - 1 => {
+                        return Err(self.invalid(format!("phase[{i}].type"), "a drain can only be the last phase"));
+                    }
+                    _ => {}
+                }
+            }
+            if !phases.iter().any(|p| matches!(p, Phase::Steady(_))) {
+                return Err(self.invalid("phase", "needs at least one phase of type = \"steady\""));
+            }
+            return Ok(phases);
+        }
+        let Some(duration) = &raw.duration else {
+            return Err(self.invalid("duration", "is missing: say how long to send, e.g. duration = \"10s\""));
+        };
+        let duration = self.duration("duration", duration)?;
+        if duration.is_zero() {
+            return Err(self.invalid("duration", "must be more than 0"));
+        }
+        let mut phases = Vec::new();
+        if let Some(ramp) = &raw.ramp_up {
+            let ramp = self.duration("ramp_up", ramp)?;
+            if !ramp.is_zero() {
+                phases.push(Phase::Ramp(Ramp { duration: ramp, rate: (0.0, 0.0) }));
+            }
+        }
+        phases.push(Phase::Steady(Steady { name: "steady".into(), duration, rate: (1.0, 1.0) }));
+        let drain = match &raw.drain {
+            Some(drain) => self.duration("drain", drain)?,
+            None => Duration::from_secs(2),
+        };
+        phases.push(Phase::Drain(Drain { duration: drain }));
+        Ok(phases)
+    }
+
+    fn phase(&self, i: usize, raw: &RawPhase) -> Result<Phase, ScenarioError> {
+        let key = |field: &str| format!("phase[{i}].{field}");
+        let Some(duration) = &raw.duration else {
+            return Err(self.invalid(key("duration"), "is missing, e.g. duration = \"30s\""));
+        };
+        let duration = self.duration(&key("duration"), duration)?;
+        let rate = match &raw.rate {
+            None => None,
+            Some(ScaleValue::One(r)) => Some((*r, *r)),
+            Some(ScaleValue::Ramp([a, b])) => Some((*a, *b)),
+        };
+        if let Some((a, b)) = rate
+            && !(a.is_finite() && b.is_finite() && a >= 0.0 && b >= 0.0)
+        {
+            return Err(self.invalid(key("rate"), format!("must be a multiplier >= 0 (got [{a}, {b}])")));
+        }
+        match raw.kind.as_deref() {
+            Some("ramp") => Ok(Phase::Ramp(Ramp { duration, rate: rate.unwrap_or((0.0, 0.0)) })),
+            Some("steady") | None => Ok(Phase::Steady(Steady {
+                name: raw.name.clone().unwrap_or_else(|| format!("steady{}", i + 1)),
+                duration,
+                rate: rate.unwrap_or((1.0, 1.0)),
+            })),
+            Some("drain") if rate.is_some() => Err(self.invalid(key("rate"), "a drain phase sends nothing")),
+            Some("drain") => Ok(Phase::Drain(Drain { duration })),
+            Some(other) => {
+                Err(self.invalid(key("type"), format!("must be \"ramp\", \"steady\" or \"drain\" (got {other:?})")))
+            }
+        }
+    }
+
+    fn group(&self, i: usize, raw: &RawGroup, protocol: Protocol) -> Result<Group, ScenarioError> {
+        let key = |field: &str| format!("group[{i}].{field}");
+        let name = raw.name.clone().unwrap_or_else(|| format!("group{}", i + 1));
+        if name.is_empty() || name.contains(char::is_whitespace) || name.contains('.') {
+            return Err(self.invalid(key("name"), format!("must be non-empty, without spaces or dots (got {name:?})")));
+        }
+        let clients = match raw.clients {
+            None => return Err(self.invalid(key("clients"), "is missing: how many clients in this group?")),
+            Some(n) if n < 1 => return Err(self.invalid(key("clients"), format!("must be >= 1 (got {n})"))),
+            Some(n) => n as usize,
+        };
+        let rooms = match (&raw.room, &raw.rooms) {
+            (Some(_), Some(_)) => return Err(self.invalid(key("rooms"), "use room = \"x\" or rooms = [...], not both")),
+            (Some(room), None) => vec![room.clone()],
+            (None, Some(rooms)) if rooms.is_empty() => {
+                return Err(self.invalid(key("rooms"), "must list at least one room"));
+            }
+            (None, Some(rooms)) => rooms.clone(),
+            (None, None) => vec![crate::protocol::DEFAULT_ROOM.to_string()],
+        };
+        for room in &rooms {
+            if let Some(why) = check_room(room) {
+                return Err(self.invalid(key("rooms"), why));
+            }
+        }
+        if protocol == Protocol::Raw && rooms.len() > 1 {
+            return Err(self.invalid(key("rooms"), "raw servers have no rooms: use one room (or none)"));
+        }
+        let rate = raw.rate.unwrap_or(1.0);
+        if !rate.is_finite() || rate < 0.0 {
+            return Err(self.invalid(key("rate"), format!("must be >= 0 (got {rate})")));
+        }
+        let arrival = match raw.arrival.as_deref() {
+            None | Some("poisson") => Arrival::Poisson,
+            Some("uniform") => Arrival::Uniform,
+            Some("closed") => Arrival::Closed,
+            Some(other) => {
+                return Err(self.invalid(
+                    key("arrival"),
+                    format!("must be \"poisson\", \"uniform\" or \"closed\" (got {other:?})"),
+                ));
+            }
+        };
+        let think_time = match &raw.think_time {
+            None => Range { min: Duration::ZERO, max: Duration::ZERO },
+            Some(DurationRange::One(d)) => {
+                let d = self.duration(&key("think_time"), d)?;
+                Range { min: d, max: d }
+            }
+            Some(DurationRange::Range([a, b])) => {
+                let range =
+                    Range { min: self.duration(&key("think_time"), a)?, max: self.duration(&key("think_time"), b)? };
+                if range.min > range.max {
+                    return Err(self.invalid(key("think_time"), "[min, max] needs min <= max"));
+                }
+                range
+            }
+        };
+        if raw.think_time.is_some() && arrival != Arrival::Closed {
+            return Err(self.invalid(key("think_time"), "only applies to arrival = \"closed\""));
+        }
+        let mix = self.mix(&key("mix"), raw.mix.as_ref(), protocol, rate)?;
+        let text_min = if protocol == Protocol::Raw { TEXT_STAMP_MAX_LEN } else { 1 };
+        let text_size = match &raw.text_size {
+            Some(size) => self.size_range(&key("text_size"), size, text_min)?,
+            None => Range { min: 32.max(text_min), max: 32.max(text_min) },
+        };
+        let binary_size = match &raw.binary_size {
+            Some(size) => self.size_range(&key("binary_size"), size, BINARY_STAMP_LEN)?,
+            None => Range { min: 64, max: 64 },
+        };
+        let churn = match &raw.churn {
+            None => None,
+            Some(churn) => {
+                let every = self.duration(&key("churn.every"), &churn.every)?;
+                if every < Duration::from_millis(10) {
+                    return Err(self.invalid(key("churn.every"), "must be at least 10ms"));
+                }
+                let downtime = match &churn.downtime {
+                    Some(d) => self.duration(&key("churn.downtime"), d)?,
+                    None => Duration::from_millis(100),
+                };
+                Some(Churn { every, downtime })
+            }
+        };
+        let stop_reading_after = match &raw.stop_reading_after {
+            Some(d) => Some(self.duration(&key("stop_reading_after"), d)?),
+            None => None,
+        };
+        Ok(Group {
+            name,
+            clients,
+            rooms,
+            rate,
+            arrival,
+            think_time,
+            mix,
+            text_size,
+            binary_size,
+            churn,
+            stop_reading_after,
+        })
+    }
+
+    fn mix(&self, key: &str, raw: Option<&RawMix>, protocol: Protocol, rate: f64) -> Result<Mix, ScenarioError> {
+        let Some(raw) = raw else { return Ok(Mix { text: 1, binary: 0, rename: 0 }) };
+        let weight = |field: &str, value: Option<i64>| -> Result<u32, ScenarioError> {
+            match value {
+                None => Ok(0),
+                Some(w) if (0..=1_000_000).contains(&w) => Ok(w as u32),
+                Some(w) => {
+                    Err(self.invalid(format!("{key}.{field}"), format!("must be a weight from 0 to 1000000 (got {w})")))
+                }
+            }
+        };
+        let mix = Mix {
+            text: weight("text", raw.text)?,
+            binary: weight("binary", raw.binary)?,
+            rename: weight("rename", raw.rename)?,
+        };
+        if mix.text + mix.binary + mix.rename == 0 && rate > 0.0 {
+            return Err(self.invalid(key, "needs at least one weight above 0 (or set rate = 0 for listeners)"));
+        }
+        if protocol == Protocol::Raw && mix.rename > 0 {
+            return Err(self.invalid(format!("{key}.rename"), "raw servers have no renames: set it to 0"));
+        }
+        Ok(mix)
+    }
+
+    fn server(&self, raw: RawServer) -> Result<ServerConfig, ScenarioError> {
+        let mut config = ServerConfig::default();
+        let default_session = SessionConfig::default();
+        if let Some(size) = &raw.max_message_size {
+            config.max_message_size = self.size("server.max_message_size", size)?;
+        }
+        if let Some(n) = raw.max_connections {
+            config.max_connections = n;
+        }
+        if let Some(n) = raw.max_rooms {
+            config.max_rooms = n;
+        }
+        if let Some(size) = &raw.max_queue_bytes {
+            config.session.max_queue_bytes = self.size("server.max_queue_bytes", size)?;
+        }
+        if let Some(n) = raw.max_queue_messages {
+            config.session.max_queue_items = n;
+        }
+        if let Some(d) = &raw.handshake_timeout {
+            config.handshake_timeout = self.duration("server.handshake_timeout", d)?;
+        }
+        config.session.ping_interval = match &raw.ping_interval {
+            Some(d) => self.duration("server.ping_interval", d)?,
+            None => default_session.ping_interval,
+        };
+        config.session.pong_timeout = match &raw.pong_timeout {
+            Some(d) => self.duration("server.pong_timeout", d)?,
+            None => default_session.pong_timeout,
+        };
+        // The harness opens many connections from one address; the embedded
+        // server should not be the limit unless the scenario says so.
+        if raw.max_connections.is_none() {
+            config.max_connections = 1_000_000;
+        }
+        Ok(config)
+    }
+}

@@ -1,0 +1,464 @@
+//! The result of a run: `Summary` is what `summary.json` holds (a documented,
+//! versioned schema; see the README), built from the merged measurements.
+//! Thresholds are evaluated against it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::metrics::{BotMetrics, GroupMetrics, Hist, Metric};
+use super::scenario::{Arrival, Phase, Scenario};
+use super::thresholds::{Quantity, Threshold};
+
+/// The version of the `summary.json` schema. Bump on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub schema_version: u32,
+    pub chorus_version: String,
+    pub scenario: ScenarioInfo,
+    pub run: RunInfo,
+    pub connections: Connections,
+    pub messages: Messages,
+    pub throughput: Throughput,
+    /// By metric name (`delivery`, `delivery.text`, `ack`, `connect`, `lag`, ...).
+    pub latency: BTreeMap<String, LatencyStats>,
+    pub delivery: Delivery,
+    /// Errors by kind: server `error` codes, connect failures, connection errors.
+    pub errors: BTreeMap<String, u64>,
+    /// Connections the server closed, by "code reason".
+    pub closes: BTreeMap<String, u64>,
+    pub groups: Vec<GroupSummary>,
+    pub thresholds: Vec<ThresholdResult>,
+    /// Every threshold passed.
+    pub passed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScenarioInfo {
+    pub name: String,
+    pub description: String,
+    pub file: String,
+    pub seed: u64,
+    pub protocol: String,
+    pub target: String,
+    pub embedded_server: bool,
+    pub clients: u64,
+    pub phases: Vec<PhaseInfo>,
+    pub groups: Vec<GroupInfo>,
+    /// As written in the file: key -> condition.
+    pub thresholds: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseInfo {
+    pub name: String,
+    pub kind: String,
+    pub seconds: f64,
+    /// Rate multiplier at the start and end of the phase.
+    pub rate: [f64; 2],
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    pub name: String,
+    pub clients: u64,
+    pub rooms: Vec<String>,
+    pub rate: f64,
+    pub arrival: String,
+    pub mix: BTreeMap<String, u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub started_at: String,
+    pub duration_secs: f64,
+    pub steady_secs: f64,
+    /// Stopped early with ctrl-c: the figures cover only what ran.
+    pub interrupted: bool,
+    /// `"i/n"` for one shard of a sharded run.
+    pub shard: Option<String>,
+    /// How many result folders were merged into this one (1: a plain run).
+    pub merged_from: u32,
+    /// Reasons not to trust the figures (empty: none found).
+    pub suspect: Vec<String>,
+    /// CPU the load generator used, in percent of one core.
+    pub generator_cpu_percent: f64,
+    pub cores: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Connections {
+    pub target: u64,
+    pub ok: u64,
+    pub failed: u64,
+    pub reconnects: u64,
+    /// Connections lost before the end (closed by the server or failed), churn excluded.
+    pub dropped: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Messages {
+    pub sent_text: u64,
+    pub sent_binary: u64,
+    pub sent_rename: u64,
+    pub sent: u64,
+    pub acked: u64,
+    /// Sends skipped while the client was disconnected (churn).
+    pub skipped: u64,
+    pub received_text: u64,
+    pub received_binary: u64,
+    pub received: u64,
+    /// Frames without this run's stamp.
+    pub foreign: u64,
+    /// Our own messages sent back to us.
+    pub echoes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Throughput {
+    /// Over the steady phases.
+    pub sent_per_sec: f64,
+    pub delivered_per_sec: f64,
+}
+
+/// Latency statistics in milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencyStats {
+    pub count: u64,
+    pub min_ms: f64,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl LatencyStats {
+    pub fn of(hist: &Hist) -> LatencyStats {
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        let at = |q: f64| ms(hist.value_at_quantile(q));
+        LatencyStats {
+            count: hist.len(),
+            min_ms: ms(hist.min()),
+            mean_ms: hist.mean() / 1000.0,
+            p50_ms: at(0.50),
+            p90_ms: at(0.90),
+            p95_ms: at(0.95),
+            p99_ms: at(0.99),
+            p999_ms: at(0.999),
+            max_ms: ms(hist.max()),
+        }
+    }
+
+    /// A statistic by its threshold name.
+    pub fn stat(&self, stat: &str) -> Option<f64> {
+        Some(match stat {
+            "p50" => self.p50_ms,
+            "p90" => self.p90_ms,
+            "p95" => self.p95_ms,
+            "p99" => self.p99_ms,
+            "p99.9" => self.p999_ms,
+            "max" => self.max_ms,
+            "min" => self.min_ms,
+            "mean" => self.mean_ms,
+            "count" => self.count as f64,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Sum of `ack.recipients` (raw mode: other clients connected at each send).
+    pub expected: u64,
+    /// Delivered live.
+    pub received: u64,
+    /// Fetched with `history` after a `gap`.
+    pub recovered: u64,
+    /// expected - received - recovered (never below 0).
+    pub lost: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    /// Holes receivers saw in senders' sequences and never filled.
+    pub missing: u64,
+    pub gaps: u64,
+    /// (received + recovered) / expected; none when nothing was expected.
+    pub ratio: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupSummary {
+    pub name: String,
+    pub clients: u64,
+    pub sent: u64,
+    pub received: u64,
+    pub acked: u64,
+    /// Sequence holes this group's receivers saw.
+    pub missing: u64,
+    /// received / (received + missing), from what this group saw; none if it received nothing.
+    pub observed_ratio: Option<f64>,
+    pub errors: u64,
+    pub dropped: u64,
+    pub closes: BTreeMap<String, u64>,
+    pub latency: BTreeMap<String, LatencyStats>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThresholdResult {
+    pub key: String,
+    pub condition: String,
+    pub observed: Option<f64>,
+    pub passed: bool,
+}
+
+/// The reported latency metrics and what each merges.
+pub const REPORTED: &[(&str, &[Metric])] = &[
+    ("delivery", &[Metric::DeliveryText, Metric::DeliveryBinary]),
+    ("delivery.text", &[Metric::DeliveryText]),
+    ("delivery.binary", &[Metric::DeliveryBinary]),
+    ("delivery_raw", &[Metric::DeliveryRaw]),
+    ("ack", &[Metric::AckText, Metric::AckBinary, Metric::AckRename]),
+    ("ack.text", &[Metric::AckText]),
+    ("ack.binary", &[Metric::AckBinary]),
+    ("ack.rename", &[Metric::AckRename]),
+    ("ack_raw", &[Metric::AckRaw]),
+    ("connect", &[Metric::Connect]),
+    ("lag", &[Metric::Lag]),
+    ("recovery", &[Metric::Recovery]),
+];
+
+/// Latency statistics of every metric that has samples.
+pub fn latency_table(metrics: &BotMetrics) -> BTreeMap<String, LatencyStats> {
+    REPORTED
+        .iter()
+        .filter_map(|(name, parts)| metrics.combined(parts).map(|h| (name.to_string(), LatencyStats::of(&h))))
+        .collect()
+}
+
+fn ratio(numerator: u64, denominator: u64) -> Option<f64> {
+    (denominator > 0).then(|| numerator as f64 / denominator as f64)
+}
+
+/// Everything about a run that is not a measurement.
+#[derive(Debug, Clone)]
+pub struct RunFacts {
+    pub started_at: String,
+    pub duration_secs: f64,
+    pub steady_secs: f64,
+    pub interrupted: bool,
+    pub shard: Option<String>,
+    pub merged_from: u32,
+    pub suspect: Vec<String>,
+    pub generator_cpu_percent: f64,
+    pub cores: u64,
+    pub target: String,
+    pub embedded_server: bool,
+}
+
+impl Summary {
+    /// Build the summary of a run from its merged measurements.
+    pub fn build(
+        scenario: ScenarioInfo,
+        thresholds: &[Threshold],
+        facts: RunFacts,
+        total: &BotMetrics,
+        groups: &[GroupMetrics],
+    ) -> Summary {
+        let c = &total.counters;
+        let steady = facts.steady_secs.max(1e-9);
+        let mut summary = Summary {
+            schema_version: SCHEMA_VERSION,
+            chorus_version: env!("CARGO_PKG_VERSION").to_string(),
+            connections: Connections {
+                target: scenario.clients,
+                ok: c.connects_ok.saturating_sub(c.reconnects),
+                failed: c.connects_failed,
+                reconnects: c.reconnects,
+                dropped: c.dropped,
+            },
+            messages: Messages {
+                sent_text: c.sent_text,
+                sent_binary: c.sent_binary,
+                sent_rename: c.sent_rename,
+                sent: c.sent(),
+                acked: c.acked,
+                skipped: c.skipped,
+                received_text: c.received_text,
+                received_binary: c.received_binary,
+                received: c.received(),
+                foreign: c.foreign,
+                echoes: c.echoes,
+            },
+            throughput: Throughput {
+                sent_per_sec: (c.sent_text + c.sent_binary) as f64 / steady,
+                delivered_per_sec: c.received() as f64 / steady,
+            },
+            latency: latency_table(total),
+            delivery: Delivery {
+                expected: c.expected,
+                received: c.received(),
+                recovered: c.recovered,
+                lost: c.expected.saturating_sub(c.received() + c.recovered),
+                duplicated: c.duplicated,
+                reordered: c.reordered,
+                missing: c.missing,
+                gaps: c.gaps,
+                ratio: ratio(c.received() + c.recovered, c.expected),
+            },
+            errors: total.errors.clone(),
+            closes: total.closes.clone(),
+            groups: groups.iter().map(|(name, clients, m)| group_summary(name, *clients, m)).collect(),
+            thresholds: Vec::new(),
+            passed: true,
+            run: RunInfo {
+                started_at: facts.started_at,
+                duration_secs: facts.duration_secs,
+                steady_secs: facts.steady_secs,
+                interrupted: facts.interrupted,
+                shard: facts.shard,
+                merged_from: facts.merged_from,
+                suspect: facts.suspect,
+                generator_cpu_percent: facts.generator_cpu_percent,
+                cores: facts.cores,
+            },
+            scenario,
+        };
+        summary.evaluate(thresholds);
+        summary
+    }
+
+    /// Check every threshold and set `passed`.
+    pub fn evaluate(&mut self, thresholds: &[Threshold]) {
+        self.thresholds = thresholds
+            .iter()
+            .map(|t| {
+                let observed = self.observe(t);
+                ThresholdResult {
+                    key: t.key.clone(),
+                    condition: t.condition.clone(),
+                    observed,
+                    passed: t.passes(observed),
+                }
+            })
+            .collect();
+        self.passed = self.thresholds.iter().all(|t| t.passed);
+    }
+
+    /// The value a threshold looks at.
+    pub fn observe(&self, threshold: &Threshold) -> Option<f64> {
+        if let Some(name) = &threshold.group {
+            let group = self.groups.iter().find(|g| &g.name == name)?;
+            return match &threshold.quantity {
+                Quantity::Latency { metric, stat } => match group.latency.get(metric) {
+                    Some(stats) => stats.stat(stat),
+                    None if stat == "count" => Some(0.0),
+                    None => None,
+                },
+                Quantity::Counter(key) => match key.as_str() {
+                    "delivery.ratio" => group.observed_ratio,
+                    "delivery.lost" => Some(group.missing as f64),
+                    "errors" => Some(group.errors as f64),
+                    "messages.sent" => Some(group.sent as f64),
+                    "messages.received" => Some(group.received as f64),
+                    _ => None,
+                },
+            };
+        }
+        match &threshold.quantity {
+            Quantity::Latency { metric, stat } => match self.latency.get(metric) {
+                Some(stats) => stats.stat(stat),
+                None if stat == "count" => Some(0.0),
+                None => None,
+            },
+            Quantity::Counter(key) => {
+                let d = &self.delivery;
+                Some(match key.as_str() {
+                    "delivery.ratio" => return d.ratio,
+                    "delivery.lost" => d.lost as f64,
+                    "delivery.duplicated" => d.duplicated as f64,
+                    "delivery.reordered" => d.reordered as f64,
+                    "delivery.recovered" => d.recovered as f64,
+                    "gaps" => d.gaps as f64,
+                    "errors" => self.errors.values().sum::<u64>() as f64,
+                    "connect.failed" => self.connections.failed as f64,
+                    "messages.sent" => self.messages.sent as f64,
+                    "messages.received" => self.messages.received as f64,
+                    "throughput.sent" => self.throughput.sent_per_sec,
+                    "throughput.delivered" => self.throughput.delivered_per_sec,
+                    _ => return None,
+                })
+            }
+        }
+    }
+}
+
+fn group_summary(name: &str, clients: u64, m: &BotMetrics) -> GroupSummary {
+    let c = &m.counters;
+    GroupSummary {
+        name: name.to_string(),
+        clients,
+        sent: c.sent(),
+        received: c.received(),
+        acked: c.acked,
+        missing: c.missing,
+        observed_ratio: ratio(c.received(), c.received() + c.missing),
+        errors: m.error_total(),
+        dropped: c.dropped,
+        closes: m.closes.clone(),
+        latency: latency_table(m),
+    }
+}
+
+/// What a summary says about the scenario it ran.
+pub fn scenario_info(scenario: &Scenario, facts: &RunFacts) -> ScenarioInfo {
+    ScenarioInfo {
+        name: scenario.name.clone(),
+        description: scenario.description.clone(),
+        file: scenario.file.clone(),
+        seed: scenario.seed,
+        protocol: scenario.protocol.as_str().to_string(),
+        target: facts.target.clone(),
+        embedded_server: facts.embedded_server,
+        clients: scenario.total_clients() as u64,
+        phases: scenario
+            .phases
+            .iter()
+            .map(|p| PhaseInfo {
+                name: p.name().to_string(),
+                kind: match p {
+                    Phase::Ramp(_) => "ramp",
+                    Phase::Steady(_) => "steady",
+                    Phase::Drain(_) => "drain",
+                }
+                .to_string(),
+                seconds: p.duration().as_secs_f64(),
+                rate: [p.rate().0, p.rate().1],
+            })
+            .collect(),
+        groups: scenario
+            .groups
+            .iter()
+            .map(|g| GroupInfo {
+                name: g.name.clone(),
+                clients: g.clients as u64,
+                rooms: g.rooms.clone(),
+                rate: g.rate,
+                arrival: match g.arrival {
+                    Arrival::Poisson => "poisson",
+                    Arrival::Uniform => "uniform",
+                    Arrival::Closed => "closed",
+                }
+                .to_string(),
+                mix: [("text", g.mix.text), ("binary", g.mix.binary), ("rename", g.mix.rename)]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+            })
+            .collect(),
+        thresholds: scenario.thresholds.iter().map(|t| (t.key.clone(), t.condition.clone())).collect(),
+    }
+}

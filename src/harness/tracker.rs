@@ -1,0 +1,147 @@
+//! Delivery accounting inside one bot: which of its sends still wait for an
+//! ack, and, per sender, which sequence numbers it has seen (duplicates,
+//! reorders and holes).
+
+use std::collections::{HashMap, VecDeque};
+
+/// A send waiting for its answer.
+#[derive(Debug, Clone)]
+pub struct PendingSend {
+    /// The stamp text (chorus text messages carry it as `client_id`).
+    pub client_id: Option<String>,
+    pub intended_us: i64,
+    pub sent_us: i64,
+}
+
+/// Sends awaiting answers, by kind. Text acks are matched by `client_id`;
+/// binary acks and rename confirmations arrive in send order.
+#[derive(Debug, Default)]
+pub struct Pending {
+    pub text: VecDeque<PendingSend>,
+    pub binary: VecDeque<PendingSend>,
+    pub rename: VecDeque<PendingSend>,
+}
+
+impl Pending {
+    /// Take the text send with this `client_id` (usually the oldest).
+    pub fn take_text(&mut self, client_id: &str) -> Option<PendingSend> {
+        let index = self.text.iter().position(|p| p.client_id.as_deref() == Some(client_id))?;
+        self.text.remove(index)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.text.is_empty() && self.binary.is_empty() && self.rename.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.text.len() + self.binary.len() + self.rename.len()
+    }
+
+    pub fn clear(&mut self) {
+        self.text.clear();
+        self.binary.clear();
+        self.rename.clear();
+    }
+}
+
+/// Most holes remembered per sender; beyond, holes are only counted.
+const MAX_HOLES: usize = 4096;
+
+/// What one receiver has seen of one sender's sequence numbers.
+#[derive(Debug, Clone, Default)]
+struct SeqTrack {
+    /// Highest seq seen.
+    max: u64,
+    /// Seqs below `max` not seen yet (ascending).
+    holes: Vec<u64>,
+    /// Holes beyond `MAX_HOLES`, counted but not remembered.
+    overflow: u64,
+}
+
+/// How a received message fits its sender's sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// The next one, or a later one (the skipped ones become holes).
+    Fresh,
+    /// Fills a hole: it came out of order.
+    Reordered,
+    /// Seen before.
+    Duplicate,
+}
+
+/// Per-sender sequence tracking for one connection of one receiver.
+#[derive(Debug, Default)]
+pub struct SeqTracker {
+    senders: HashMap<u32, SeqTrack>,
+}
+
+impl SeqTracker {
+    /// Note message `seq` from `sender`. The first message seen from a
+    /// sender sets the baseline (a receiver that joins late misses nothing).
+    pub fn observe(&mut self, sender: u32, seq: u64) -> Arrival {
+        let track = self.senders.entry(sender).or_default();
+        if track.max == 0 {
+            track.max = seq;
+            return Arrival::Fresh;
+        }
+        if seq > track.max {
+            let skipped = seq - track.max - 1;
+            let room = MAX_HOLES.saturating_sub(track.holes.len()) as u64;
+            let remembered = skipped.min(room);
+            track.holes.extend(track.max + 1..track.max + 1 + remembered);
+            track.overflow += skipped - remembered;
+            track.max = seq;
+            return Arrival::Fresh;
+        }
+        match track.holes.binary_search(&seq) {
+            Ok(index) => {
+                track.holes.remove(index);
+                Arrival::Reordered
+            }
+            Err(_) => Arrival::Duplicate,
+        }
+    }
+
+    /// Holes never filled, over every sender.
+    pub fn missing(&self) -> u64 {
+        self.senders.values().map(|t| t.holes.len() as u64 + t.overflow).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_order_then_holes_then_late_arrivals_and_duplicates() {
+        let mut tracker = SeqTracker::default();
+        assert_eq!(tracker.observe(1, 5), Arrival::Fresh, "a late joiner starts where it starts");
+        assert_eq!(tracker.observe(1, 6), Arrival::Fresh);
+        assert_eq!(tracker.observe(1, 9), Arrival::Fresh);
+        assert_eq!(tracker.missing(), 2);
+        assert_eq!(tracker.observe(1, 7), Arrival::Reordered);
+        assert_eq!(tracker.observe(1, 7), Arrival::Duplicate);
+        assert_eq!(tracker.observe(1, 9), Arrival::Duplicate);
+        assert_eq!(tracker.missing(), 1);
+        assert_eq!(tracker.observe(2, 1), Arrival::Fresh, "senders are tracked apart");
+    }
+
+    #[test]
+    fn huge_jumps_are_counted_without_unbounded_memory() {
+        let mut tracker = SeqTracker::default();
+        tracker.observe(1, 1);
+        tracker.observe(1, 1_000_002);
+        assert_eq!(tracker.missing(), 1_000_000);
+    }
+
+    #[test]
+    fn pending_text_is_matched_by_client_id() {
+        let mut pending = Pending::default();
+        for id in ["a", "b"] {
+            pending.text.push_back(PendingSend { client_id: Some(id.into()), intended_us: 0, sent_us: 0 });
+        }
+        assert!(pending.take_text("b").is_some());
+        assert!(pending.take_text("b").is_none());
+        assert_eq!(pending.len(), 1);
+    }
+}
