@@ -330,11 +330,11 @@ impl Bot {
                     self.end = self.end.min(Instant::now() + self.ctx.drain_after_stop);
                 }
                 () = sleep_until(self.end) => {
-                    close(conn).await;
+                    self.closing(conn).await;
                     return Outcome::Finished;
                 }
                 () = sleep_until(churn_at.unwrap_or(far)), if churn_at.is_some() => {
-                    close(conn).await;
+                    self.closing(conn).await;
                     return Outcome::Churn;
                 }
                 () = sleep_until(stop_reading.unwrap_or(far)), if stop_reading.is_some() => {
@@ -363,6 +363,13 @@ impl Bot {
                     }
                 },
             }
+        }
+    }
+
+    /// Close our side; count the server's close if it had closed first.
+    async fn closing(&mut self, conn: &mut Conn) {
+        if let Some(what) = close(conn).await {
+            self.metrics.count_close(what);
         }
     }
 
@@ -484,19 +491,26 @@ async fn next_text(conn: &mut Conn) -> Result<Utf8Bytes, String> {
     }
 }
 
-/// Close with 1000 and wait briefly for the server's answer.
-async fn close(conn: &mut Conn) {
+/// Close with 1000 and wait briefly for the server's answer, which says how
+/// the connection really ended: a client that stopped reading only finds out
+/// here that the server had dropped it.
+async fn close(conn: &mut Conn) -> Option<String> {
     let frame = CloseFrame { code: CloseCode::Normal, reason: Utf8Bytes::from_static("run finished") };
-    let _ = timeout(Duration::from_secs(1), async {
-        if conn.sink.send(Message::Close(Some(frame))).await.is_ok() {
-            while let Some(Ok(message)) = conn.stream.next().await {
-                if message.is_close() {
-                    break;
+    let _ = conn.sink.send(Message::Close(Some(frame))).await;
+    let answer = timeout(Duration::from_secs(1), async {
+        loop {
+            match conn.stream.next().await {
+                Some(Ok(Message::Close(Some(frame)))) if frame.code != CloseCode::Normal => {
+                    return Some(format!("{} {}", u16::from(frame.code), frame.reason));
                 }
+                Some(Ok(Message::Close(_))) => return None,
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Some("connection dropped without a close frame".to_string()),
             }
         }
     })
     .await;
+    answer.ok().flatten()
 }
 
 /// A short name for a connect failure, for counting by kind.

@@ -96,6 +96,11 @@ pub struct RunOutcome {
 pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToken) -> anyhow::Result<RunOutcome> {
     let scenario = Arc::new(scenario);
     let target = options.target.clone().or_else(|| scenario.target.clone()).map(|t| normalize_url(&t));
+    if scenario.protocol == Protocol::Raw && target.is_none() {
+        bail!(
+            "protocol = \"raw\" needs a target (the embedded server speaks chorus): set target = \"ws://...\" or pass --target URL"
+        );
+    }
     if options.shard.is_some() && target.is_none() {
         bail!(
             "--shard needs an external target (--target URL or target = in the scenario): every shard must load the same server"
@@ -153,6 +158,7 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     let cpu_percent = cpu.as_secs_f64() / elapsed.as_secs_f64().max(1e-9) * 100.0;
     let facts = RunFacts {
+        planned_clients: target_clients as u64,
         started_at,
         duration_secs: elapsed.as_secs_f64(),
         steady_secs: steady_secs(&ctx, elapsed),

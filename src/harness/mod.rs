@@ -120,6 +120,7 @@ pub fn merge(dirs: &[PathBuf], results_base: &Path, out: Option<&Path>) -> anyho
         .collect::<anyhow::Result<Vec<_>>>()?;
     let summaries: Vec<&Summary> = runs.iter().map(|(s, _)| s).collect();
     let facts = RunFacts {
+        planned_clients: summaries.iter().map(|s| s.connections.target).sum(),
         started_at: summaries.iter().map(|s| s.run.started_at.clone()).min().unwrap_or_default(),
         duration_secs: summaries.iter().map(|s| s.run.duration_secs).fold(0.0, f64::max),
         steady_secs: summaries.iter().map(|s| s.run.steady_secs).fold(0.0, f64::max),

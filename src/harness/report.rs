@@ -146,15 +146,23 @@ fn groups_table(out: &mut String, s: &Summary) {
     for g in &s.groups {
         let p99 = g.latency.get("delivery").map_or("-".to_string(), |l| format!("{}ms", ms(l.p99_ms)));
         let ratio = g.observed_ratio.map_or("-".to_string(), |r| format!("{r:.6}"));
+        let closed: u64 = g.closes.values().sum();
         let _ = writeln!(
             out,
-            "  {:<12} {:>7} {:>9} {:>9} {:>13} {:>15} {:>7} {:>8}",
-            g.name, g.clients, g.sent, g.received, p99, ratio, g.errors, g.dropped
+            "  {:<12} {:>7} {:>9} {:>9} {:>13} {:>15} {:>7} {:>8} {:>17}",
+            g.name, g.clients, g.sent, g.received, p99, ratio, g.errors, g.dropped, closed
         );
     }
 }
 
 fn thresholds(out: &mut String, s: &Summary) {
+    if s.run.shard.is_some() && !s.scenario.thresholds.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nthresholds   checked on the merged shards (chorus report --merge DIR...): one shard sees only part of the deliveries"
+        );
+        return;
+    }
     if s.thresholds.is_empty() {
         let _ = writeln!(out, "\nthresholds   none set");
         return;

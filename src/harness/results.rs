@@ -287,7 +287,7 @@ mod tests {
         }
         let text = percentile_distribution(m.hist(Metric::Connect).unwrap());
         assert!(text.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)"));
-        assert!(text.contains("#[Max     =       10.000"), "{text}");
+        assert!(text.contains("#[Max     =       10.0"), "{text}");
         assert!(text.contains("Total count    =         1000]"));
     }
 }

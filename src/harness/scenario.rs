@@ -395,11 +395,6 @@ impl Validator<'_> {
         {
             return Err(self.invalid("target", format!("must be a ws:// or wss:// URL (got {target:?})")));
         }
-        if raw.target.is_none() && protocol == Protocol::Raw {
-            return Err(
-                self.invalid("target", "is required with protocol = \"raw\" (the embedded server speaks chorus)")
-            );
-        }
         let phases = self.phases(&raw)?;
         if raw.groups.is_empty() {
             return Err(self.invalid("group", "is missing: add at least one [[group]] with clients = N"));

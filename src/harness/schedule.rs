@@ -102,29 +102,30 @@ impl SendSchedule {
         SendSchedule { rng: StdRng::seed_from_u64(seed), arrival, rate, spans, t: 0.0, first: true }
     }
 
-    /// The rate at time `t`, and the end of the span `t` is in (or the start of the next).
-    fn rate_at(&self, t: f64) -> Option<(f64, f64)> {
+    /// The time at which `need` more sends are due, counting from `self.t`:
+    /// solves integral(rate, t, t') = need over the piecewise linear rate.
+    fn advance(&self, mut need: f64) -> Option<f64> {
         for &(start, end, from, to) in &self.spans {
-            if t < start {
-                return Some((0.0, start));
+            if end <= self.t || end <= start {
+                continue;
             }
-            if t < end {
-                let progress = if end > start { (t - start) / (end - start) } else { 0.0 };
-                return Some((self.rate * (from + (to - from) * progress), end));
+            let t0 = self.t.max(start);
+            let slope = self.rate * (to - from) / (end - start);
+            let r0 = self.rate * from + slope * (t0 - start);
+            let r1 = self.rate * to;
+            let area = (r0 + r1) / 2.0 * (end - t0);
+            if area >= need && area > 0.0 {
+                // r0 * x + slope / 2 * x^2 = need
+                let x = if slope.abs() < 1e-12 {
+                    need / r0
+                } else {
+                    (-r0 + (r0 * r0 + 2.0 * slope * need).max(0.0).sqrt()) / slope
+                };
+                return Some((t0 + x).min(end));
             }
+            need -= area;
         }
         None
-    }
-
-    /// The gap before the next send at `rate`.
-    fn gap(&mut self, rate: f64) -> f64 {
-        match self.arrival {
-            Arrival::Poisson => {
-                let u: f64 = self.rng.random_range(f64::EPSILON..1.0);
-                -u.ln() / rate
-            }
-            Arrival::Uniform | Arrival::Closed => 1.0 / rate,
-        }
     }
 }
 
@@ -135,31 +136,17 @@ impl Iterator for SendSchedule {
         if self.arrival == Arrival::Closed || self.rate <= 0.0 {
             return None;
         }
-        loop {
-            let (rate, span_end) = self.rate_at(self.t)?;
-            if rate <= 0.0 {
-                // Nothing is sent here: jump to the end of this span.
-                self.t = span_end.max(self.t + 1e-9);
-                self.first = true;
-                continue;
-            }
-            let gap = if self.first && self.arrival == Arrival::Uniform {
-                // Uniform clients start at a random point of their period, so
-                // a group does not send in lock-step.
-                self.rng.random_range(0.0..1.0) / rate
-            } else {
-                self.gap(rate)
-            };
-            self.first = false;
-            let next = self.t + gap;
-            if next >= span_end {
-                // Re-draw from the span boundary with the next span's rate.
-                self.t = span_end;
-                continue;
-            }
-            self.t = next;
-            return Some(Duration::from_secs_f64(next));
-        }
+        let need = match self.arrival {
+            // Uniform clients start at a random point of their period, so a
+            // group does not send in lock-step.
+            Arrival::Uniform if self.first => self.rng.random_range(0.0..1.0),
+            Arrival::Uniform | Arrival::Closed => 1.0,
+            Arrival::Poisson => -self.rng.random_range(f64::EPSILON..1.0).ln(),
+        };
+        self.first = false;
+        let next = self.advance(need)?;
+        self.t = next;
+        Some(Duration::from_secs_f64(next))
     }
 }
 

@@ -1,0 +1,299 @@
+//! The load harness end to end: real runs against the embedded server, an
+//! external chorus server, and a tiny raw relay written here.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use chorus::harness::{self, RunOptions, Scenario};
+
+fn scenario(text: &str) -> Scenario {
+    Scenario::parse(text, "inline.toml", "inline").unwrap()
+}
+
+fn options(dir: &Path) -> RunOptions {
+    RunOptions { results: dir.to_path_buf(), ..RunOptions::default() }
+}
+
+fn chorus() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chorus"));
+    command.env("NO_COLOR", "1").env_remove("RUST_LOG").stdin(Stdio::null());
+    command
+}
+
+/// Run the binary off the async runtime: (exit code, stdout, stderr).
+async fn run_chorus(args: Vec<String>) -> (i32, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let output = chorus().args(&args).output().unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_smoke_scenario_delivers_everything_with_no_errors() {
+    let results = tempfile::tempdir().unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/smoke.toml");
+    let scenario = Scenario::load(&path).unwrap();
+    let outcome = harness::run(scenario, options(results.path()), CancellationToken::new()).await.unwrap();
+    let s = &outcome.summary;
+    assert_eq!(s.connections.ok, 20);
+    assert!(s.messages.sent > 100, "{}", outcome.report);
+    assert_eq!(s.delivery.ratio, Some(1.0), "{}", outcome.report);
+    assert_eq!(s.delivery.lost + s.delivery.duplicated + s.delivery.reordered, 0);
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    assert!(s.messages.sent_binary > 0 && s.messages.sent_rename > 0, "the mix sends every kind");
+    assert_eq!(s.messages.acked, s.messages.sent, "every message and rename was answered");
+    assert!(s.passed && harness::exit_code(s) == harness::EXIT_OK, "{}", outcome.report);
+    assert!(s.latency["delivery"].count > 0 && s.latency["delivery"].p99_ms > 0.0);
+    for file in ["summary.json", "metrics.json", "timeseries.csv", "report.html", "report.txt", "hdr/delivery.hgrm"] {
+        assert!(outcome.dir.join(file).is_file(), "{file} is written");
+    }
+    let html = std::fs::read_to_string(outcome.dir.join("report.html")).unwrap();
+    assert_eq!(html.matches("<svg").count(), 3, "percentile curve, throughput, p99 over time");
+    let csv = std::fs::read_to_string(outcome.dir.join("timeseries.csv")).unwrap();
+    assert!(csv.starts_with("second,phase,connected,sent,delivered"));
+    assert!(csv.lines().count() >= 5);
+}
+
+const FAST: &str = r#"
+name = "fast"
+duration = "1s"
+drain = "500ms"
+[[group]]
+name = "talkers"
+clients = 4
+rate = 20.0
+"#;
+
+#[tokio::test]
+async fn a_failing_threshold_sets_exit_code_3_and_report_rereads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("strict.toml");
+    std::fs::write(&file, format!("{FAST}[thresholds]\n\"delivery.p99\" = \"< 1us\"\n\"errors\" = \"== 0\"\n"))
+        .unwrap();
+    let out = dir.path().join("run");
+    let args = ["run", file.to_str().unwrap(), "--out", out.to_str().unwrap()].map(String::from).to_vec();
+    let (code, stdout, stderr) = run_chorus(args).await;
+    assert_eq!(code, 3, "failed thresholds exit with 3\n{stdout}\n{stderr}");
+    assert!(stdout.contains("FAIL  delivery.p99"), "{stdout}");
+    assert!(stdout.contains("pass  errors"), "{stdout}");
+    assert!(stdout.contains("result: FAILED (1 of 2 threshold(s))"), "{stdout}");
+
+    // summary.json round trip: `chorus report DIR` prints the same report and exit code.
+    let (code, again, _) = run_chorus(["report", out.to_str().unwrap()].map(String::from).to_vec()).await;
+    assert_eq!(code, 3);
+    let report_part = stdout.split("results:").next().unwrap().trim();
+    assert_eq!(again.trim(), report_part);
+
+    // Comparing a run with itself shows no regression.
+    let (code, compared, _) =
+        run_chorus(["report", out.to_str().unwrap(), out.to_str().unwrap()].map(String::from).to_vec()).await;
+    assert_eq!(code, 3);
+    assert!(compared.contains("delivery.p99") && compared.contains("no regressions"), "{compared}");
+}
+
+#[tokio::test]
+async fn bad_input_exits_1_with_one_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "duration = \"5s\"\n[[group]]\nclients = 1\nrate = -2\n").unwrap();
+    let (code, _, stderr) = run_chorus(vec!["run".into(), file.display().to_string()]).await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("bad.toml: group[0].rate must be >= 0 (got -2)"), "{stderr}");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(&file, FAST).unwrap();
+    let target = format!("ws://127.0.0.1:{port}/");
+    let (code, _, stderr) = run_chorus(vec!["run".into(), file.display().to_string(), "--target".into(), target]).await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("is not usable") && stderr.contains("could not reach"), "{stderr}");
+
+    std::fs::write(&file, format!("protocol = \"raw\"\n{FAST}")).unwrap();
+    let (code, _, stderr) = run_chorus(vec!["run".into(), file.display().to_string()]).await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("protocol = \"raw\" needs a target"), "{stderr}");
+
+    let (code, _, stderr) = run_chorus(vec!["report".into(), dir.path().display().to_string()]).await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("summary.json"), "{stderr}");
+}
+
+/// A minimal broadcast relay: every text or binary frame goes, verbatim, to
+/// every other connection. What `protocol = "raw"` is for.
+async fn tiny_relay() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peers: Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Message>>>> = Arc::default();
+    tokio::spawn(async move {
+        let mut next = 0u64;
+        while let Ok((tcp, _)) = listener.accept().await {
+            next += 1;
+            let id = next;
+            let peers = peers.clone();
+            tokio::spawn(async move {
+                let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else { return };
+                let (mut sink, mut stream) = ws.split();
+                let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+                peers.lock().unwrap().insert(id, tx);
+                let writer = tokio::spawn(async move {
+                    while let Some(message) = rx.recv().await {
+                        if sink.send(message).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                while let Some(Ok(message)) = stream.next().await {
+                    if message.is_text() || message.is_binary() {
+                        for (other, tx) in peers.lock().unwrap().iter() {
+                            if *other != id {
+                                let _ = tx.send(message.clone());
+                            }
+                        }
+                    }
+                }
+                peers.lock().unwrap().remove(&id);
+                writer.abort();
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn raw_mode_measures_any_broadcast_relay() {
+    let relay = tiny_relay().await;
+    let results = tempfile::tempdir().unwrap();
+    let text = format!(
+        "name = \"raw\"\nprotocol = \"raw\"\ntarget = \"ws://{relay}/\"\nramp_up = \"300ms\"\nduration = \"1s\"\ndrain = \"500ms\"\n\
+         [[group]]\nclients = 5\nrate = 20.0\nmix = {{ text = 3, binary = 1 }}\ntext_size = [80, 200]\n\
+         [thresholds]\n\"delivery.ratio\" = \"== 1.0\"\n"
+    );
+    let outcome = harness::run(scenario(&text), options(results.path()), CancellationToken::new()).await.unwrap();
+    let s = &outcome.summary;
+    assert!(s.messages.sent > 50, "{}", outcome.report);
+    assert_eq!(s.delivery.expected, s.messages.sent * 4, "each message is expected by the 4 others");
+    assert_eq!(s.delivery.ratio, Some(1.0), "{}", outcome.report);
+    assert_eq!(s.messages.received_binary, s.messages.sent_binary * 4);
+    assert!(s.latency.contains_key("delivery") && !s.latency.contains_key("ack"), "no acks in raw mode");
+    assert!(s.passed);
+}
+
+#[tokio::test]
+async fn two_shards_merge_into_exactly_the_sum_of_their_parts() {
+    let server = common::server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sharded.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"sharded\"\ntarget = \"{}\"\nduration = \"1s\"\ndrain = \"500ms\"\n[[group]]\nname = \"all\"\nclients = 6\nrate = 10.0\n\
+             [thresholds]\n\"delivery.ratio\" = \"== 1.0\"\n",
+            server.url()
+        ),
+    )
+    .unwrap();
+    let start = (std::time::SystemTime::now() + Duration::from_secs(2))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        .to_string();
+    let shard = |i: &str| {
+        let out = dir.path().join(format!("shard{i}"));
+        let args = [
+            "run",
+            file.to_str().unwrap(),
+            "--shard",
+            &format!("{i}/2"),
+            "--start-at",
+            &start,
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec();
+        (out, run_chorus(args))
+    };
+    let (out1, run1) = shard("1");
+    let (out2, run2) = shard("2");
+    let ((code1, report1, err1), (code2, _, err2)) = tokio::join!(run1, run2);
+    assert_eq!((code1, code2), (0, 0), "{report1}\n{err1}\n{err2}");
+    let merged = dir.path().join("merged");
+    let args = ["report", "--merge", out1.to_str().unwrap(), out2.to_str().unwrap(), "--out", merged.to_str().unwrap()];
+    let (code, report, stderr) = run_chorus(args.map(String::from).to_vec()).await;
+    assert_eq!(code, 0, "{report}\n{stderr}");
+    let read = |dir: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
+    };
+    let (a, b, m) = (read(&out1), read(&out2), read(&merged));
+    assert_eq!(a["run"]["shard"], "1/2");
+    assert_eq!(a["connections"]["ok"].as_u64().unwrap(), 3, "each shard runs half of the clients");
+    assert_eq!(a["connections"]["target"].as_u64().unwrap(), 3);
+    assert!(report1.contains("checked on the merged shards"), "{report1}");
+    for path in [
+        ["messages", "sent"],
+        ["messages", "received"],
+        ["delivery", "expected"],
+        ["delivery", "received"],
+        ["connections", "ok"],
+    ] {
+        let get = |v: &serde_json::Value| v[path[0]][path[1]].as_u64().unwrap();
+        assert_eq!(get(&m), get(&a) + get(&b), "{path:?}");
+    }
+    let count = |v: &serde_json::Value| v["latency"]["delivery"]["count"].as_u64().unwrap();
+    assert_eq!(count(&m), count(&a) + count(&b), "histograms merge losslessly");
+    let max = |v: &serde_json::Value| v["latency"]["delivery"]["max_ms"].as_f64().unwrap();
+    assert_eq!(max(&m), max(&a).max(max(&b)));
+    assert_eq!(m["delivery"]["ratio"], 1.0, "across shards every delivery is accounted for");
+    assert_eq!(m["run"]["merged_from"], 2);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn ctrl_c_stops_sending_and_writes_a_partial_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("long.toml");
+    std::fs::write(&file, FAST.replace("duration = \"1s\"", "duration = \"60s\"")).unwrap();
+    let out = dir.path().join("partial");
+    let mut child = chorus()
+        .args(["run", file.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let started = std::time::Instant::now();
+    let output = tokio::task::spawn_blocking(move || {
+        let _ = child.stdin.take();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10), "it stops promptly");
+    assert_eq!(output.status.code(), Some(4), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("INTERRUPTED"), "{stdout}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["run"]["interrupted"], true);
+    assert!(summary["messages"]["sent"].as_u64().unwrap() > 0);
+    assert_eq!(summary["delivery"]["ratio"], 1.0, "in-flight messages were drained");
+}

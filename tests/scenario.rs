@@ -1,0 +1,192 @@
+//! Scenario files: parsing, defaults, and every validation error (no sockets).
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use chorus::harness::scenario::{Arrival, Phase, Protocol, Scenario};
+
+fn parse(text: &str) -> Result<Scenario, String> {
+    Scenario::parse(text, "test.toml", "test").map_err(|e| e.to_string())
+}
+
+const MINIMAL: &str = "duration = \"5s\"\n[[group]]\nclients = 3\n";
+
+#[test]
+fn the_issue_example_parses_with_every_key() {
+    let scenario = parse(
+        r#"
+name = "smoke"
+description = "one line on what this scenario shows"
+seed = 1
+duration = "10s"
+ramp_up = "2s"
+drain = "2s"
+protocol = "chorus"
+
+[server]
+
+[[group]]
+name = "talkers"
+clients = 50
+room = "lobby"
+rate = 5.0
+arrival = "poisson"
+mix = { text = 90, binary = 8, rename = 2 }
+text_size = [16, 256]
+binary_size = 1024
+
+[thresholds]
+"delivery.p99" = "< 50ms"
+"ack.p99" = "< 20ms"
+"connect.p99" = "< 100ms"
+"delivery.ratio" = ">= 1.0"
+"errors" = "== 0"
+"#,
+    )
+    .unwrap();
+    assert_eq!(scenario.name, "smoke");
+    assert_eq!(scenario.protocol, Protocol::Chorus);
+    assert_eq!(scenario.total_duration(), Duration::from_secs(14));
+    assert!(matches!(scenario.phases[0], Phase::Ramp(_)));
+    let group = &scenario.groups[0];
+    assert_eq!((group.clients, group.rate, group.arrival), (50, 5.0, Arrival::Poisson));
+    assert_eq!((group.mix.text, group.mix.binary, group.mix.rename), (90, 8, 2));
+    assert_eq!((group.text_size.min, group.text_size.max), (16, 256));
+    assert_eq!(group.binary_size.max, 1024);
+    assert_eq!(scenario.thresholds.len(), 5);
+    assert!(scenario.target.is_none());
+}
+
+#[test]
+fn defaults_fill_what_is_left_out() {
+    let scenario = parse(MINIMAL).unwrap();
+    assert_eq!(scenario.name, "test", "the file name");
+    assert_eq!(scenario.seed, 1);
+    assert_eq!(scenario.groups[0].rooms, ["lobby"]);
+    assert_eq!(scenario.groups[0].rate, 1.0);
+    assert_eq!(scenario.phases.len(), 2, "steady + the default 2s drain");
+    assert_eq!(scenario.total_duration(), Duration::from_secs(7));
+}
+
+#[test]
+fn explicit_phases_with_rate_ramps() {
+    let scenario = parse(
+        r#"
+[[phase]]
+type = "ramp"
+duration = "3s"
+[[phase]]
+name = "warm"
+duration = "10s"
+rate = 0.5
+[[phase]]
+name = "climb"
+duration = "20s"
+rate = [1.0, 4.0]
+[[phase]]
+type = "drain"
+duration = "2s"
+[[group]]
+clients = 10
+rooms = ["a", "b"]
+arrival = "uniform"
+churn = { every = "5s", downtime = "1s" }
+[[group]]
+name = "quiet"
+clients = 2
+arrival = "closed"
+think_time = ["100ms", "2s"]
+stop_reading_after = "5s"
+"#,
+    )
+    .unwrap();
+    assert_eq!(scenario.phases.len(), 4);
+    assert_eq!(scenario.phases[2].rate(), (1.0, 4.0));
+    assert_eq!(scenario.phases[1].name(), "warm");
+    assert_eq!(scenario.groups[0].churn.unwrap().downtime, Duration::from_secs(1));
+    assert_eq!(scenario.groups[1].think_time.max, Duration::from_secs(2));
+    assert_eq!(scenario.groups[1].stop_reading_after, Some(Duration::from_secs(5)));
+}
+
+/// Each bad file fails, naming the file, the key and what to do.
+#[test]
+fn every_validation_error_names_the_file_the_key_and_the_fix() {
+    let cases: &[(&str, &str)] = &[
+        ("duration = 5\n[[group]]\nclients = 1\nbogus = 1", "unknown field `bogus`"),
+        ("[[group]]\nclients = 1", "duration is missing"),
+        ("duration = \"soon\"\n[[group]]\nclients = 1", "duration \"soon\" is not a duration"),
+        ("duration = \"0s\"\n[[group]]\nclients = 1", "duration must be more than 0"),
+        ("duration = \"5s\"", "group is missing"),
+        ("duration = \"5s\"\n[[group]]\nname = \"a\"", "group[0].clients is missing"),
+        ("duration = \"5s\"\n[[group]]\nclients = 0", "group[0].clients must be >= 1 (got 0)"),
+        ("duration = \"5s\"\n[[group]]\nclients = 1\nrate = -2", "group[0].rate must be >= 0 (got -2)"),
+        ("duration = \"5s\"\n[[group]]\nclients = 1\narrival = \"bursty\"", "group[0].arrival must be"),
+        ("duration = \"5s\"\n[[group]]\nclients = 1\nroom = \"a b\"", "group[0].rooms"),
+        ("duration = \"5s\"\n[[group]]\nclients = 1\nroom = \"a\"\nrooms = [\"b\"]", "not both"),
+        ("duration = \"5s\"\n[[group]]\nclients = 1\ntext_size = [10, 5]", "min <= max"),
+        ("duration = \"5s\"\n[[group]]\nclients = 1\nbinary_size = 8", "binary_size must be at least 30 bytes"),
+        ("duration = \"5s\"\n[[group]]\nclients = 1\nmix = { text = 0 }", "needs at least one weight"),
+        ("duration = \"5s\"\n[[group]]\nclients = 1\nmix = { text = -1 }", "group[0].mix.text must be a weight"),
+        ("duration = \"5s\"\n[[group]]\nclients = 1\nthink_time = \"1s\"", "only applies to arrival = \"closed\""),
+        ("duration = \"5s\"\n[[group]]\nclients = 1\nchurn = { every = \"1ms\" }", "churn.every must be at least 10ms"),
+        (
+            "duration = \"5s\"\n[[group]]\nname = \"x\"\nclients = 1\n[[group]]\nname = \"x\"\nclients = 1",
+            "group[1].name \"x\" is used twice",
+        ),
+        ("duration = \"5s\"\nprotocol = \"mqtt\"\n[[group]]\nclients = 1", "protocol must be \"chorus\" or \"raw\""),
+        ("duration = \"5s\"\ntarget = \"http://x\"\n[[group]]\nclients = 1", "target must be a ws:// or wss:// URL"),
+        (
+            "duration = \"5s\"\ntarget = \"ws://x/\"\nprotocol = \"raw\"\n[[group]]\nclients = 1\nmix = { rename = 1 }",
+            "raw servers have no renames",
+        ),
+        ("duration = \"5s\"\nname = \"has space\"\n[[group]]\nclients = 1", "name must be 1-64 letters"),
+        ("duration = \"5s\"\nramp_up = \"1s\"\n[[phase]]\nduration = \"1s\"\n[[group]]\nclients = 1", "not both"),
+        (
+            "[[phase]]\ntype = \"drain\"\nduration = \"1s\"\n[[phase]]\nduration = \"1s\"\n[[group]]\nclients = 1",
+            "a drain can only be the last phase",
+        ),
+        (
+            "[[phase]]\ntype = \"ramp\"\nduration = \"1s\"\n[[group]]\nclients = 1",
+            "needs at least one phase of type = \"steady\"",
+        ),
+        ("[[phase]]\ntype = \"warp\"\nduration = \"1s\"\n[[group]]\nclients = 1", "phase[0].type must be"),
+        (
+            "[[phase]]\nrate = -1.0\nduration = \"1s\"\n[[group]]\nclients = 1",
+            "phase[0].rate must be a multiplier >= 0",
+        ),
+        (
+            "duration = \"5s\"\n[[group]]\nclients = 1\n[thresholds]\n\"latency.p99\" = \"< 5ms\"",
+            "is not a known threshold",
+        ),
+        ("duration = \"5s\"\n[[group]]\nclients = 1\n[thresholds]\n\"delivery.p99\" = \"fast\"", "must start with <"),
+        ("duration = \"5s\"\n[[group]]\nclients = 1\n[server]\nmax_queue_bytes = \"lots\"", "server.max_queue_bytes"),
+        ("duration = \"5s\"\n[[group]]\nclients = 1\n[server]\nwarp = true", "unknown field `warp`"),
+    ];
+    for (text, expected) in cases {
+        let err = parse(text).expect_err(text);
+        assert!(err.starts_with("scenario test.toml: "), "{err}");
+        assert!(err.contains(expected), "for\n{text}\nexpected {expected:?} in: {err}");
+    }
+}
+
+#[test]
+fn a_missing_file_is_a_clear_error() {
+    let err = Scenario::load(std::path::Path::new("/nonexistent/x.toml")).unwrap_err().to_string();
+    assert!(err.contains("cannot read scenario /nonexistent/x.toml"), "{err}");
+}
+
+#[test]
+fn every_shipped_scenario_is_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(text.starts_with('#'), "{} starts with a comment saying what it shows", path.display());
+            Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 6, "smoke, broadcast-1k, rooms, binary-mix, churn, slow-consumer at least");
+}
