@@ -11,7 +11,7 @@ use chorus::client::connection::{ConnectOptions, DEFAULT_URL};
 use chorus::client::interactive::ClientOptions;
 use chorus::client::tls::TlsOptions;
 use chorus::server::auth::AuthMode;
-use chorus::server::limits::{RateLimit, parse_rate};
+use chorus::server::limits::{DEFAULT_API_RATE, RateLimit, parse_rate};
 use chorus::server::tls::TlsSource;
 use chorus::server::{SecurityConfig, ServerConfig, SessionConfig};
 use chorus::units::{parse_duration, parse_size};
@@ -179,6 +179,9 @@ struct ServerArgs {
     /// Most frames one message may arrive in. [default: max(1024, message size limit / 64)]
     #[arg(long)]
     max_fragments: Option<usize>,
+    /// Account API calls (/api/register, /api/login) per address, after a burst of 10 ("off" to disable).
+    #[arg(long, default_value = "1/s", value_parser = parse_rate_arg)]
+    api_rate_limit: Rate,
 }
 
 impl ServerArgs {
@@ -225,6 +228,7 @@ impl ServerArgs {
             tls,
             max_connections_per_ip: self.max_connections_per_ip,
             max_fragments: self.max_fragments,
+            api_rate_limit: self.api_rate_limit.0.map(|per_second| RateLimit { per_second, ..DEFAULT_API_RATE }),
         }
     }
 }

@@ -175,9 +175,9 @@ impl IpKey {
 /// Connections past the per-address cap that are still answered with an
 /// HTTP 429 (so a person sees why); beyond that they are closed at once.
 const REFUSE_SLACK: usize = 16;
-/// Account API calls per address: a burst of 10, then one per second.
-const API_BURST: u32 = 10;
-const API_RATE: f64 = 1.0;
+/// The default budget of account API calls per address: a burst of 10, then
+/// one per second.
+pub const DEFAULT_API_RATE: RateLimit = RateLimit { per_second: 1.0, burst: 10 };
 /// Prune idle entries when the table grows past this.
 const PRUNE_AT: usize = 4096;
 
@@ -192,6 +192,8 @@ struct IpEntry {
 pub struct IpLimits {
     /// Most open connections per address (0: no limit).
     max_per_ip: usize,
+    /// Account API calls per address (`None`: unlimited).
+    api_rate: Option<RateLimit>,
     /// Entries exist while an address has connections open, or API calls
     /// still to pay back; taken briefly at accept, close and API calls.
     table: Arc<Mutex<HashMap<IpKey, IpEntry>>>,
@@ -228,8 +230,13 @@ impl Drop for IpSlot {
 }
 
 impl IpLimits {
-    pub fn new(max_per_ip: usize) -> Self {
-        IpLimits { max_per_ip, table: Arc::new(Mutex::new(HashMap::new())) }
+    pub fn new(max_per_ip: usize, api_rate: Option<RateLimit>) -> Self {
+        IpLimits { max_per_ip, api_rate, table: Arc::new(Mutex::new(HashMap::new())) }
+    }
+
+    fn new_entry(&self, now: Instant) -> IpEntry {
+        let rate = self.api_rate.unwrap_or(DEFAULT_API_RATE);
+        IpEntry { open: 0, api: TokenBucket::new(rate.per_second, rate.burst, now) }
     }
 
     /// Count a new connection from `ip`.
@@ -240,8 +247,7 @@ impl IpLimits {
         if table.len() >= PRUNE_AT && !table.contains_key(&key) {
             table.retain(|_, e| e.open > 0 || !e.api.is_full(now));
         }
-        let entry =
-            table.entry(key).or_insert_with(|| IpEntry { open: 0, api: TokenBucket::new(API_RATE, API_BURST, now) });
+        let entry = table.entry(key).or_insert_with(|| self.new_entry(now));
         let unlimited = self.max_per_ip == 0;
         if !unlimited && entry.open >= self.max_per_ip + REFUSE_SLACK {
             return IpAdmission::Drop;
@@ -253,12 +259,12 @@ impl IpLimits {
 
     /// May `ip` make another account API call now?
     pub fn api_allowed(&self, ip: IpAddr) -> bool {
+        if self.api_rate.is_none() {
+            return true;
+        }
         let now = Instant::now();
         let mut table = lock(&self.table);
-        let entry = table
-            .entry(IpKey::of(ip))
-            .or_insert_with(|| IpEntry { open: 0, api: TokenBucket::new(API_RATE, API_BURST, now) });
-        entry.api.take(now)
+        table.entry(IpKey::of(ip)).or_insert_with(|| self.new_entry(now)).api.take(now)
     }
 
     /// Open connections from `ip` right now.
@@ -306,7 +312,7 @@ mod tests {
 
     #[test]
     fn per_ip_cap_refuses_then_drops_and_slots_come_back() {
-        let limits = IpLimits::new(2);
+        let limits = IpLimits::new(2, Some(DEFAULT_API_RATE));
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let a = limits.admit(ip);
         let b = limits.admit(ip);
@@ -333,7 +339,7 @@ mod tests {
 
     #[test]
     fn unlimited_means_unlimited() {
-        let limits = IpLimits::new(0);
+        let limits = IpLimits::new(0, None);
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let slots: Vec<_> = (0..1000).map(|_| limits.admit(ip)).collect();
         assert!(slots.iter().all(|s| matches!(s, IpAdmission::Admit(_))));

@@ -18,7 +18,7 @@ use anyhow::bail;
 
 use super::auth::{Admission, Auth, AuthMode, token_from};
 use super::http::{Request, Response};
-use super::limits::IpLimits;
+use super::limits::{DEFAULT_API_RATE, IpLimits, RateLimit};
 use super::tls::{ServerTls, TlsSource};
 
 /// Settings for accounts, origins, TLS and abuse limits. `Default` is what
@@ -40,6 +40,8 @@ pub struct SecurityConfig {
     pub max_connections_per_ip: usize,
     /// Most frames one message may arrive in; `None`: max(1024, max message size / 64).
     pub max_fragments: Option<usize>,
+    /// Account API calls per address (`None`: unlimited); the burst is 10.
+    pub api_rate_limit: Option<RateLimit>,
 }
 
 /// The default per-address connection cap.
@@ -57,6 +59,7 @@ impl Default for SecurityConfig {
             tls: None,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             max_fragments: None,
+            api_rate_limit: Some(DEFAULT_API_RATE),
         }
     }
 }
@@ -120,7 +123,7 @@ impl Security {
         Ok(Security {
             auth,
             tls,
-            ip: IpLimits::new(settings.max_connections_per_ip),
+            ip: IpLimits::new(settings.max_connections_per_ip, settings.api_rate_limit),
             origins,
             max_fragments: settings.max_fragments.unwrap_or_else(|| default_max_fragments(config.max_message_size)),
             echo: config.echo,

@@ -345,6 +345,11 @@ where
     let reason = end.reason();
     if reason != EndReason::Lost {
         let _ = timeout(config.close_timeout, async {
+            if flushes_before_close(reason) {
+                while let Some(item) = queue.try_recv() {
+                    feed(&mut sink, item).await?;
+                }
+            }
             if let Some(frame) = reason.close_frame() {
                 sink.send(Message::Close(Some(frame))).await?;
             }
@@ -353,6 +358,13 @@ where
         .await;
     }
     sink
+}
+
+/// Does what is already queued still go out before our close frame? Yes when
+/// the client can still read (it broke a rule, or the server is stopping); no
+/// when it is gone, closed first, or is too slow to read.
+fn flushes_before_close(reason: EndReason) -> bool {
+    !matches!(reason, EndReason::Quit | EndReason::Lost | EndReason::Slow | EndReason::Timeout)
 }
 
 /// Write `first` and whatever else is queued (up to a batch), then flush once.
