@@ -36,6 +36,15 @@ enum Action {
     Login,
 }
 
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Register => "register",
+            Action::Login => "login",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Credentials {
@@ -110,10 +119,15 @@ where
         Ok(username) => {
             let (token, claims) = auth.mint(&username);
             let status = if matches!(action, Action::Register) { 201 } else { 200 };
-            tracing::info!(%peer, user = %username, action = ?action, "account API");
+            tracing::info!(%peer, user = %username, action = action.as_str(), "account API");
             token_response(status, &username, &token, claims.expires_at(), &auth)
         }
-        Err(err) => account_error(err, peer),
+        Err(err) => {
+            let response = account_error(err, peer);
+            // No name here: people type passwords into the name field.
+            tracing::info!(%peer, action = action.as_str(), status = response.status, "account API refused");
+            response
+        }
     }
 }
 

@@ -112,7 +112,8 @@ impl Conn<'_> {
         match self.limiter.check() {
             Verdict::Allow => {}
             Verdict::Drop => {
-                return refuse(self.hub, &self.outbox, &rate_limited(&self.limiter), client_id_of(&message));
+                let client_id = client_id_of(&message);
+                return refuse(self.hub, &self.outbox, &rate_limited(&self.limiter), client_id.as_deref());
             }
             Verdict::Close => return end.end(EndReason::RateLimited),
         }
@@ -149,10 +150,10 @@ fn rate_limited(limiter: &MessageLimiter) -> Refusal {
 }
 
 /// The `client_id` of a chat frame, to echo in its `error`.
-fn client_id_of(message: &Message) -> Option<&str> {
+fn client_id_of(message: &Message) -> Option<String> {
     let Message::Text(text) = message else { return None };
     match decode_client_text(text) {
-        Ok(ClientFrame::Chat { client_id: Some(Cow::Borrowed(id)), .. }) => Some(id),
+        Ok(ClientFrame::Chat { client_id, .. }) => client_id.map(Cow::into_owned),
         _ => None,
     }
 }
