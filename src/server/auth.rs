@@ -186,11 +186,12 @@ impl Admission {
         self.identity.as_ref().map(|i| i.username.as_str())
     }
 
-    /// When the token runs out, on the runtime's clock.
+    /// When the token runs out, on the runtime's clock (`None`: a guest, or
+    /// beyond what the clock can represent).
     pub fn expiry(&self) -> Option<Instant> {
         let identity = self.identity.as_ref()?;
         let left = identity.expires_at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
-        Some(Instant::now() + left)
+        Instant::now().checked_add(left)
     }
 
     /// A rename request, under the account rules.
