@@ -116,7 +116,8 @@ async fn handshakes_that_never_finish_are_closed_on_time_plain_and_tls() {
 async fn flooding_gets_rate_limited_errors_then_a_1008_close() {
     let config = ServerConfig {
         session: SessionConfig {
-            rate_limit: Some(RateLimit { per_second: 5.0, burst: 10 }),
+            // One token every two seconds: the burst is all this test can use.
+            rate_limit: Some(RateLimit { per_second: 0.5, burst: 10 }),
             ..common::quick_close().session
         },
         ..common::quick_close()
@@ -133,7 +134,7 @@ async fn flooding_gets_rate_limited_errors_then_a_1008_close() {
     flooder.chat("one too many", "over").await;
     let error = flooder.expect("error").await;
     assert_eq!((error["code"].as_str(), error["client_id"].as_str()), (Some("rate_limited"), Some("over")));
-    assert!(error["message"].as_str().unwrap().contains("at most 5 messages per second"), "{error}");
+    assert!(error["message"].as_str().unwrap().contains("at most 0.5 messages per second (bursts of 10)"), "{error}");
     for i in 0..20 {
         if flooder.ws.send(Message::Text(format!("flood {i}").into())).await.is_err() {
             break;
