@@ -116,6 +116,11 @@ async fn chorus_token_mints_a_token_the_server_accepts() {
     let server = common::server_with(config).await;
     let bot = Client::connect(&format!("{}?token={token}", server.url())).await;
     assert_eq!(bot.username, "bot-1");
+    let (ok, stdout, stderr) = run(vec!["simple-client".into(), server.url(), "--token".into(), token]).await;
+    assert!(ok && stdout.contains("closed cleanly (1000"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("you are bot-1") && stdout.contains("no rename: signed in"), "{stdout}");
+    let (ok, _, stderr) = run(vec!["simple-client".into(), server.url()]).await;
+    assert!(!ok && stderr.contains("HTTP 401") && stderr.contains("--token"), "{stderr}");
     server.shutdown().await.unwrap();
 
     let (ok, _, stderr) = run(args("guest-42")).await;

@@ -148,7 +148,10 @@ async fn connect_inner(url: &str, options: &ConnectOptions) -> Result<WsStream, 
         Ok((ws, _response)) => Ok(ws),
         Err(WsError::Http(response)) => {
             let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
-            let reason = format!("HTTP {} {}", response.status(), body.trim());
+            let mut reason = format!("HTTP {}: {}", response.status(), body.trim());
+            if response.status() == 401 {
+                reason.push_str(" (chorus clients take the token with --token or CHORUS_TOKEN)");
+            }
             Err(ConnectError::Refused { url: url.to_string(), reason })
         }
         Err(WsError::Io(err)) => Err(unreachable(err)),
