@@ -10,7 +10,8 @@
 //!   (per-connection queue), `http` (handshake, health, metrics), `metrics`;
 //!   protection: `security` (settings and handshake checks), `accept` (per-IP
 //!   cap, TLS handshake), `auth`, `accounts`, `tokens`, `api` (accounts and
-//!   tokens), `tls`, `limits` (rate limit, per-IP table), `frames` (fragment limit).
+//!   tokens), `tls`, `limits` (rate limit, per-IP table), `frames` (fragment limit, early
+//!   UTF-8 check), `utf8`.
 //! - [`client`]: `connection` (connect, typed send and receive), `display`,
 //!   `interactive` (`chorus client`), `simple` (`chorus simple-client`),
 //!   `tls` (wss trust).

@@ -1,6 +1,6 @@
 //! TLS, abuse limits and the echo endpoint, over real sockets: wss round
 //! trips, the message rate limit, the per-address cap, stalled handshakes,
-//! hostile frame headers and fragment floods.
+//! hostile frame headers, fragment floods and half-sent invalid text.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -267,6 +267,19 @@ async fn a_message_in_too_many_fragments_closes_with_1009() {
     tcp.write_all(&flood).await.unwrap();
     assert_eq!(close_code(&mut tcp).await, 1009);
     assert_eq!(watcher.expect("left").await["reason"], "too_fragmented");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn invalid_utf8_closes_with_1007_before_the_frame_is_complete() {
+    let server = server_with(common::quick_close()).await;
+    let mut tcp = raw_websocket(server.addr()).await;
+    // A text frame announcing 100 bytes, of which only the first 6 are sent,
+    // and they already hold a code point above U+10FFFF.
+    let mut bytes = vec![0x81, 0x80 | 100, 0, 0, 0, 0];
+    bytes.extend_from_slice(&[b'o', b'k', 0xf4, 0x90, 0x80, 0x80]);
+    tcp.write_all(&bytes).await.unwrap();
+    assert_eq!(close_code(&mut tcp).await, 1007);
     server.shutdown().await.unwrap();
 }
 

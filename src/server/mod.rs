@@ -21,6 +21,7 @@ pub mod limits;
 pub mod security;
 pub mod tls;
 pub mod tokens;
+pub mod utf8;
 
 use std::future::Future;
 use std::net::SocketAddr;

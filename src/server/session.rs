@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Admission;
-use super::frames::is_too_many_fragments;
+use super::frames::{Violation, violation};
 use super::hub::{Hub, Payload, Presence};
 use super::limits::{MessageLimiter, RateLimit, Verdict};
 use super::metrics::bump;
@@ -242,7 +242,11 @@ fn classify_read_error(err: &WsError) -> EndReason {
     match err {
         WsError::Capacity(_) => EndReason::TooBig,
         WsError::Utf8(_) => EndReason::BadUtf8,
-        WsError::Io(err) if is_too_many_fragments(err) => EndReason::Fragmented,
+        WsError::Io(err) => match violation(err) {
+            Some(Violation::TooManyFragments { .. }) => EndReason::Fragmented,
+            Some(Violation::InvalidUtf8) => EndReason::BadUtf8,
+            None => EndReason::Lost,
+        },
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => EndReason::Lost,
         WsError::Protocol(_) => EndReason::Protocol,
         WsError::ConnectionClosed | WsError::AlreadyClosed => EndReason::Quit,
