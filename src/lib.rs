@@ -7,9 +7,14 @@
 //!   types and codec, no sockets.
 //! - [`server`]: the chat server. `server::run(listener, config, shutdown)`;
 //!   `hub` (rooms, fan-out, presence), `session` (one connection), `outbox`
-//!   (per-connection queue), `http` (handshake, health, metrics), `metrics`.
+//!   (per-connection queue), `http` (handshake, health, metrics), `metrics`;
+//!   protection: `security` (settings and handshake checks), `accept` (per-IP
+//!   cap, TLS handshake), `auth`, `accounts`, `tokens`, `api` (accounts and
+//!   tokens), `tls`, `limits` (rate limit, per-IP table), `frames` (fragment limit, early
+//!   UTF-8 check), `utf8`.
 //! - [`client`]: `connection` (connect, typed send and receive), `display`,
-//!   `interactive` (`chorus client`), `simple` (`chorus simple-client`).
+//!   `interactive` (`chorus client`), `simple` (`chorus simple-client`),
+//!   `tls` (wss trust).
 //! - [`harness`]: `chorus run` and `chorus report`, the load harness.
 //! - [`demo`]: `chorus demo`, an embedded server and scripted bots.
 //! - [`ids`], [`units`]: ids and timestamps; durations and sizes as people write them.

@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand};
 
 use chorus::client::connection::{ConnectOptions, DEFAULT_URL};
 use chorus::client::interactive::ClientOptions;
-use chorus::server::{ServerConfig, SessionConfig};
+use chorus::client::tls::TlsOptions;
+use chorus::server::auth::AuthMode;
+use chorus::server::limits::{DEFAULT_API_RATE, RateLimit, parse_rate};
+use chorus::server::tls::TlsSource;
+use chorus::server::{SecurityConfig, ServerConfig, SessionConfig};
 use chorus::units::{parse_duration, parse_size};
 
 #[derive(Debug, Parser)]
@@ -22,32 +26,86 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the chat server (WebSocket on / and /ws, web client on GET /, /healthz, /metrics).
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Chat from the terminal: /username, /join, /who, /rooms, /binary, /help, /quit.
     Client {
-        /// Server URL.
+        /// Server URL (ws:// or wss://).
         #[arg(default_value = DEFAULT_URL)]
         url: String,
         /// Print each server event as its raw JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        connect: ConnectArgs,
     },
     /// Connect, send a text, a binary and a rename, print what comes back, close.
     SimpleClient {
-        /// Server URL.
+        /// Server URL (ws:// or wss://).
         #[arg(default_value = DEFAULT_URL)]
         url: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
     },
     /// Run a load scenario: many simulated clients, latency and delivery report, exit code from thresholds.
     Run(RunArgs),
     /// Re-print a saved run, compare it with a baseline, or merge the shards of one run.
     Report(ReportArgs),
+    /// Mint an access token for an account (created, token-only, if missing); prints the token alone.
+    Token(TokenArgs),
     /// An embedded server and scripted bots chatting, with a short latency report.
     Demo {
         /// Pause between scripted steps.
         #[arg(long, default_value = "300ms", value_parser = parse_duration)]
         pace: Duration,
     },
+}
+
+/// How a client connects: TLS trust and the token.
+#[derive(Debug, Args)]
+struct ConnectArgs {
+    /// Trust the certificates in this PEM file for wss:// (a private CA, or a self-signed server's certificate).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
+    /// Trust any certificate for wss:// (testing only: the connection can be intercepted).
+    #[arg(long, conflicts_with = "ca")]
+    insecure: bool,
+    /// Access token, sent as "Authorization: Bearer" (from POST /api/login or `chorus token`).
+    #[arg(long, env = "CHORUS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl ConnectArgs {
+    fn options(self) -> ConnectOptions {
+        ConnectOptions {
+            tls: TlsOptions { ca: self.ca, insecure: self.insecure },
+            token: self.token,
+            ..ConnectOptions::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// The account name.
+    #[arg(long)]
+    user: String,
+    /// How long the token stays valid.
+    #[arg(long, default_value = "30d", value_parser = parse_duration)]
+    ttl: Duration,
+    /// Data directory of the server the token is for (default as for `chorus server`).
+    #[arg(long, value_name = "DIR")]
+    data: Option<std::path::PathBuf>,
+    /// The server's signing secret, if it was given one (else the one kept in the data directory).
+    #[arg(long, env = "CHORUS_AUTH_SECRET", hide_env_values = true)]
+    auth_secret: Option<String>,
+}
+
+/// `--rate-limit`: a rate, or off.
+#[derive(Debug, Clone, Copy)]
+struct Rate(Option<f64>);
+
+fn parse_rate_arg(text: &str) -> Result<Rate, String> {
+    parse_rate(text).map(Rate)
 }
 
 #[derive(Debug, Args)]
@@ -98,9 +156,9 @@ struct ServerArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080", env = "CHORUS_ADDR")]
     addr: String,
-    /// Largest message accepted; a bigger one closes the connection with 1009.
-    #[arg(long, default_value = "64KiB", value_parser = parse_size)]
-    max_message_size: usize,
+    /// Largest message accepted; a bigger one closes the connection with 1009. [default: 64KiB, 16MiB with --echo]
+    #[arg(long, value_parser = parse_size)]
+    max_message_size: Option<usize>,
     /// Most WebSocket connections at once; more are refused with HTTP 503.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
@@ -117,8 +175,9 @@ struct ServerArgs {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pong_timeout: Duration,
     /// Most bytes queued for one connection; a reader that falls further behind is closed (reason `slow`).
-    #[arg(long, default_value = "4MiB", value_parser = parse_size)]
-    max_queue_bytes: usize,
+    /// [default: 4MiB; with --echo, 4 x the message size limit]
+    #[arg(long, value_parser = parse_size)]
+    max_queue_bytes: Option<usize>,
     /// Most events queued for one connection (same policy).
     #[arg(long, default_value_t = 4096)]
     max_queue_messages: usize,
@@ -129,12 +188,61 @@ struct ServerArgs {
     /// else $XDG_DATA_HOME/chorus, else ~/.local/share/chorus.
     #[arg(long, value_name = "DIR")]
     data: Option<std::path::PathBuf>,
+    /// Echo every data frame on / back unchanged instead of chatting (protocol conformance, benchmarks).
+    #[arg(long)]
+    echo: bool,
+    /// Accounts and tokens: off (everyone a guest), optional (a token signs you in), required (no token: 401).
+    #[arg(long, default_value = "off", value_parser = clap::value_parser!(AuthMode))]
+    auth: AuthMode,
+    /// Secret that signs tokens (32+ bytes). Default: generated once into DIR/auth-secret (mode 0600).
+    #[arg(long, env = "CHORUS_AUTH_SECRET", hide_env_values = true)]
+    auth_secret: Option<String>,
+    /// How long a token from /api/login or /api/register stays valid.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    token_ttl: Duration,
+    /// Accept WebSocket handshakes from this browser origin only (repeatable; e.g. https://chat.example.com).
+    /// Handshakes without an Origin header (non-browser clients) are accepted. Default: any origin.
+    #[arg(long, value_name = "ORIGIN")]
+    allowed_origin: Vec<String>,
+    /// Serve https/wss with this PEM certificate chain (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Serve https/wss with a self-signed certificate kept in DIR/tls (for local use; logs its fingerprint).
+    #[arg(long, conflicts_with = "tls_cert")]
+    tls_self_signed: bool,
+    /// Messages per second per connection, sustained ("100/s", "6000/min", "off"). [default: 100/s; off with --echo]
+    #[arg(long, value_parser = parse_rate_arg)]
+    rate_limit: Option<Rate>,
+    /// Messages a connection may send at once above the sustained rate.
+    #[arg(long, default_value_t = 200)]
+    rate_burst: u32,
+    /// Most open connections from one address (IPv6: one /64); 0 for no limit. Raise it for load tests
+    /// from few addresses, and behind a reverse proxy (all clients then share its address).
+    #[arg(long, default_value_t = chorus::server::security::DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    max_connections_per_ip: usize,
+    /// Most frames one message may arrive in. [default: max(1024, message size limit / 64)]
+    #[arg(long)]
+    max_fragments: Option<usize>,
+    /// Account API calls (/api/register, /api/login) per address, after a burst of 10 ("off" to disable).
+    #[arg(long, default_value = "1/s", value_parser = parse_rate_arg)]
+    api_rate_limit: Rate,
 }
 
 impl ServerArgs {
     fn config(&self) -> ServerConfig {
+        let default_size = if self.echo { 16 << 20 } else { 64 << 10 };
+        let max_message_size = self.max_message_size.unwrap_or(default_size);
+        let default_queue = if self.echo { (4 * max_message_size).max(4 << 20) } else { 4 << 20 };
+        let rate = match self.rate_limit {
+            Some(Rate(rate)) => rate,
+            None if self.echo => None,
+            None => Some(RateLimit::default().per_second),
+        };
         ServerConfig {
-            max_message_size: self.max_message_size,
+            max_message_size,
             max_connections: self.max_connections,
             max_rooms: self.max_rooms,
             handshake_timeout: self.handshake_timeout,
@@ -144,11 +252,50 @@ impl ServerArgs {
                 ping_interval: self.ping_interval,
                 pong_timeout: self.pong_timeout,
                 max_queue_items: self.max_queue_messages,
-                max_queue_bytes: self.max_queue_bytes,
+                max_queue_bytes: self.max_queue_bytes.unwrap_or(default_queue),
+                rate_limit: rate.map(|per_second| RateLimit { per_second, burst: self.rate_burst }),
                 ..SessionConfig::default()
             },
+            echo: self.echo,
+            security: self.security(),
         }
     }
+
+    fn security(&self) -> SecurityConfig {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsSource::Files { cert: cert.clone(), key: key.clone() }),
+            _ if self.tls_self_signed => Some(TlsSource::SelfSigned),
+            _ => None,
+        };
+        SecurityConfig {
+            auth: self.auth,
+            auth_secret: self.auth_secret.clone(),
+            token_ttl: self.token_ttl,
+            allowed_origins: self.allowed_origin.clone(),
+            tls,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_fragments: self.max_fragments,
+            api_rate_limit: self.api_rate_limit.0.map(|per_second| RateLimit { per_second, ..DEFAULT_API_RATE }),
+        }
+    }
+}
+
+/// `chorus token`: the token alone on stdout, the details on stderr.
+fn mint_token(args: TokenArgs) -> anyhow::Result<()> {
+    let data = args.data.unwrap_or_else(chorus::server::default_data_dir);
+    let issued = chorus::server::auth::issue_token(&data, args.auth_secret.as_deref(), &args.user, args.ttl)
+        .with_context(|| format!("cannot mint a token for {:?}", args.user))?;
+    if issued.created {
+        eprintln!("created account {} (token-only: it has no password, so /api/login refuses it)", issued.claims.sub);
+    }
+    let expires: chrono::DateTime<chrono::Utc> = issued.claims.expires_at().into();
+    eprintln!(
+        "token for {} valid until {}",
+        issued.claims.sub,
+        expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    println!("{}", issued.token);
+    Ok(())
 }
 
 fn init_tracing(default: &str) {
@@ -256,13 +403,17 @@ async fn run_chat(command: Command) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {}", args.addr))?;
             chorus::server::run(listener, args.config(), shutdown_signal()).await
         }
-        Command::Client { url, json } => {
+        Command::Client { url, json, connect } => {
             init_tracing("warn");
-            chorus::client::interactive::run(ClientOptions { url, json, connect: ConnectOptions::default() }).await
+            chorus::client::interactive::run(ClientOptions { url, json, connect: connect.options() }).await
         }
-        Command::SimpleClient { url } => {
+        Command::SimpleClient { url, connect } => {
             init_tracing("warn");
-            chorus::client::simple::run(&url, &ConnectOptions::default()).await
+            chorus::client::simple::run(&url, &connect.options()).await
+        }
+        Command::Token(args) => {
+            init_tracing("warn");
+            mint_token(args)
         }
         Command::Demo { pace } => {
             init_tracing("warn");

@@ -319,6 +319,10 @@ pub enum ErrorCode {
     InvalidName,
     /// A username someone else already has.
     NameTaken,
+    /// A username that belongs to a registered account (sign in to use it).
+    NameReserved,
+    /// A signed-in user asked to rename: the username is the account name.
+    NameLocked,
     /// A room name that breaks the naming rules.
     InvalidRoom,
     /// A message addressed to a room this connection is not in.
@@ -345,6 +349,8 @@ impl ErrorCode {
             ErrorCode::EmptyMessage => "empty_message",
             ErrorCode::InvalidName => "invalid_name",
             ErrorCode::NameTaken => "name_taken",
+            ErrorCode::NameReserved => "name_reserved",
+            ErrorCode::NameLocked => "name_locked",
             ErrorCode::InvalidRoom => "invalid_room",
             ErrorCode::NotInRoom => "not_in_room",
             ErrorCode::TooManyRooms => "too_many_rooms",

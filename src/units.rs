@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-/// Parse `"250ms"`, `"10s"`, `"1.5s"`, `"2m"`, `"1h"`. A bare number is seconds.
+/// Parse `"250ms"`, `"10s"`, `"1.5s"`, `"2m"`, `"1h"`, `"30d"`. A bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
@@ -16,8 +16,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86400.0,
         other => {
-            return Err(format!("unknown unit {other:?} in {text:?}; use ms, s, m or h"));
+            return Err(format!("unknown unit {other:?} in {text:?}; use ms, s, m, h or d"));
         }
     };
     if !seconds.is_finite() || !(0.0..=1e9).contains(&seconds) {

@@ -277,26 +277,15 @@ async fn invalid_utf8_closes_with_1007() {
 async fn never_reading_client(addr: std::net::SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
-    let mut tcp = socket.connect(addr).await.unwrap();
-    let request = format!(
-        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tcp.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
-    tcp
+    common::upgrade_raw(socket.connect(addr).await.unwrap(), addr).await
 }
 
 #[tokio::test]
 async fn a_client_that_never_reads_does_not_stall_the_room() {
     let config = ServerConfig {
-        session: SessionConfig { max_queue_bytes: 1 << 20, ..common::quick_close().session },
+        // The talker sends 3,000 messages as fast as the room takes them:
+        // far over the per-connection rate limit, which is not under test here.
+        session: SessionConfig { max_queue_bytes: 1 << 20, rate_limit: None, ..common::quick_close().session },
         ..common::quick_close()
     };
     let server = server_with(config).await;

@@ -2,8 +2,9 @@
 //! the terminal clients, the demo and the tests.
 //!
 //! `connect` opens the TCP connection itself (so a caller can pick the source
-//! address, as the load harness does across 127.0.0.0/8) and performs the
-//! WebSocket handshake. A connection splits into a `Sender` and a `Receiver`
+//! address, as the load harness does across 127.0.0.0/8), adds TLS for
+//! `wss://` (see `tls`), and performs the WebSocket handshake, with the
+//! token, if any, in an `Authorization: Bearer` header. A connection splits into a `Sender` and a `Receiver`
 //! so one task can type while another prints.
 
 use std::net::SocketAddr;
@@ -12,17 +13,20 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
+use super::tls::{self, ClientStream, TlsOptions};
 use crate::protocol::{ClientFrame, ServerEvent};
 
-/// The WebSocket stream of a client connection.
-pub type WsStream = WebSocketStream<TcpStream>;
+/// The WebSocket stream of a client connection (plain or TLS).
+pub type WsStream = WebSocketStream<ClientStream>;
 
 /// Where a client connects by default.
 pub const DEFAULT_URL: &str = "ws://127.0.0.1:8080/";
@@ -37,11 +41,21 @@ pub struct ConnectOptions {
     pub bind: Option<SocketAddr>,
     /// Largest message accepted from the server.
     pub max_message_size: usize,
+    /// Whom `wss://` connections trust.
+    pub tls: TlsOptions,
+    /// An access token, sent as `Authorization: Bearer <token>`.
+    pub token: Option<String>,
 }
 
 impl Default for ConnectOptions {
     fn default() -> Self {
-        ConnectOptions { timeout: Duration::from_secs(10), bind: None, max_message_size: 16 << 20 }
+        ConnectOptions {
+            timeout: Duration::from_secs(10),
+            bind: None,
+            max_message_size: 16 << 20,
+            tls: TlsOptions::default(),
+            token: None,
+        }
     }
 }
 
@@ -50,8 +64,8 @@ impl Default for ConnectOptions {
 pub enum ConnectError {
     #[error("{url:?} is not a WebSocket URL; write it like ws://127.0.0.1:8080/")]
     BadUrl { url: String },
-    #[error("{url}: only ws:// URLs are supported by this build")]
-    Unsupported { url: String },
+    #[error("{url}: {reason}")]
+    Tls { url: String, reason: String },
     #[error("could not reach {url}: {source}; is a chorus server running there? (start one with `chorus server`)")]
     Unreachable { url: String, source: std::io::Error },
     #[error("could not connect to {url}: no answer within {timeout:?}")]
@@ -90,15 +104,22 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> Result<WsStream, Co
 
 async fn connect_inner(url: &str, options: &ConnectOptions) -> Result<WsStream, ConnectError> {
     let bad_url = || ConnectError::BadUrl { url: url.to_string() };
-    let request = url.into_client_request().map_err(|_| bad_url())?;
-    let uri = request.uri();
-    match uri.scheme_str() {
-        Some("ws") => {}
-        Some("wss") => return Err(ConnectError::Unsupported { url: url.to_string() }),
-        _ => return Err(bad_url()),
+    let mut request = url.into_client_request().map_err(|_| bad_url())?;
+    if let Some(token) = &options.token {
+        let value = HeaderValue::from_str(&format!("Bearer {}", token.trim())).map_err(|_| ConnectError::Refused {
+            url: url.to_string(),
+            reason: "the token contains characters a header cannot carry".into(),
+        })?;
+        request.headers_mut().insert(AUTHORIZATION, value);
     }
+    let uri = request.uri();
+    let secure = match uri.scheme_str() {
+        Some("ws") => false,
+        Some("wss") => true,
+        _ => return Err(bad_url()),
+    };
     let host = uri.host().ok_or_else(bad_url)?.trim_start_matches('[').trim_end_matches(']').to_string();
-    let port = uri.port_u16().unwrap_or(80);
+    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
     let unreachable = |source| ConnectError::Unreachable { url: url.to_string(), source };
     let addr = tokio::net::lookup_host((host.as_str(), port))
         .await
@@ -111,16 +132,26 @@ async fn connect_inner(url: &str, options: &ConnectOptions) -> Result<WsStream, 
     }
     let tcp = socket.connect(addr).await.map_err(unreachable)?;
     let _ = tcp.set_nodelay(true);
+    let stream = if secure {
+        tls::connect(tcp, &host, &options.tls)
+            .await
+            .map_err(|reason| ConnectError::Tls { url: url.to_string(), reason })?
+    } else {
+        ClientStream::Plain(tcp)
+    };
     let config = WebSocketConfig::default()
         .max_message_size(Some(options.max_message_size))
         .max_frame_size(Some(options.max_message_size))
         .read_buffer_size(16 * 1024)
         .write_buffer_size(16 * 1024);
-    match client_async_with_config(request, tcp, Some(config)).await {
+    match client_async_with_config(request, stream, Some(config)).await {
         Ok((ws, _response)) => Ok(ws),
         Err(WsError::Http(response)) => {
             let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
-            let reason = format!("HTTP {} {}", response.status(), body.trim());
+            let mut reason = format!("HTTP {}: {}", response.status(), body.trim());
+            if response.status() == 401 {
+                reason.push_str(" (chorus clients take the token with --token or CHORUS_TOKEN)");
+            }
             Err(ConnectError::Refused { url: url.to_string(), reason })
         }
         Err(WsError::Io(err)) => Err(unreachable(err)),

@@ -1,6 +1,7 @@
 //! `chorus simple-client`: a scripted, non-interactive tour of the protocol.
-//! Connects, sends a text, a binary and a rename, prints everything that
-//! comes back, closes with 1000 and exits 0 (non-zero if any step fails).
+//! Connects, sends a text, a binary and a rename (not when signed in with a
+//! token: the name is then the account's), prints everything that comes back,
+//! closes with 1000 and exits 0 (non-zero if any step fails).
 
 use std::time::Duration;
 
@@ -34,16 +35,21 @@ pub async fn run(url: &str, options: &ConnectOptions) -> anyhow::Result<()> {
     sender.send_binary(payload).await.context("sending the binary message")?;
     wait_for(&mut receiver, &mut display, "ack of the binary", |e| matches!(e, ServerEvent::Ack { .. })).await?;
 
-    let name = format!("simple-{:04x}", rand::rng().random::<u16>());
-    println!("> username {name}");
-    sender.send_frame(&ClientFrame::Username { name: name.as_str().into() }).await.context("sending the rename")?;
-    let me = display.me().map(str::to_owned);
-    wait_for(&mut receiver, &mut display, "rename confirmation", |e| match e {
-        ServerEvent::Renamed { user_id, .. } => me.as_deref() == Some(user_id.as_ref()),
-        ServerEvent::Error { .. } => true,
-        _ => false,
-    })
-    .await?;
+    if options.token.is_some() {
+        // Signed in: the username is the account name and cannot change.
+        println!("> no rename: signed in, the username is the account name");
+    } else {
+        let name = format!("simple-{:04x}", rand::rng().random::<u16>());
+        println!("> username {name}");
+        sender.send_frame(&ClientFrame::Username { name: name.as_str().into() }).await.context("sending the rename")?;
+        let me = display.me().map(str::to_owned);
+        wait_for(&mut receiver, &mut display, "rename confirmation", |e| match e {
+            ServerEvent::Renamed { user_id, .. } => me.as_deref() == Some(user_id.as_ref()),
+            ServerEvent::Error { .. } => true,
+            _ => false,
+        })
+        .await?;
+    }
 
     println!("> close 1000");
     sender.close().await.context("sending the close frame")?;

@@ -516,7 +516,8 @@ async fn close(conn: &mut Conn) -> Option<String> {
 /// A short name for a connect failure, for counting by kind.
 fn connect_error_kind(err: &ConnectError) -> &'static str {
     match err {
-        ConnectError::BadUrl { .. } | ConnectError::Unsupported { .. } => "connect: bad url",
+        ConnectError::BadUrl { .. } => "connect: bad url",
+        ConnectError::Tls { .. } => "connect: tls",
         ConnectError::Unreachable { .. } => "connect: unreachable",
         ConnectError::TimedOut { .. } => "connect: timeout",
         ConnectError::Refused { .. } => "connect: handshake refused",

@@ -141,8 +141,10 @@ fn latency_row(out: &mut String, name: &str, l: &LatencyStats) {
 }
 
 fn groups_table(out: &mut String, s: &Summary) {
-    let _ =
-        writeln!(out, "\ngroups         clients      sent  received  delivery p99  observed ratio  errors  dropped  closed by server");
+    let _ = writeln!(
+        out,
+        "\ngroups         clients      sent  received  delivery p99  observed ratio  errors  dropped  closed by server"
+    );
     for g in &s.groups {
         let p99 = g.latency.get("delivery").map_or("-".to_string(), |l| format!("{}ms", ms(l.p99_ms)));
         let ratio = g.observed_ratio.map_or("-".to_string(), |r| format!("{r:.6}"));

@@ -103,6 +103,11 @@ struct RawServer {
     handshake_timeout: Option<DurationValue>,
     ping_interval: Option<DurationValue>,
     pong_timeout: Option<DurationValue>,
+    /// Per-connection message rate limit: "off" (the harness default) or like "100/s".
+    rate_limit: Option<String>,
+    rate_burst: Option<u32>,
+    /// Per-address connection cap (the harness default: 0, no limit).
+    max_connections_per_ip: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -675,11 +680,22 @@ impl Validator<'_> {
             Some(d) => self.duration("server.pong_timeout", d)?,
             None => default_session.pong_timeout,
         };
-        // The harness opens many connections from one address; the embedded
-        // server should not be the limit unless the scenario says so.
+        // The harness opens many connections from one address, some of them
+        // sending fast: the embedded server's abuse limits stay out of the
+        // way unless the scenario sets them.
         if raw.max_connections.is_none() {
             config.max_connections = 1_000_000;
         }
+        config.security.max_connections_per_ip = raw.max_connections_per_ip.unwrap_or(0);
+        config.session.rate_limit = match raw.rate_limit.as_deref() {
+            None => None,
+            Some(text) => crate::server::limits::parse_rate(text)
+                .map_err(|why| self.invalid("server.rate_limit", why))?
+                .map(|per_second| crate::server::limits::RateLimit {
+                    per_second,
+                    burst: raw.rate_burst.unwrap_or(crate::server::limits::RateLimit::default().burst),
+                }),
+        };
         Ok(config)
     }
 }

@@ -9,16 +9,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::timeout;
+use tokio::time::{timeout, timeout_at};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::Instrument as _;
 
 use super::Shared;
+use super::accept::{Accepted, EarlyRefusal};
+use super::auth::{Admission, redact_query};
+use super::frames::FrameGuard;
 use super::metrics::bump;
 use super::outbox::EndReason;
-use super::session;
+use super::{api, session};
 
 /// Longest request head accepted (request line and headers).
 const MAX_HEAD: usize = 16 * 1024;
@@ -27,6 +30,9 @@ const MAX_HEADERS: usize = 64;
 /// How long to keep reading (and discarding) after closing for a protocol
 /// error, so the client reads our close frame before the socket goes away.
 const ERROR_LINGER: Duration = Duration::from_secs(1);
+
+/// Most bytes read and dropped after answering an API request.
+const MAX_DRAIN: u64 = 64 * 1024;
 
 /// The browser client, embedded in the binary.
 const INDEX_HTML: &str = include_str!("../../web/index.html");
@@ -106,30 +112,35 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Request, Head
 }
 
 /// A plain HTTP response; every response closes the connection.
-struct Response {
-    status: u16,
+pub struct Response {
+    pub status: u16,
     content_type: &'static str,
     extra_headers: Vec<(&'static str, String)>,
     body: Vec<u8>,
 }
 
 impl Response {
-    fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Self {
+    pub fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Self {
         Response { status, content_type, extra_headers: Vec::new(), body: body.into() }
     }
 
-    fn text(status: u16, body: impl Into<String>) -> Self {
+    pub fn text(status: u16, body: impl Into<String>) -> Self {
         let mut body = body.into();
         body.push('\n');
         Response::new(status, "text/plain; charset=utf-8", body)
     }
 
-    fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+    /// A JSON body.
+    pub fn json(status: u16, body: &serde_json::Value) -> Self {
+        Response::new(status, "application/json", body.to_string())
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.extra_headers.push((name, value.into()));
         self
     }
 
-    async fn send<S: AsyncWrite + Unpin>(self, stream: &mut S, head_only: bool) -> std::io::Result<()> {
+    pub async fn send<S: AsyncWrite + Unpin>(self, stream: &mut S, head_only: bool) -> std::io::Result<()> {
         let mut head = format!(
             "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\
              Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n",
@@ -154,26 +165,34 @@ impl Response {
 fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        201 => "Created",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Error",
     }
 }
 
-/// Serve one accepted connection to its end.
-pub async fn serve<S>(mut stream: S, peer: SocketAddr, shared: Arc<Shared>)
+/// Serve one accepted connection (plain or TLS) to its end.
+pub async fn serve<S>(mut stream: S, accepted: Accepted, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let peer = accepted.peer;
     let handshake_timeout = shared.config.handshake_timeout;
-    let request = match timeout(handshake_timeout, read_head(&mut stream)).await {
+    let request = match timeout_at(accepted.deadline, read_head(&mut stream)).await {
         Err(_) => {
             tracing::debug!(%peer, "no complete request within {handshake_timeout:?}; closing");
             return;
@@ -190,6 +209,20 @@ where
         }
         Ok(Ok(request)) => request,
     };
+    let query = redact_query(&request.query);
+    tracing::debug!(%peer, method = %request.method, path = %request.path, %query, "request");
+    if let Some(refusal) = accepted.refusal {
+        return refuse(stream, peer, early_refusal(refusal, &shared), &shared).await;
+    }
+    if request.path.starts_with("/api/") && !request.wants_websocket() {
+        let response = api::handle(&mut stream, &request, peer, &shared, accepted.deadline).await;
+        let _ = timeout(handshake_timeout, response.send(&mut stream, false)).await;
+        // Read what the client may still be sending (an oversized body), so
+        // that closing does not reset the connection before it reads the answer.
+        let mut rest = (&mut stream).take(MAX_DRAIN);
+        let _ = timeout(ERROR_LINGER, tokio::io::copy(&mut rest, &mut tokio::io::sink())).await;
+        return;
+    }
     if request.wants_websocket() {
         upgrade(stream, peer, request, shared).await;
         return;
@@ -197,6 +230,23 @@ where
     let head_only = request.method == "HEAD";
     let response = route(&request, &shared);
     let _ = timeout(handshake_timeout, response.send(&mut stream, head_only)).await;
+}
+
+/// The answer to a connection refused before its request was looked at.
+fn early_refusal(refusal: EarlyRefusal, shared: &Shared) -> Response {
+    match refusal {
+        EarlyRefusal::TooManyFromAddress => Response::text(
+            429,
+            format!(
+                "too many connections from your address (at most {}); close some and retry",
+                shared.config.security.max_connections_per_ip
+            ),
+        )
+        .with_header("Retry-After", "5"),
+        EarlyRefusal::PlainOnTlsPort => {
+            Response::text(400, "this server speaks TLS on this port: use https:// or wss://")
+        }
+    }
 }
 
 /// Answer a plain (non-WebSocket) request.
@@ -263,6 +313,10 @@ where
         Ok(accept) => accept,
         Err(response) => return refuse(stream, peer, response, &shared).await,
     };
+    let admission: Admission = match shared.security.admit(&request) {
+        Ok(admission) => admission,
+        Err(response) => return refuse(stream, peer, response, &shared).await,
+    };
     let Some(_slot) = shared.admit() else {
         let max = shared.config.max_connections;
         let response = Response::text(503, format!("server full: {max} connections; try again later"))
@@ -281,13 +335,17 @@ where
         return;
     }
     bump(&shared.metrics.connections_total);
-    let ws = WebSocketStream::from_partially_read(stream, request.rest, Role::Server, Some(shared.ws_config())).await;
+    let stream = FrameGuard::new(stream, request.rest, shared.security.max_fragments);
+    let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(shared.ws_config())).await;
     let span = tracing::info_span!("ws", %peer);
-    let (ws, reason) = session::run(ws, &shared.hub, &shared.config.session, &shared.shutdown).instrument(span).await;
-    if matches!(reason, EndReason::TooBig | EndReason::BadUtf8 | EndReason::Protocol)
-        && let Some(mut ws) = ws
-    {
-        let _ = timeout(ERROR_LINGER, tokio::io::copy(ws.get_mut(), &mut tokio::io::sink())).await;
+    let session = session::run(ws, &shared.hub, &shared.config.session, &shared.shutdown, admission);
+    let (ws, reason) = session.instrument(span).await;
+    let linger = matches!(
+        reason,
+        EndReason::TooBig | EndReason::BadUtf8 | EndReason::Protocol | EndReason::Fragmented | EndReason::RateLimited
+    );
+    if linger && let Some(mut ws) = ws {
+        let _ = timeout(ERROR_LINGER, tokio::io::copy(ws.get_mut().inner_mut(), &mut tokio::io::sink())).await;
     }
 }
 
@@ -296,7 +354,8 @@ where
     S: AsyncWrite + Unpin,
 {
     bump(&shared.metrics.handshakes_refused);
-    tracing::info!(%peer, status = response.status, "handshake refused");
+    let reason = String::from_utf8_lossy(&response.body);
+    tracing::info!(%peer, status = response.status, reason = %reason.trim(), "handshake refused");
     let _ = timeout(shared.config.handshake_timeout, response.send(&mut stream, false)).await;
 }
 

@@ -156,9 +156,20 @@ impl Hub {
     /// Admit a new connection: give it an id and a guest name, send it
     /// `welcome`, put it in the lobby and tell the lobby.
     pub fn connect(&self, outbox: Outbox) -> Presence {
+        self.connect_as(outbox, None)
+    }
+
+    /// `connect`, for a signed-in user when `account` is given: the account
+    /// name is used as is and not claimed in the guest name table, since
+    /// several connections of one account share it and the account store
+    /// keeps guests off it (see `auth`).
+    pub fn connect_as(&self, outbox: Outbox, account: Option<&str>) -> Presence {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let user_id: Arc<str> = Arc::from(self.ids.mint('u'));
-        let username: Arc<str> = Arc::from(self.claim_guest_name(conn));
+        let username: Arc<str> = match account {
+            Some(name) => Arc::from(name),
+            None => Arc::from(self.claim_guest_name(conn)),
+        };
         let welcome = ServerEvent::Welcome {
             user_id: Cow::Borrowed(&user_id),
             username: Cow::Borrowed(&username),
@@ -254,6 +265,11 @@ impl Hub {
         if names.get(&key) == Some(&who.conn) {
             names.remove(&key);
         }
+    }
+
+    /// Does a connected guest hold `name` (any case)?
+    pub fn name_in_use(&self, name: &str) -> bool {
+        lock(&self.names).contains_key(&name.to_lowercase())
     }
 
     /// Send a message to everyone else in the sender's room.

@@ -11,6 +11,18 @@ pub mod metrics;
 pub mod outbox;
 pub mod session;
 
+// Security and protection: accounts and tokens, TLS, abuse limits.
+pub mod accept;
+pub mod accounts;
+pub mod api;
+pub mod auth;
+pub mod frames;
+pub mod limits;
+pub mod security;
+pub mod tls;
+pub mod tokens;
+pub mod utf8;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +38,7 @@ use tokio_util::task::TaskTracker;
 
 pub use hub::Hub;
 pub use metrics::Metrics;
+pub use security::{Security, SecurityConfig};
 pub use session::SessionConfig;
 
 /// Everything a server can be told. `Default` gives the documented defaults.
@@ -45,6 +58,10 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Keepalive and queue settings of each connection.
     pub session: SessionConfig,
+    /// Echo mode (`--echo`): every data frame goes back unchanged; no chat.
+    pub echo: bool,
+    /// Accounts, origins, TLS and abuse limits.
+    pub security: SecurityConfig,
 }
 
 /// The default data directory: `$CHORUS_DATA`, else `$XDG_DATA_HOME/chorus`,
@@ -73,6 +90,8 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(5),
             data_dir: default_data_dir(),
             session: SessionConfig::default(),
+            echo: false,
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -85,6 +104,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Cancelled when the server shuts down; every session holds a child.
     pub shutdown: CancellationToken,
+    /// Accounts, TLS, origin checks and per-address limits.
+    pub security: Security,
 }
 
 /// A WebSocket connection's claim on one of `max_connections`; released on drop.
@@ -98,10 +119,13 @@ impl Drop for Slot<'_> {
 }
 
 impl Shared {
-    fn new(config: ServerConfig) -> Shared {
+    /// Everything a server needs before it accepts; fails on a bad setting
+    /// (unreadable certificate, unusable data directory...).
+    pub fn new(config: ServerConfig, listen: Option<SocketAddr>) -> anyhow::Result<Shared> {
+        let security = Security::new(&config, listen)?;
         let metrics = Arc::new(Metrics::default());
         let hub = Arc::new(Hub::new(config.max_rooms, metrics.clone()));
-        Shared { config, hub, metrics, shutdown: CancellationToken::new() }
+        Ok(Shared { config, hub, metrics, shutdown: CancellationToken::new(), security })
     }
 
     /// Take a connection slot, unless the server is full.
@@ -127,11 +151,18 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let shared = Arc::new(Shared::new(config));
+    let shared = Arc::new(Shared::new(config, listener.local_addr().ok())?);
+    serve(listener, shared, shutdown).await
+}
+
+/// `run`, with the server's state already built.
+async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     tokio::pin!(shutdown);
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!("chorus server listening on ws://{addr}/ (web client: http://{addr}/)");
+        let (ws, http) = if shared.security.tls.is_some() { ("wss", "https") } else { ("ws", "http") };
+        tracing::info!("chorus server listening on {ws}://{addr}/ (web client: {http}://{addr}/)");
+        security::announce(&shared, addr);
     }
     loop {
         tokio::select! {
@@ -139,7 +170,7 @@ pub async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
-                    tracker.spawn(http::serve(tcp, peer, shared.clone()));
+                    tracker.spawn(accept::serve(tcp, peer, shared.clone()));
                 }
                 Err(err) => {
                     // Out of file descriptors, most likely: wait a little
@@ -167,27 +198,31 @@ pub async fn run(
 #[derive(Debug)]
 pub struct ServerHandle {
     addr: SocketAddr,
+    tls: bool,
     stop: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
 impl ServerHandle {
     /// Bind `addr` (port 0 for a free port) and serve in a background task.
-    pub async fn start(addr: &str, config: ServerConfig) -> std::io::Result<ServerHandle> {
+    /// Fails on a bad setting before anything is served.
+    pub async fn start(addr: &str, config: ServerConfig) -> anyhow::Result<ServerHandle> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::new(config, Some(addr))?);
+        let tls = shared.security.tls.is_some();
         let stop = CancellationToken::new();
-        let task = tokio::spawn(run(listener, config, stop.clone().cancelled_owned()));
-        Ok(ServerHandle { addr, stop, task })
+        let task = tokio::spawn(serve(listener, shared, stop.clone().cancelled_owned()));
+        Ok(ServerHandle { addr, tls, stop, task })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// `ws://<addr>/`
+    /// `ws://<addr>/`, or `wss://<addr>/` when the server speaks TLS.
     pub fn url(&self) -> String {
-        format!("ws://{}/", self.addr)
+        format!("{}://{}/", if self.tls { "wss" } else { "ws" }, self.addr)
     }
 
     /// Shut down gracefully and wait until done.

@@ -27,6 +27,8 @@ pub enum Outbound {
     Binary { header: Utf8Bytes, data: Bytes },
     /// A keepalive ping.
     Ping,
+    /// A binary frame on its own (echo mode).
+    Bare(Bytes),
 }
 
 impl Outbound {
@@ -39,6 +41,7 @@ impl Outbound {
                 Outbound::Text(text) => text.len(),
                 Outbound::Binary { header, data } => header.len() + data.len(),
                 Outbound::Ping => 0,
+                Outbound::Bare(data) => data.len(),
             }
     }
 
@@ -48,6 +51,7 @@ impl Outbound {
             Outbound::Text(text) => (Message::Text(text), None),
             Outbound::Binary { header, data } => (Message::Text(header), Some(Message::Binary(data))),
             Outbound::Ping => (Message::Ping(Bytes::new()), None),
+            Outbound::Bare(data) => (Message::Binary(data), None),
         }
     }
 }
@@ -76,6 +80,8 @@ pub enum EndReason {
     RateLimited,
     /// The connection's token expired (close 1008).
     Expired,
+    /// A message arrived in more frames than the fragment limit (close 1009).
+    Fragmented,
 }
 
 impl EndReason {
@@ -92,11 +98,12 @@ impl EndReason {
             EndReason::Protocol => "protocol_error",
             EndReason::RateLimited => "rate_limited",
             EndReason::Expired => "expired",
+            EndReason::Fragmented => "too_fragmented",
         }
     }
 
     /// Every reason, for metrics.
-    pub const ALL: [EndReason; 10] = [
+    pub const ALL: [EndReason; 11] = [
         EndReason::Quit,
         EndReason::Lost,
         EndReason::Timeout,
@@ -107,6 +114,7 @@ impl EndReason {
         EndReason::Protocol,
         EndReason::RateLimited,
         EndReason::Expired,
+        EndReason::Fragmented,
     ];
 
     /// The close frame the server sends for this reason (`None`: the peer
@@ -122,6 +130,7 @@ impl EndReason {
             EndReason::Protocol => (CloseCode::Protocol, "WebSocket protocol error"),
             EndReason::RateLimited => (CloseCode::Policy, "rate limit exceeded repeatedly"),
             EndReason::Expired => (CloseCode::Policy, "token expired"),
+            EndReason::Fragmented => (CloseCode::Size, "message in too many fragments"),
         };
         Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) })
     }

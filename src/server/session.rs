@@ -6,6 +6,7 @@
 //! the hub. The session is generic over `Sink + Stream` so tests can drive it
 //! without a socket.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -14,7 +15,10 @@ use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
+use super::auth::Admission;
+use super::frames::{Violation, violation};
 use super::hub::{Hub, Payload, Presence};
+use super::limits::{MessageLimiter, RateLimit, Verdict};
 use super::metrics::bump;
 use super::outbox::{EndReason, Outbound, Outbox, OutboxReceiver, SessionEnd};
 use crate::protocol::{ClientFrame, ErrorCode, Refusal, ServerEvent, check_client_id, decode_client_text};
@@ -32,6 +36,8 @@ pub struct SessionConfig {
     pub max_queue_items: usize,
     /// Most bytes queued for one connection.
     pub max_queue_bytes: usize,
+    /// Messages per second from one connection (`None`: unlimited).
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Default for SessionConfig {
@@ -42,6 +48,7 @@ impl Default for SessionConfig {
             close_timeout: Duration::from_secs(2),
             max_queue_items: 4096,
             max_queue_bytes: 4 << 20,
+            rate_limit: Some(RateLimit::default()),
         }
     }
 }
@@ -50,33 +57,109 @@ impl Default for SessionConfig {
 const MAX_BATCH: usize = 256;
 
 /// Run one connection until it ends; returns the socket (for a last linger)
-/// and why it ended.
-pub async fn run<S>(ws: S, hub: &Hub, config: &SessionConfig, shutdown: &CancellationToken) -> (Option<S>, EndReason)
+/// and why it ended. `admission` says who the connection is (a signed-in user
+/// or a guest) and whether it echoes instead of chatting.
+pub async fn run<S>(
+    ws: S,
+    hub: &Hub,
+    config: &SessionConfig,
+    shutdown: &CancellationToken,
+    admission: Admission,
+) -> (Option<S>, EndReason)
 where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
     let end = SessionEnd::new(shutdown.child_token());
     let (outbox, queue) = Outbox::new(config.max_queue_items, config.max_queue_bytes, end.clone());
-    let mut presence = hub.connect(outbox);
-    tracing::info!(conn = presence.conn, user = %presence.username, "connected");
+    // Echo mode (protocol conformance): no hub, no welcome, frames go back as they came.
+    let presence = (!admission.echo).then(|| hub.connect_as(outbox.clone(), admission.username()));
+    let mut conn = Conn { hub, presence, outbox, admission, limiter: MessageLimiter::new(config.rate_limit) };
+    tracing::info!(conn = conn.id(), user = conn.username(), "connected");
     let (sink, stream) = ws.split();
     let (stream, sink) =
-        tokio::join!(read_loop(stream, hub, &mut presence, config, &end), write_loop(sink, queue, config, &end));
+        tokio::join!(read_loop(stream, &mut conn, config, &end), write_loop(sink, queue, config, &end));
     let reason = end.reason();
-    tracing::info!(conn = presence.conn, user = %presence.username, reason = reason.as_str(), "disconnected");
+    tracing::info!(conn = conn.id(), user = conn.username(), reason = reason.as_str(), "disconnected");
     hub.metrics().record_end(reason);
-    hub.disconnect(presence, reason);
+    if let Some(presence) = conn.presence {
+        hub.disconnect(presence, reason);
+    }
     (stream.reunite(sink).ok(), reason)
 }
 
+/// What the reader knows about its connection.
+struct Conn<'a> {
+    hub: &'a Hub,
+    /// The connection's place in the hub; `None` in echo mode.
+    presence: Option<Presence>,
+    outbox: Outbox,
+    admission: Admission,
+    limiter: MessageLimiter,
+}
+
+impl Conn<'_> {
+    fn id(&self) -> u64 {
+        self.presence.as_ref().map_or(0, |p| p.conn)
+    }
+
+    fn username(&self) -> &str {
+        self.presence.as_ref().map_or("(echo)", |p| &p.username)
+    }
+
+    /// A text or binary message from the client: rate-limited, then echoed
+    /// or handled as chat.
+    fn on_data(&mut self, message: Message, end: &SessionEnd) {
+        match self.limiter.check() {
+            Verdict::Allow => {}
+            Verdict::Drop => {
+                let client_id = client_id_of(&message);
+                return refuse(self.hub, &self.outbox, &rate_limited(&self.limiter), client_id.as_deref());
+            }
+            Verdict::Close => return end.end(EndReason::RateLimited),
+        }
+        let Some(presence) = self.presence.as_mut() else {
+            let echo = match message {
+                Message::Text(text) => Outbound::Text(text),
+                Message::Binary(data) => Outbound::Bare(data),
+                _ => return,
+            };
+            let _ = self.outbox.push(echo);
+            return;
+        };
+        match message {
+            Message::Text(text) => handle_text(self.hub, presence, &text, &self.admission),
+            Message::Binary(data) => {
+                let published = self.hub.publish(presence, Payload::Binary(&data));
+                let _ = presence.outbox.push_text(published.ack(None));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The `error` for a message dropped by the rate limit.
+fn rate_limited(limiter: &MessageLimiter) -> Refusal {
+    let why = match limiter.limit() {
+        Some(limit) => format!(
+            "slow down: at most {} messages per second (bursts of {}); this message was dropped",
+            limit.per_second, limit.burst
+        ),
+        None => "slow down; this message was dropped".to_string(),
+    };
+    Refusal::new(ErrorCode::RateLimited, why)
+}
+
+/// The `client_id` of a chat frame, to echo in its `error`.
+fn client_id_of(message: &Message) -> Option<String> {
+    let Message::Text(text) = message else { return None };
+    match decode_client_text(text) {
+        Ok(ClientFrame::Chat { client_id, .. }) => client_id.map(Cow::into_owned),
+        _ => None,
+    }
+}
+
 /// Read frames until the session ends, handling each.
-async fn read_loop<St>(
-    mut stream: St,
-    hub: &Hub,
-    presence: &mut Presence,
-    config: &SessionConfig,
-    end: &SessionEnd,
-) -> St
+async fn read_loop<St>(mut stream: St, conn: &mut Conn<'_>, config: &SessionConfig, end: &SessionEnd) -> St
 where
     St: Stream<Item = Result<Message, WsError>> + Unpin,
 {
@@ -84,6 +167,9 @@ where
     let mut ping_sent: Option<Instant> = None;
     let keepalive = tokio::time::sleep(config.ping_interval);
     tokio::pin!(keepalive);
+    let expiry = conn.admission.expiry();
+    let token_expired = tokio::time::sleep_until(expiry.unwrap_or_else(|| last_seen + FOREVER));
+    tokio::pin!(token_expired);
     loop {
         tokio::select! {
             biased;
@@ -101,15 +187,19 @@ where
                 .await;
                 return stream;
             }
+            () = &mut token_expired, if expiry.is_some() => {
+                tracing::debug!(conn = conn.id(), "token expired");
+                end.end(EndReason::Expired);
+            }
             () = &mut keepalive => {
                 let now = Instant::now();
                 match ping_sent {
                     Some(sent) if last_seen < sent => {
-                        tracing::debug!(conn = presence.conn, "no pong within {:?}", config.pong_timeout);
+                        tracing::debug!(conn = conn.id(), "no pong within {:?}", config.pong_timeout);
                         end.end(EndReason::Timeout);
                     }
                     _ if now.duration_since(last_seen) >= config.ping_interval => {
-                        let _ = presence.outbox.push(Outbound::Ping);
+                        let _ = conn.outbox.push(Outbound::Ping);
                         ping_sent = Some(now);
                         keepalive.as_mut().reset(now + config.pong_timeout);
                     }
@@ -122,11 +212,7 @@ where
             frame = stream.next() => {
                 last_seen = Instant::now();
                 match frame {
-                    Some(Ok(Message::Text(text))) => handle_text(hub, presence, &text),
-                    Some(Ok(Message::Binary(data))) => {
-                        let published = hub.publish(presence, Payload::Binary(&data));
-                        let _ = presence.outbox.push_text(published.ack(None));
-                    }
+                    Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => conn.on_data(message, end),
                     Some(Ok(Message::Close(_))) => {
                         end.end(EndReason::Quit);
                         return stream;
@@ -134,7 +220,7 @@ where
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                     Some(Err(err)) => {
                         let reason = classify_read_error(&err);
-                        tracing::debug!(conn = presence.conn, "read error: {err}");
+                        tracing::debug!(conn = conn.id(), "read error: {err}");
                         end.end(reason);
                         return stream;
                     }
@@ -148,11 +234,19 @@ where
     }
 }
 
+/// A deadline that never comes, for a connection whose token never expires.
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Why a read failed, as a session end reason (which picks the close code).
 fn classify_read_error(err: &WsError) -> EndReason {
     match err {
         WsError::Capacity(_) => EndReason::TooBig,
         WsError::Utf8(_) => EndReason::BadUtf8,
+        WsError::Io(err) => match violation(err) {
+            Some(Violation::TooManyFragments { .. }) => EndReason::Fragmented,
+            Some(Violation::InvalidUtf8) => EndReason::BadUtf8,
+            None => EndReason::Lost,
+        },
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => EndReason::Lost,
         WsError::Protocol(_) => EndReason::Protocol,
         WsError::ConnectionClosed | WsError::AlreadyClosed => EndReason::Quit,
@@ -161,7 +255,7 @@ fn classify_read_error(err: &WsError) -> EndReason {
 }
 
 /// One text frame from the client.
-fn handle_text(hub: &Hub, presence: &mut Presence, text: &str) {
+fn handle_text(hub: &Hub, presence: &mut Presence, text: &str, admission: &Admission) {
     let outbox = presence.outbox.clone();
     let frame = match decode_client_text(text) {
         Ok(frame) => frame,
@@ -175,7 +269,7 @@ fn handle_text(hub: &Hub, presence: &mut Presence, text: &str) {
             }
             return;
         }
-        ClientFrame::Username { name } => hub.rename(presence, &name),
+        ClientFrame::Username { name } => admission.rename(hub, presence, &name),
         ClientFrame::Join { room } => hub.join(presence, &room),
         ClientFrame::Who => {
             let _ = outbox.push_text(hub.who(presence));
@@ -256,6 +350,11 @@ where
     let reason = end.reason();
     if reason != EndReason::Lost {
         let _ = timeout(config.close_timeout, async {
+            if flushes_before_close(reason) {
+                while let Some(item) = queue.try_recv() {
+                    feed(&mut sink, item).await?;
+                }
+            }
             if let Some(frame) = reason.close_frame() {
                 sink.send(Message::Close(Some(frame))).await?;
             }
@@ -264,6 +363,13 @@ where
         .await;
     }
     sink
+}
+
+/// Does what is already queued still go out before our close frame? Yes when
+/// the client can still read (it broke a rule, or the server is stopping); no
+/// when it is gone, closed first, or is too slow to read.
+fn flushes_before_close(reason: EndReason) -> bool {
+    !matches!(reason, EndReason::Quit | EndReason::Lost | EndReason::Slow | EndReason::Timeout)
 }
 
 /// Write `first` and whatever else is queued (up to a batch), then flush once.
@@ -342,7 +448,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
             let hub = hub.clone();
-            async move { run(Fake { incoming, outgoing }, &hub, &config, &shutdown).await.1 }
+            async move { run(Fake { incoming, outgoing }, &hub, &config, &shutdown, Admission::default()).await.1 }
         });
         assert_eq!(event(&from_server.next().await.unwrap())["type"], "welcome");
         assert!(matches!(from_server.next().await.unwrap(), Message::Ping(_)), "a ping after 30 s of silence");
@@ -361,7 +467,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
             let hub = hub.clone();
-            async move { run(Fake { incoming, outgoing }, &hub, &config, &shutdown).await.1 }
+            async move { run(Fake { incoming, outgoing }, &hub, &config, &shutdown, Admission::default()).await.1 }
         });
         from_server.next().await.unwrap();
         for _ in 0..5 {

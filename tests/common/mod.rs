@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -160,4 +161,22 @@ impl Client {
 /// The close code of a frame, as a number.
 pub fn code(frame: &Option<CloseFrame>) -> u16 {
     frame.as_ref().map(|f| u16::from(f.code)).unwrap_or(0)
+}
+
+/// Complete a WebSocket handshake by hand on `tcp`, reading exactly the
+/// response head (nothing after it), so a test can then write raw frames.
+pub async fn upgrade_raw(mut tcp: TcpStream, addr: std::net::SocketAddr) -> TcpStream {
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    tcp
 }
