@@ -127,6 +127,9 @@ struct RunArgs {
     /// Start at this moment (Unix seconds or RFC 3339), so the shards of a run start together.
     #[arg(long, value_name = "TIME", value_parser = parse_start_at)]
     start_at: Option<std::time::SystemTime>,
+    /// wss:// trust and the access token every simulated client presents.
+    #[command(flatten)]
+    connect: ConnectArgs,
 }
 
 #[derive(Debug, Args)]
@@ -366,6 +369,7 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<u8> {
         out: args.out,
         shard: args.shard,
         start_at: args.start_at,
+        connect: args.connect.options(),
         ..harness::RunOptions::default()
     };
     let outcome = harness::run(scenario, options, stop).await?;
