@@ -370,7 +370,6 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<u8> {
         shard: args.shard,
         start_at: args.start_at,
         connect: args.connect.options(),
-        ..harness::RunOptions::default()
     };
     let outcome = harness::run(scenario, options, stop).await?;
     println!("{}", outcome.report);
