@@ -75,8 +75,13 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], 
             short(y)
         );
     }
-    for i in 0..=4 {
-        let x = x0 + (x1 - x0) * f64::from(i) / 4.0;
+    // Log axes tick at the nines (0%, 90%, 99%, 99.9%...); linear ones at quarters.
+    let ticks: Vec<f64> = if log_x {
+        (0..=8).map(f64::from).filter(|x| *x >= x0 - 1e-9 && *x <= x1 + 1e-9).collect()
+    } else {
+        (0..=4).map(|i| x0 + (x1 - x0) * f64::from(i) / 4.0).collect()
+    };
+    for x in ticks {
         let label = if log_x { percentile_label(10f64.powf(x)) } else { short(x) };
         let xpos = L + (x - x0) / (x1 - x0) * (W - L - R);
         let _ = write!(
