@@ -279,6 +279,9 @@ pub struct EventHeader<'a> {
     pub user_id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub client_id: Option<Cow<'a, str>>,
+    /// A chat's text (plain-text senders stamp it there).
+    #[serde(borrow, default)]
+    pub text: Option<Cow<'a, str>>,
     #[serde(default)]
     pub recipients: Option<u64>,
     #[serde(borrow, default)]

@@ -297,3 +297,18 @@ async fn ctrl_c_stops_sending_and_writes_a_partial_report() {
     assert!(summary["messages"]["sent"].as_u64().unwrap() > 0);
     assert_eq!(summary["delivery"]["ratio"], 1.0, "in-flight messages were drained");
 }
+
+#[tokio::test]
+async fn plain_text_senders_are_measured_like_json_ones() {
+    let results = tempfile::tempdir().unwrap();
+    let text = "name = \"plain\"\nprotocol = \"chorus-plain\"\nduration = \"1s\"\ndrain = \"500ms\"\n\
+                [[group]]\nclients = 4\nrate = 20.0\nmix = { text = 8, binary = 1, rename = 1 }\n\
+                [thresholds]\n\"delivery.ratio\" = \"== 1.0\"\n\"errors\" = \"== 0\"\n";
+    let outcome = harness::run(scenario(text), options(results.path()), CancellationToken::new()).await.unwrap();
+    let s = &outcome.summary;
+    assert!(s.messages.sent_text > 30, "{}", outcome.report);
+    assert_eq!(s.messages.acked, s.messages.sent, "acks without client_id are matched in order");
+    assert_eq!(s.delivery.received, s.delivery.expected);
+    assert_eq!(s.messages.foreign, 0, "stamps are found at the start of the chat text");
+    assert!(s.passed, "{}", outcome.report);
+}

@@ -133,7 +133,10 @@ fn every_validation_error_names_the_file_the_key_and_the_fix() {
             "duration = \"5s\"\n[[group]]\nname = \"x\"\nclients = 1\n[[group]]\nname = \"x\"\nclients = 1",
             "group[1].name \"x\" is used twice",
         ),
-        ("duration = \"5s\"\nprotocol = \"mqtt\"\n[[group]]\nclients = 1", "protocol must be \"chorus\" or \"raw\""),
+        (
+            "duration = \"5s\"\nprotocol = \"mqtt\"\n[[group]]\nclients = 1",
+            "protocol must be \"chorus\", \"chorus-plain\" or \"raw\"",
+        ),
         ("duration = \"5s\"\ntarget = \"http://x\"\n[[group]]\nclients = 1", "target must be a ws:// or wss:// URL"),
         (
             "duration = \"5s\"\ntarget = \"ws://x/\"\nprotocol = \"raw\"\n[[group]]\nclients = 1\nmix = { rename = 1 }",

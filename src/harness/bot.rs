@@ -250,7 +250,7 @@ impl Bot {
             user_id: None,
             reading: true,
         };
-        if self.protocol() == Protocol::Chorus {
+        if self.protocol().speaks_chorus() {
             let joined = timeout(self.ctx.connect.timeout, self.enter_room(&mut conn)).await;
             if !matches!(joined, Ok(Ok(()))) {
                 let kind = match joined {
@@ -397,10 +397,10 @@ impl Bot {
         self.metrics.record(Metric::Lag, lag.as_micros() as u64);
         let kind = self.pick_kind();
         let (message, pending) = self.build(kind, intended, lag);
-        if self.protocol() == Protocol::Chorus {
+        if self.protocol().speaks_chorus() {
             match kind {
-                Kind::Text => self.pending.text.push_back(pending),
-                Kind::Binary => self.pending.binary.push_back(pending),
+                Kind::Text if pending.client_id.is_some() => self.pending.text.push_back(pending),
+                Kind::Text | Kind::Binary => self.pending.unlabeled.push_back((kind, pending)),
                 Kind::Rename => self.pending.rename.push_back(pending),
             }
         }
@@ -455,7 +455,9 @@ impl Bot {
         let size = self.rng.random_range(group.text_size.min..=group.text_size.max);
         let filler = &self.ctx.filler;
         match self.protocol() {
-            Protocol::Raw => (Message::Text(stamp.raw_text(size, filler).into()), pending(None)),
+            Protocol::Raw | Protocol::ChorusPlain => {
+                (Message::Text(stamp.raw_text(size, filler).into()), pending(None))
+            }
             Protocol::Chorus => {
                 let client_id = stamp.to_text();
                 let text = &filler[..size.min(filler.len())];

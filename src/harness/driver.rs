@@ -192,7 +192,7 @@ pub fn finish(summary: Summary, saved: &SavedRun, collected: &Collected, dir: Pa
 /// Connect once before the run, so an unreachable target is one clear error.
 async fn preflight(url: &str, options: &ConnectOptions, protocol: Protocol) -> anyhow::Result<()> {
     let mut ws = connect(url, options).await.with_context(|| format!("the target {url} is not usable"))?;
-    if protocol == Protocol::Chorus {
+    if protocol.speaks_chorus() {
         let welcome = tokio::time::timeout(options.timeout, ws.next()).await;
         let ok = matches!(&welcome, Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))))
             if EventHeader::decode(t).is_ok_and(|h| h.kind == "welcome"));

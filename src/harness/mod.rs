@@ -112,7 +112,7 @@ pub fn merge(dirs: &[PathBuf], results_base: &Path, out: Option<&Path>) -> anyho
     let groups: Vec<GroupMetrics> =
         order.iter().filter_map(|name| groups.remove(name).map(|(c, m)| (name.clone(), c, m))).collect();
     let group_names: Vec<&str> = order.iter().map(String::as_str).collect();
-    let protocol = if info.protocol == "raw" { scenario::Protocol::Raw } else { scenario::Protocol::Chorus };
+    let protocol = scenario::Protocol::from_name(&info.protocol).unwrap_or(scenario::Protocol::Chorus);
     let thresholds = info
         .thresholds
         .iter()

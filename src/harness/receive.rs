@@ -22,7 +22,7 @@ impl Bot {
                     Some(stamp) => self.deliver(conn, stamp, Kind::Text),
                     None => self.metrics.counters.foreign += 1,
                 },
-                Protocol::Chorus => self.on_event(conn, &text).await?,
+                Protocol::Chorus | Protocol::ChorusPlain => self.on_event(conn, &text).await?,
             },
             Message::Binary(data) => {
                 let announced = std::mem::take(&mut conn.expect_binary);
@@ -82,7 +82,12 @@ impl Bot {
             return Ok(());
         };
         match header.kind.as_ref() {
-            "chat" => match header.client_id.as_deref().and_then(Stamp::from_text) {
+            "chat" => match header
+                .client_id
+                .as_deref()
+                .and_then(Stamp::from_text)
+                .or_else(|| header.text.as_deref().and_then(Stamp::from_raw_text))
+            {
                 Some(stamp) => self.deliver(conn, stamp, Kind::Text),
                 None => self.metrics.counters.foreign += 1,
             },
@@ -90,7 +95,7 @@ impl Bot {
             "ack" => {
                 let found = match header.client_id.as_deref() {
                     Some(client_id) => self.pending.take_text(client_id).map(|p| (Kind::Text, p)),
-                    None => self.pending.binary.pop_front().map(|p| (Kind::Binary, p)),
+                    None => self.pending.unlabeled.pop_front(),
                 };
                 self.metrics.counters.expected += header.recipients.unwrap_or(0);
                 if let Some((kind, pending)) = found {
@@ -137,7 +142,7 @@ impl Bot {
         let retired = match header.client_id.as_deref() {
             Some(client_id) => self.pending.take_text(client_id).is_some(),
             None if code.contains("name") => self.pending.rename.pop_front().is_some(),
-            None => self.pending.binary.pop_front().is_some(),
+            None => self.pending.unlabeled.pop_front().is_some(),
         };
         if retired {
             self.answered();

@@ -162,6 +162,9 @@ struct RawChurn {
 pub enum Protocol {
     /// chorus wire protocol v1: JSON envelopes, acks, rooms.
     Chorus,
+    /// chorus, but messages go out as plain text frames (as wscat sends
+    /// them): no `client_id`, the stamp starts the text.
+    ChorusPlain,
     /// Any server that relays text and binary frames verbatim to the other clients.
     Raw,
 }
@@ -170,8 +173,24 @@ impl Protocol {
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Chorus => "chorus",
+            Protocol::ChorusPlain => "chorus-plain",
             Protocol::Raw => "raw",
         }
+    }
+
+    /// By its name in a scenario file.
+    pub fn from_name(name: &str) -> Option<Protocol> {
+        [Protocol::Chorus, Protocol::ChorusPlain, Protocol::Raw].into_iter().find(|p| p.as_str() == name)
+    }
+
+    /// Does the target speak chorus (welcome, acks, rooms)?
+    pub fn speaks_chorus(self) -> bool {
+        self != Protocol::Raw
+    }
+
+    /// Does the stamp travel at the start of the text?
+    pub fn stamps_text(self) -> bool {
+        self != Protocol::Chorus
     }
 }
 
@@ -389,11 +408,10 @@ impl Validator<'_> {
             ));
         }
         let protocol = match raw.protocol.as_deref() {
-            None | Some("chorus") => Protocol::Chorus,
-            Some("raw") => Protocol::Raw,
-            Some(other) => {
-                return Err(self.invalid("protocol", format!("must be \"chorus\" or \"raw\" (got {other:?})")));
-            }
+            None => Protocol::Chorus,
+            Some(name) => Protocol::from_name(name).ok_or_else(|| {
+                self.invalid("protocol", format!("must be \"chorus\", \"chorus-plain\" or \"raw\" (got {name:?})"))
+            })?,
         };
         if let Some(target) = &raw.target
             && !(target.starts_with("ws://") || target.starts_with("wss://"))
@@ -584,7 +602,7 @@ impl Validator<'_> {
             return Err(self.invalid(key("think_time"), "only applies to arrival = \"closed\""));
         }
         let mix = self.mix(&key("mix"), raw.mix.as_ref(), protocol, rate)?;
-        let text_min = if protocol == Protocol::Raw { TEXT_STAMP_MAX_LEN } else { 1 };
+        let text_min = if protocol.stamps_text() { TEXT_STAMP_MAX_LEN } else { 1 };
         let text_size = match &raw.text_size {
             Some(size) => self.size_range(&key("text_size"), size, text_min)?,
             None => Range { min: 32.max(text_min), max: 32.max(text_min) },

@@ -4,6 +4,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use super::metrics::Kind;
+
 /// A send waiting for its answer.
 #[derive(Debug, Clone)]
 pub struct PendingSend {
@@ -13,12 +15,13 @@ pub struct PendingSend {
     pub sent_us: i64,
 }
 
-/// Sends awaiting answers, by kind. Text acks are matched by `client_id`;
-/// binary acks and rename confirmations arrive in send order.
+/// Sends awaiting answers. Text acks carry the `client_id`; acks without
+/// one (binary, plain-text sends) and rename confirmations arrive in send order.
 #[derive(Debug, Default)]
 pub struct Pending {
     pub text: VecDeque<PendingSend>,
-    pub binary: VecDeque<PendingSend>,
+    /// Sends whose ack has no `client_id`, oldest first, with their kind.
+    pub unlabeled: VecDeque<(Kind, PendingSend)>,
     pub rename: VecDeque<PendingSend>,
 }
 
@@ -30,16 +33,16 @@ impl Pending {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.text.is_empty() && self.binary.is_empty() && self.rename.is_empty()
+        self.text.is_empty() && self.unlabeled.is_empty() && self.rename.is_empty()
     }
 
     pub fn len(&self) -> usize {
-        self.text.len() + self.binary.len() + self.rename.len()
+        self.text.len() + self.unlabeled.len() + self.rename.len()
     }
 
     pub fn clear(&mut self) {
         self.text.clear();
-        self.binary.clear();
+        self.unlabeled.clear();
         self.rename.clear();
     }
 }
