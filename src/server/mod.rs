@@ -2,14 +2,17 @@
 //! which upgrades WebSocket requests into `session`s joined through the `hub`.
 //!
 //! `run(listener, config, shutdown)` serves until `shutdown` completes, then
-//! stops accepting, closes every connection with 1001 and returns. The binary
-//! passes ctrl-c / SIGTERM; tests and the harness pass their own future.
+//! stops accepting, closes every connection with 1001, stores the history
+//! still queued and returns. The binary passes ctrl-c / SIGTERM; tests and
+//! the harness pass their own future.
 
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod outbox;
 pub mod session;
+pub mod store;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,6 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use history::{Backend, History, HistoryConfig};
 pub use hub::Hub;
 pub use metrics::Metrics;
 pub use session::SessionConfig;
@@ -43,6 +47,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Where the server keeps its files (history and accounts in `chorus.db`).
     pub data_dir: PathBuf,
+    /// Where and how long messages are kept (default: in memory).
+    pub history: HistoryConfig,
     /// Keepalive and queue settings of each connection.
     pub session: SessionConfig,
 }
@@ -72,6 +78,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
             data_dir: default_data_dir(),
+            history: HistoryConfig::default(),
             session: SessionConfig::default(),
         }
     }
@@ -98,10 +105,15 @@ impl Drop for Slot<'_> {
 }
 
 impl Shared {
-    fn new(config: ServerConfig) -> Shared {
+    /// Open the history store and set up the hub; fails when history cannot be kept.
+    fn open(config: ServerConfig) -> anyhow::Result<Shared> {
+        use anyhow::Context as _;
         let metrics = Arc::new(Metrics::default());
-        let hub = Arc::new(Hub::new(config.max_rooms, metrics.clone()));
-        Shared { config, hub, metrics, shutdown: CancellationToken::new() }
+        let history = History::open(&config.history, &config.data_dir, metrics.clone());
+        let history = history.with_context(|| history_open_failed(&config))?;
+        let hub = Hub::with_history(config.max_rooms, metrics.clone(), Arc::new(history));
+        let hub = Arc::new(hub.with_context(|| history_open_failed(&config))?);
+        Ok(Shared { config, hub, metrics, shutdown: CancellationToken::new() })
     }
 
     /// Take a connection slot, unless the server is full.
@@ -119,15 +131,27 @@ impl Shared {
     }
 }
 
+/// What to say when the history store cannot be opened.
+fn history_open_failed(config: &ServerConfig) -> String {
+    format!(
+        "cannot open the history database {}; pass --data with a writable directory, or --history memory \
+         to keep history in memory only",
+        config.data_dir.join(history::DB_FILE).display()
+    )
+}
+
 /// Serve on `listener` until `shutdown` completes; then close every
-/// connection with 1001 and return once they are gone (or the grace period
-/// has passed).
+/// connection with 1001, store the history still queued, and return once
+/// the connections are gone (or the grace period has passed).
 pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let shared = Arc::new(Shared::new(config));
+    serve(listener, Arc::new(Shared::open(config)?), shutdown).await
+}
+
+async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     tokio::pin!(shutdown);
     if let Ok(addr) = listener.local_addr() {
@@ -158,6 +182,7 @@ pub async fn run(
     if tokio::time::timeout(shared.config.shutdown_grace, tracker.wait()).await.is_err() {
         tracing::warn!("some connections did not close within {:?}", shared.config.shutdown_grace);
     }
+    shared.hub.history().close().await;
     tracing::info!("server stopped");
     Ok(())
 }
@@ -173,11 +198,13 @@ pub struct ServerHandle {
 
 impl ServerHandle {
     /// Bind `addr` (port 0 for a free port) and serve in a background task.
+    /// Fails when the address is taken or history cannot be opened.
     pub async fn start(addr: &str, config: ServerConfig) -> std::io::Result<ServerHandle> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let shared = Shared::open(config).map_err(|err| std::io::Error::other(format!("{err:#}")))?;
         let stop = CancellationToken::new();
-        let task = tokio::spawn(run(listener, config, stop.clone().cancelled_owned()));
+        let task = tokio::spawn(serve(listener, Arc::new(shared), stop.clone().cancelled_owned()));
         Ok(ServerHandle { addr, stop, task })
     }
 

@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::hub::{Hub, Payload, Presence};
 use super::metrics::bump;
-use super::outbox::{EndReason, Outbound, Outbox, OutboxReceiver, SessionEnd};
-use crate::protocol::{ClientFrame, ErrorCode, Refusal, ServerEvent, check_client_id, decode_client_text};
+use super::outbox::{EndReason, LagPolicy, Outbound, Outbox, OutboxReceiver, SessionEnd};
+use crate::protocol::{ClientFrame, ErrorCode, Refusal, ServerEvent, check_client_id, check_room, decode_client_text};
 
 /// Per-connection settings, taken from the server's configuration.
 #[derive(Debug, Clone)]
@@ -32,6 +32,10 @@ pub struct SessionConfig {
     pub max_queue_items: usize,
     /// Most bytes queued for one connection.
     pub max_queue_bytes: usize,
+    /// With history on: close a connection that missed more messages than this in a row.
+    pub max_gap: u64,
+    /// With history on: close a connection that stays behind longer than this.
+    pub max_lag: Duration,
 }
 
 impl Default for SessionConfig {
@@ -42,6 +46,8 @@ impl Default for SessionConfig {
             close_timeout: Duration::from_secs(2),
             max_queue_items: 4096,
             max_queue_bytes: 4 << 20,
+            max_gap: 10_000,
+            max_lag: Duration::from_secs(30),
         }
     }
 }
@@ -56,7 +62,13 @@ where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
     let end = SessionEnd::new(shutdown.child_token());
-    let (outbox, queue) = Outbox::new(config.max_queue_items, config.max_queue_bytes, end.clone());
+    // Falling behind is recoverable (gap, then history) only when history is on.
+    let lag = hub.history().is_on().then(|| LagPolicy {
+        max_gap: config.max_gap,
+        max_lag: config.max_lag,
+        metrics: hub.metrics().clone(),
+    });
+    let (outbox, queue) = Outbox::with_lag_policy(config.max_queue_items, config.max_queue_bytes, end.clone(), lag);
     let mut presence = hub.connect(outbox);
     tracing::info!(conn = presence.conn, user = %presence.username, "connected");
     let (sink, stream) = ws.split();
@@ -122,10 +134,11 @@ where
             frame = stream.next() => {
                 last_seen = Instant::now();
                 match frame {
-                    Some(Ok(Message::Text(text))) => handle_text(hub, presence, &text),
+                    Some(Ok(Message::Text(text))) => handle_text(hub, presence, &text).await,
                     Some(Ok(Message::Binary(data))) => {
-                        let published = hub.publish(presence, Payload::Binary(&data));
-                        let _ = presence.outbox.push_text(published.ack(None));
+                        if let Err(refusal) = send(hub, presence, Payload::Binary(&data)).await {
+                            refuse(hub, &presence.outbox, &refusal, None);
+                        }
                     }
                     Some(Ok(Message::Close(_))) => {
                         end.end(EndReason::Quit);
@@ -161,7 +174,7 @@ fn classify_read_error(err: &WsError) -> EndReason {
 }
 
 /// One text frame from the client.
-fn handle_text(hub: &Hub, presence: &mut Presence, text: &str) {
+async fn handle_text(hub: &Hub, presence: &mut Presence, text: &str) {
     let outbox = presence.outbox.clone();
     let frame = match decode_client_text(text) {
         Ok(frame) => frame,
@@ -170,7 +183,7 @@ fn handle_text(hub: &Hub, presence: &mut Presence, text: &str) {
     let result = match frame {
         ClientFrame::Chat { text, room, client_id } => {
             let client_id = client_id.as_deref();
-            if let Err(refusal) = chat(hub, presence, &text, room.as_deref(), client_id) {
+            if let Err(refusal) = chat(hub, presence, &text, room.as_deref(), client_id).await {
                 refuse(hub, &outbox, &refusal, client_id);
             }
             return;
@@ -185,8 +198,14 @@ fn handle_text(hub: &Hub, presence: &mut Presence, text: &str) {
             let _ = outbox.push_text(hub.rooms());
             Ok(())
         }
-        ClientFrame::History { .. } => {
-            Err(Refusal::new(ErrorCode::Unsupported, "history is not available on this server yet"))
+        ClientFrame::History { room, after_seq, before_seq, limit } => {
+            let room = room.as_deref().unwrap_or(presence.room.name());
+            match check_room(room) {
+                Some(why) => Err(Refusal::new(ErrorCode::InvalidRoom, why)),
+                None => hub.history().answer(room, after_seq, before_seq, limit).await.map(|answer| {
+                    let _ = outbox.push_text(answer);
+                }),
+            }
         }
     };
     if let Err(refusal) = result {
@@ -195,7 +214,7 @@ fn handle_text(hub: &Hub, presence: &mut Presence, text: &str) {
 }
 
 /// A `chat` request: checked, published, acknowledged.
-fn chat(
+async fn chat(
     hub: &Hub,
     presence: &Presence,
     text: &str,
@@ -216,8 +235,27 @@ fn chat(
     if text.is_empty() {
         return Err(Refusal::new(ErrorCode::EmptyMessage, "empty message: \"text\" must not be empty"));
     }
-    let published = hub.publish(presence, Payload::Text { text, client_id });
-    let _ = presence.outbox.push_text(published.ack(client_id));
+    send(hub, presence, Payload::Text { text, client_id }).await
+}
+
+/// Publish a message. With history on, it first waits for room in the
+/// writer queue, and the writer acks once the message is stored.
+async fn send(hub: &Hub, presence: &Presence, payload: Payload<'_>) -> Result<(), Refusal> {
+    let end = presence.outbox.session_end();
+    let slot = tokio::select! {
+        biased;
+        slot = hub.history().reserve() => slot?,
+        () = end.ended() => return Ok(()),
+    };
+    let acked_later = slot.is_some();
+    let published = hub.publish(presence, payload, slot);
+    if !acked_later {
+        let client_id = match payload {
+            Payload::Text { client_id, .. } => client_id,
+            Payload::Binary(_) => None,
+        };
+        let _ = presence.outbox.push_text(published.ack(client_id));
+    }
     Ok(())
 }
 
