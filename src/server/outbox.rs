@@ -14,18 +14,21 @@
 //! the queue has room again, the connection gets `gap` (from_seq, to_seq)
 //! before the next message, or as soon as its writer has drained the queue,
 //! and can fetch the range with `history`. Presence notices dropped meanwhile
-//! are lost. A connection whose gap grows past `max_gap` messages, or that
-//! stays behind longer than `max_lag`, is closed with reason `slow`, as is
-//! one that cannot take its own answers. With history off, any overflow
+//! are lost. A connection that keeps missing messages (a miss less than
+//! `CATCH_UP_GRACE` after its writer last drained the queue continues the
+//! same stretch) for longer than `max_lag`, or misses more than `max_gap`
+//! messages in one stretch, is closed with reason `slow`, as is one that
+//! cannot take its own answers. With history off, any overflow
 //! closes the connection with reason `slow`.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -40,6 +43,9 @@ pub const ANSWER_RESERVE_ITEMS: usize = 64;
 /// Bytes a connection's own answers may queue beyond `max_bytes` (a full
 /// `history` answer fits).
 pub const ANSWER_RESERVE_BYTES: usize = 1 << 20;
+/// A connection that misses a message within this long after it last
+/// caught up is still in the same stretch of lagging.
+pub const CATCH_UP_GRACE: Duration = Duration::from_secs(1);
 
 /// One item for a connection's writer. Events are encoded once and shared
 /// (`Utf8Bytes`/`Bytes` are reference counted) by every recipient.
@@ -191,9 +197,11 @@ impl SessionEnd {
 /// recover what it missed (see the module documentation).
 #[derive(Debug, Clone)]
 pub struct LagPolicy {
-    /// Close (reason `slow`) once a connection has missed more messages than this in a row.
+    /// Close (reason `slow`) a connection that misses more messages than
+    /// this in one stretch of lagging.
     pub max_gap: u64,
-    /// Close (reason `slow`) once a connection has been behind for longer than this.
+    /// Close (reason `slow`) a connection that keeps missing messages for
+    /// longer than this.
     pub max_lag: Duration,
     /// Counts gaps and dropped messages.
     pub metrics: Arc<Metrics>,
@@ -214,11 +222,24 @@ struct OutboxShared {
     max_bytes: usize,
     end: SessionEnd,
     /// `None`: history is off, overflow closes the connection.
-    lag: Option<LagPolicy>,
-    /// Room messages dropped while behind and not yet announced by `gap`.
-    /// Taken by every message push and by the writer when it has drained
-    /// the queue, so a gap is always announced in seq order.
-    missed: Mutex<Option<Missed>>,
+    policy: Option<LagPolicy>,
+    /// What this connection missed. Taken by every message push and by the
+    /// writer when it has drained the queue, so a gap is always announced in
+    /// seq order.
+    lag: Mutex<Lag>,
+}
+
+/// How far behind a connection is.
+#[derive(Debug, Default)]
+struct Lag {
+    /// Dropped and not yet announced by `gap`.
+    gap: Option<Missed>,
+    /// When it first missed a message in this stretch of lagging.
+    since: Option<Instant>,
+    /// Messages missed in this stretch.
+    missed: u64,
+    /// When the writer last found the queue drained (and no gap pending).
+    caught_up: Option<Instant>,
 }
 
 /// A run of consecutive seqs a connection missed.
@@ -227,7 +248,6 @@ struct Missed {
     room: Arc<str>,
     from: u64,
     to: u64,
-    since: Instant,
 }
 
 impl Missed {
@@ -270,11 +290,11 @@ impl Outbox {
         max_items: usize,
         max_bytes: usize,
         end: SessionEnd,
-        lag: Option<LagPolicy>,
+        policy: Option<LagPolicy>,
     ) -> (Outbox, OutboxReceiver) {
         let (tx, rx) = mpsc::channel(max_items.max(1) + ANSWER_RESERVE_ITEMS);
         let shared =
-            Arc::new(OutboxShared { queued_bytes: AtomicUsize::new(0), max_bytes, end, lag, missed: Mutex::new(None) });
+            Arc::new(OutboxShared { queued_bytes: AtomicUsize::new(0), max_bytes, end, policy, lag: Mutex::default() });
         (Outbox { tx, shared: shared.clone() }, OutboxReceiver { rx, shared })
     }
 
@@ -321,7 +341,7 @@ impl Outbox {
     /// Queue a presence notice (joined, left, renamed). While the connection
     /// is behind, notices that do not fit are dropped.
     pub fn push_notice(&self, item: Outbound) -> Result<(), Overflow> {
-        if self.shared.lag.is_none() || self.shared.end.is_ended() {
+        if self.shared.policy.is_none() || self.shared.end.is_ended() {
             return self.push_or_end(item, Budget::Room);
         }
         self.try_push(item, Budget::Room).map_err(|_| Overflow)
@@ -331,12 +351,12 @@ impl Outbox {
     /// dropped and announced later by `gap` (see the module documentation).
     pub fn push_message(&self, room: &Arc<str>, seq: u64, item: Outbound) -> Result<(), Overflow> {
         let shared = &self.shared;
-        let Some(policy) = &shared.lag else { return self.push_or_end(item, Budget::Room) };
+        let Some(policy) = &shared.policy else { return self.push_or_end(item, Budget::Room) };
         if shared.end.is_ended() {
             return Err(Overflow);
         }
-        let mut missed = lock(&shared.missed);
-        if let Some(gap) = missed.as_ref() {
+        let mut lag = lock(&shared.lag);
+        if let Some(gap) = lag.gap.as_ref() {
             let notice = gap.event();
             // Announce the gap once the queue has room for it and this message
             // (or at once when this message is from another room).
@@ -345,18 +365,22 @@ impl Outbox {
             if gap.room != *room || fits {
                 self.push_or_end(notice, Budget::Answer)?;
                 bump(&policy.metrics.gaps);
-                *missed = None;
+                lag.gap = None;
             }
         }
         // Still behind (a gap is pending): this one is dropped too.
-        if missed.is_none() && self.try_push(item, Budget::Room).is_ok() {
+        if lag.gap.is_none() && self.try_push(item, Budget::Room).is_ok() {
             return Ok(());
         }
         bump(&policy.metrics.lag_drops);
-        let gap =
-            missed.get_or_insert_with(|| Missed { room: room.clone(), from: seq, to: seq, since: Instant::now() });
-        gap.to = seq;
-        if gap.to - gap.from + 1 > policy.max_gap || gap.since.elapsed() > policy.max_lag {
+        lag.gap.get_or_insert_with(|| Missed { room: room.clone(), from: seq, to: seq }).to = seq;
+        if lag.caught_up.take().is_some_and(|at| at.elapsed() >= CATCH_UP_GRACE) {
+            lag.since = None;
+            lag.missed = 0;
+        }
+        lag.missed += 1;
+        let since = *lag.since.get_or_insert_with(Instant::now);
+        if lag.missed > policy.max_gap || since.elapsed() > policy.max_lag {
             shared.end.end(EndReason::Slow);
         }
         Err(Overflow)
@@ -384,16 +408,25 @@ impl OutboxReceiver {
     }
 
     /// The next item if one is ready: what is queued, then, once the queue
-    /// is drained, the `gap` of what was dropped.
+    /// is drained, the `gap` of what was dropped. A drained queue without a
+    /// gap means the connection has caught up.
     pub fn try_recv(&mut self) -> Option<Outbound> {
         if let Ok(item) = self.rx.try_recv() {
             self.release(&item);
             return Some(item);
         }
-        let policy = self.shared.lag.as_ref()?;
-        let gap = lock(&self.shared.missed).take()?;
-        bump(&policy.metrics.gaps);
-        Some(gap.event())
+        let policy = self.shared.policy.as_ref()?;
+        let mut lag = lock(&self.shared.lag);
+        match lag.gap.take() {
+            Some(gap) => {
+                bump(&policy.metrics.gaps);
+                Some(gap.event())
+            }
+            None => {
+                lag.caught_up = Some(Instant::now());
+                None
+            }
+        }
     }
 
     fn release(&self, item: &Outbound) {
@@ -454,17 +487,18 @@ mod tests {
         Outbound::Text(format!("{{\"room\":\"{room}\",\"seq\":{seq}}}").into())
     }
 
-    /// What the writer sees: seq of each message, or (from, to) of a gap.
+    /// What the writer sees: the seq of a message, or `gap from-to`.
+    fn label(item: Option<Outbound>) -> Option<String> {
+        let Some(Outbound::Text(text)) = item else { return None };
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        Some(match value["type"].as_str() {
+            Some("gap") => format!("gap {}-{}", value["from_seq"], value["to_seq"]),
+            _ => format!("{}", value["seq"]),
+        })
+    }
+
     fn drain(rx: &mut OutboxReceiver) -> Vec<String> {
-        let mut seen = Vec::new();
-        while let Some(Outbound::Text(text)) = rx.try_recv() {
-            let value: serde_json::Value = serde_json::from_str(&text).unwrap();
-            seen.push(match value["type"].as_str() {
-                Some("gap") => format!("gap {}-{}", value["from_seq"], value["to_seq"]),
-                _ => format!("{}", value["seq"]),
-            });
-        }
-        seen
+        std::iter::from_fn(|| label(rx.try_recv())).collect()
     }
 
     #[test]
@@ -515,6 +549,28 @@ mod tests {
         assert!(!end.is_ended(), "3 missed is within the bound");
         let _ = outbox.push_message(&room, 5, message(&room, 5));
         assert_eq!(end.reason(), EndReason::Slow);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_that_never_catches_up_is_closed_even_with_small_gaps() {
+        for catches_up in [false, true] {
+            let (outbox, mut rx, end, _) = lagging(1, 3);
+            let room: Arc<str> = Arc::from("r");
+            let push = |seq| outbox.push_message(&room, seq, message(&room, seq)).is_ok();
+            assert!(push(1) && !push(2));
+            assert_eq!(label(rx.try_recv()).unwrap(), "1");
+            assert_eq!(label(rx.try_recv()).unwrap(), "gap 2-2");
+            if catches_up {
+                assert!(rx.try_recv().is_none(), "drained: caught up");
+                tokio::time::advance(CATCH_UP_GRACE).await;
+            }
+            assert!(push(3) && !push(4) && !push(5));
+            assert!(!end.is_ended(), "3 missed so far");
+            assert_eq!(label(rx.try_recv()).unwrap(), "3");
+            assert_eq!(label(rx.try_recv()).unwrap(), "gap 4-5");
+            assert!(push(6) && !push(7));
+            assert_eq!(end.is_ended(), !catches_up, "4 missed in one stretch closes; catching up for a while resets");
+        }
     }
 
     #[test]
