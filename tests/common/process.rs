@@ -57,7 +57,8 @@ impl ServerProcess {
                 }
                 Err(_) => {
                     let _ = child.kill();
-                    let _ = child.wait();
+                    let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+                    logs.push(format!("({status})"));
                     return Err(logs.join("\n"));
                 }
             }

@@ -117,7 +117,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("{0}")]
     Sqlite(rusqlite::Error),
-    #[error("{0}")]
+    #[error("cannot write in {dir}: {cause}")]
+    NotWritable { dir: String, cause: std::io::Error },
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 

@@ -103,7 +103,7 @@ impl SqliteStore {
         crash_margin: u64,
     ) -> Result<SqliteStore, StoreError> {
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
+            check_writable(dir)?;
         }
         let mut conn = Connection::open(path)?;
         if conn.is_readonly("main")? {
@@ -157,6 +157,17 @@ impl SqliteStore {
         let conn = lock(&self.writer);
         conn.pragma_update(None, "query_only", read_only).unwrap();
     }
+}
+
+/// Create `dir` if needed and make sure files can be created in it (SQLite
+/// needs its `-wal` and `-shm` files beside the database).
+fn check_writable(dir: &Path) -> Result<(), StoreError> {
+    let not_writable = |cause| StoreError::NotWritable { dir: dir.display().to_string(), cause };
+    std::fs::create_dir_all(dir).map_err(not_writable)?;
+    let probe = dir.join(".chorus-write-check");
+    std::fs::write(&probe, b"").map_err(not_writable)?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
 }
 
 /// Create or check the history tables.
