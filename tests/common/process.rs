@@ -1,6 +1,6 @@
 //! A real `chorus server` process, for tests that kill, restart or starve it.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -20,6 +20,20 @@ pub fn server_command(addr: &str, data: &Path, extra: &[&str]) -> Command {
     command
 }
 
+/// The lines of `pipe`, as they come, from a thread.
+pub fn read_lines(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
 pub struct ServerProcess {
     pub child: Child,
     /// `ws://127.0.0.1:PORT/`
@@ -34,16 +48,7 @@ impl ServerProcess {
     /// it listens. `Err` carries its stderr when it exits first.
     pub fn spawn(mut command: Command) -> Result<ServerProcess, String> {
         let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().map_err(|e| e.to_string())?;
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = read_lines(child.stderr.take().unwrap());
         let mut logs = Vec::new();
         loop {
             match lines.recv_timeout(Duration::from_secs(20)) {
