@@ -49,10 +49,8 @@ impl Store for MemoryStore {
             let log = rooms.entry(record.room.to_string()).or_default();
             log.insert(record.message.clone());
             if let Some(max) = self.retention.max_messages {
-                let keep_from = log.last_seq.saturating_sub(max);
-                while log.messages.front().is_some_and(|m| m.seq <= keep_from) {
-                    log.messages.pop_front();
-                }
+                let excess = (log.messages.len() as u64).saturating_sub(max);
+                log.messages.drain(..excess as usize);
             }
         }
         Ok(())

@@ -222,6 +222,11 @@ pub(crate) mod tests {
         store.append(&[record("r", text(6, "x"))]).unwrap();
         assert_eq!(seqs(&store.query("r", Range::latest(100), 2_000).unwrap()), [4, 5, 6]);
         assert_eq!(store.last_seq("r").unwrap(), 6);
+        // Counted in messages, not seq numbers: a jump in seq (after a crash) keeps older ones.
+        store.append(&[record("r", text(5_000, "x"))]).unwrap();
+        assert_eq!(seqs(&store.query("r", Range::latest(100), 2_000).unwrap()), [5, 6, 5_000]);
+        store.append(&[record("other", text(1, "x"))]).unwrap();
+        assert_eq!(seqs(&store.query("r", Range::latest(100), 2_000).unwrap()), [5, 6, 5_000], "per room");
     }
 
     pub fn retention_by_age(store: &dyn Store) {

@@ -18,7 +18,10 @@
 //!   different messages.
 //!
 //! The writer connection is used by one thread at a time (the history
-//! writer); readers come from a small pool and are `query_only`.
+//! writer); readers come from a small pool and are `query_only`. The writer
+//! keeps each room's message count (counted once per room and process, then
+//! kept up to date), so retention by count trims exactly the oldest excess
+//! without scanning the room, whatever holes its seqs have.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -79,11 +82,19 @@ pub enum Durability {
 }
 
 #[derive(Debug)]
+struct Writer {
+    conn: Connection,
+    /// Messages stored per room id, for the rooms written since start.
+    counts: HashMap<i64, u64>,
+}
+
+#[derive(Debug)]
 pub struct SqliteStore {
     path: PathBuf,
     retention: Retention,
-    /// The connection that writes; only the history writer thread takes it.
-    writer: Mutex<Connection>,
+    /// The connection that writes, and what it knows; only the history
+    /// writer thread takes it.
+    writer: Mutex<Writer>,
     /// Idle read-only connections; a reader takes one for one query.
     readers: Mutex<Vec<Connection>>,
 }
@@ -124,7 +135,7 @@ impl SqliteStore {
         let store = SqliteStore {
             path: path.to_path_buf(),
             retention,
-            writer: Mutex::new(conn),
+            writer: Mutex::new(Writer { conn, counts: HashMap::new() }),
             readers: Mutex::new(Vec::new()),
         };
         Ok(store)
@@ -154,8 +165,8 @@ impl SqliteStore {
     /// For tests: make every write fail as on a read-only database.
     #[cfg(test)]
     pub(crate) fn set_read_only(&self, read_only: bool) {
-        let conn = lock(&self.writer);
-        conn.pragma_update(None, "query_only", read_only).unwrap();
+        let writer = lock(&self.writer);
+        writer.conn.pragma_update(None, "query_only", read_only).unwrap();
     }
 }
 
@@ -215,6 +226,37 @@ fn recover_from_crash(conn: &mut Connection, crash_margin: u64, path: &Path) -> 
     Ok(())
 }
 
+/// Insert `batch`, whose rooms have the ids in `ids`.
+fn insert_messages(
+    tx: &rusqlite::Transaction<'_>,
+    batch: &[Record],
+    ids: &HashMap<&str, i64>,
+) -> Result<(), StoreError> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO messages (room_id, seq, msg_id, user_id, username, ts_ms, client_id, text, data) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    for Record { room, message: m } in batch {
+        let (client_id, text, data) = match &m.body {
+            Body::Text { text, client_id } => (client_id.as_deref(), Some(text.as_str()), None),
+            Body::Binary(data) => (None, None, Some(&data[..])),
+        };
+        let room_id = ids.get(&**room).copied().unwrap_or_default();
+        insert.execute(params![
+            room_id,
+            int(m.seq),
+            m.msg_id,
+            m.user_id,
+            m.username,
+            m.ts_ms,
+            client_id,
+            text,
+            data
+        ])?;
+    }
+    Ok(())
+}
+
 fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
     let text: Option<String> = row.get(6)?;
     let body = match text {
@@ -233,54 +275,47 @@ fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
 
 impl Store for SqliteStore {
     fn append(&self, batch: &[Record]) -> Result<(), StoreError> {
-        let mut conn = lock(&self.writer);
+        let mut writer = lock(&self.writer);
+        let Writer { conn, counts } = &mut *writer;
         let tx = conn.transaction()?;
-        {
-            let mut top: HashMap<&str, u64> = HashMap::new();
-            for record in batch {
-                let seq = top.entry(&record.room).or_default();
-                *seq = (*seq).max(record.message.seq);
-            }
-            let mut upsert = tx.prepare_cached(
-                "INSERT INTO history_rooms (name, last_seq) VALUES (?1, ?2) ON CONFLICT(name) \
-                 DO UPDATE SET last_seq = max(last_seq, excluded.last_seq) RETURNING id",
+        // Per room: (highest seq, messages in this batch).
+        let mut rooms: HashMap<&str, (u64, u64)> = HashMap::new();
+        for record in batch {
+            let (top, added) = rooms.entry(&record.room).or_default();
+            *top = (*top).max(record.message.seq);
+            *added += 1;
+        }
+        let mut ids: HashMap<&str, i64> = HashMap::with_capacity(rooms.len());
+        let mut new_counts: Vec<(i64, u64)> = Vec::with_capacity(rooms.len());
+        for (room, (top, added)) in &rooms {
+            let id: i64 = tx
+                .prepare_cached(
+                    "INSERT INTO history_rooms (name, last_seq) VALUES (?1, ?2) ON CONFLICT(name) \
+                     DO UPDATE SET last_seq = max(last_seq, excluded.last_seq) RETURNING id",
+                )?
+                .query_row(params![room, int(*top)], |row| row.get(0))?;
+            let stored = match counts.get(&id) {
+                Some(count) => *count,
+                None => tx
+                    .prepare_cached("SELECT count(*) FROM messages WHERE room_id = ?1")?
+                    .query_row([id], |row| row.get::<_, i64>(0))? as u64,
+            };
+            ids.insert(room, id);
+            new_counts.push((id, stored + added));
+        }
+        insert_messages(&tx, batch, &ids)?;
+        if let Some(max) = self.retention.max_messages {
+            let mut trim = tx.prepare_cached(
+                "DELETE FROM messages WHERE id IN \
+                 (SELECT id FROM messages WHERE room_id = ?1 ORDER BY seq LIMIT ?2)",
             )?;
-            let mut ids: HashMap<&str, i64> = HashMap::with_capacity(top.len());
-            for (room, seq) in &top {
-                ids.insert(room, upsert.query_row(params![room, int(*seq)], |row| row.get(0))?);
-            }
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO messages (room_id, seq, msg_id, user_id, username, ts_ms, client_id, text, data) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?;
-            for Record { room, message: m } in batch {
-                let (client_id, text, data) = match &m.body {
-                    Body::Text { text, client_id } => (client_id.as_deref(), Some(text.as_str()), None),
-                    Body::Binary(data) => (None, None, Some(&data[..])),
-                };
-                let room_id = ids.get(&**room).copied().unwrap_or_default();
-                insert.execute(params![
-                    room_id,
-                    int(m.seq),
-                    m.msg_id,
-                    m.user_id,
-                    m.username,
-                    m.ts_ms,
-                    client_id,
-                    text,
-                    data
-                ])?;
-            }
-            if let Some(max) = self.retention.max_messages {
-                let mut trim = tx.prepare_cached("DELETE FROM messages WHERE room_id = ?1 AND seq <= ?2")?;
-                for (room, seq) in &top {
-                    if *seq > max {
-                        trim.execute(params![ids.get(room).copied().unwrap_or_default(), int(seq - max)])?;
-                    }
-                }
+            for (id, count) in new_counts.iter_mut().filter(|(_, count)| *count > max) {
+                trim.execute(params![*id, int(*count - max)])?;
+                *count = max;
             }
         }
         tx.commit()?;
+        counts.extend(new_counts);
         Ok(())
     }
 
@@ -320,16 +355,25 @@ impl Store for SqliteStore {
 
     fn prune(&self, now_ms: i64) -> Result<u64, StoreError> {
         let Some(cutoff) = self.retention.cutoff_ms(now_ms) else { return Ok(0) };
-        let conn = lock(&self.writer);
-        let deleted = conn
-            .prepare_cached("DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE ts_ms < ?1 LIMIT ?2)")?
-            .execute(params![cutoff, int(PRUNE_CHUNK)])?;
-        Ok(deleted as u64)
+        let mut writer = lock(&self.writer);
+        let Writer { conn, counts } = &mut *writer;
+        let mut statement = conn.prepare_cached(
+            "DELETE FROM messages WHERE id IN (SELECT id FROM messages WHERE ts_ms < ?1 LIMIT ?2) RETURNING room_id",
+        )?;
+        let rooms = statement.query_map(params![cutoff, int(PRUNE_CHUNK)], |row| row.get::<_, i64>(0))?;
+        let rooms: Vec<i64> = rooms.collect::<rusqlite::Result<_>>()?;
+        for room in &rooms {
+            if let Some(count) = counts.get_mut(room) {
+                *count = count.saturating_sub(1);
+            }
+        }
+        Ok(rooms.len() as u64)
     }
 
     fn close(&self) -> Result<(), StoreError> {
         lock(&self.readers).clear();
-        let conn = lock(&self.writer);
+        let writer = lock(&self.writer);
+        let conn = &writer.conn;
         conn.execute("UPDATE history_state SET value = 0 WHERE key = 'running'", [])?;
         // Fold the WAL back into the database file; a failure here loses nothing.
         let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
@@ -363,6 +407,20 @@ mod tests {
             dir.path(),
             Retention { max_messages: Some(3), max_age: None },
         ));
+    }
+
+    #[test]
+    fn retention_by_count_counts_what_an_earlier_run_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let retention = Retention { max_messages: Some(3), max_age: None };
+        let store = open(dir.path(), retention);
+        store.append(&(1..=3u64).map(|seq| shared::record("r", shared::text(seq, "x"))).collect::<Vec<_>>()).unwrap();
+        store.close().unwrap();
+        drop(store);
+        let store = open(dir.path(), retention);
+        store.append(&[shared::record("r", shared::text(4, "x"))]).unwrap();
+        let seqs: Vec<u64> = store.query("r", Range::latest(10), 0).unwrap().iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, [2, 3, 4]);
     }
 
     #[test]
