@@ -30,6 +30,10 @@ use crate::protocol::ClientFrame;
 
 /// How long, after the end of scripted input, to wait for outstanding answers.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most requests in flight: past this, typed (or piped) lines wait for
+/// answers, so a fast script never has the server queue more answers for
+/// it than it reads.
+const MAX_IN_FLIGHT: usize = 256;
 
 /// What `chorus client` was asked to do.
 #[derive(Debug, Clone)]
@@ -266,7 +270,7 @@ async fn converse(ws: WsStream, conversation: &mut Conversation, terminal: &mut 
     tokio::pin!(drain_deadline);
     let mut draining = false;
     loop {
-        let ready = conversation.welcomed();
+        let ready = conversation.welcomed() && conversation.pending() < MAX_IN_FLIGHT;
         let mut effects = tokio::select! {
             input = terminal.input.recv(), if ready && terminal.backlog.is_empty() && !terminal.input_done => match input {
                 Some(Input::Line(line)) => match handle_line(&line, conversation, terminal) {
@@ -307,7 +311,7 @@ async fn converse(ws: WsStream, conversation: &mut Conversation, terminal: &mut 
                 return Ended::Lost(format!("sending failed: {err}"));
             }
         }
-        if terminal.input_done && terminal.backlog.is_empty() && ready {
+        if terminal.input_done && terminal.backlog.is_empty() && conversation.welcomed() {
             if conversation.pending() == 0 {
                 return close(sender, receiver).await;
             }
