@@ -25,7 +25,8 @@ struct Cli {
 enum Command {
     /// Run the chat server (WebSocket on / and /ws, web client on GET /, /healthz, /metrics).
     Server(ServerArgs),
-    /// Chat from the terminal: /username, /join, /who, /rooms, /binary, /help, /quit.
+    /// Chat from the terminal: /username, /join, /who, /rooms, /history, /binary, /help, /quit.
+    /// Reconnects by itself and shows what was missed meanwhile.
     Client {
         /// Server URL.
         #[arg(default_value = DEFAULT_URL)]
@@ -78,10 +79,11 @@ struct ServerArgs {
     /// Most events queued for one connection (same policy).
     #[arg(long, default_value_t = 4096)]
     max_queue_messages: usize,
-    /// Close (reason `slow`) a connection that has missed more than N messages in a row.
+    /// Close (reason `slow`) a connection that misses more than N messages in one stretch of
+    /// lagging (misses less than 1s after it last caught up belong to the same stretch).
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     max_gap: u64,
-    /// Close (reason `slow`) a connection that stays behind for longer than this.
+    /// Close (reason `slow`) a connection that keeps missing messages for longer than this.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     max_lag: Duration,
     /// On shutdown, how long to wait for connections to close.
