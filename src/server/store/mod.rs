@@ -113,6 +113,8 @@ pub enum StoreError {
     ReadOnly,
     #[error("the database is locked by another process")]
     Busy,
+    #[error("another chorus server is using this data directory ({0} is locked); stop it, or pass another --data")]
+    InUse(String),
     #[error("the database file is damaged: {0}")]
     Corrupt(String),
     #[error("{0}")]

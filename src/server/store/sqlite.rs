@@ -17,6 +17,9 @@
 //!   the writer can ever have had in flight) and no seq is ever given to two
 //!   different messages.
 //!
+//! `chorus.lock` beside the database is locked while a server has it open:
+//! a second server on the same data directory is refused at start.
+//!
 //! The writer connection is used by one thread at a time (the history
 //! writer); readers come from a small pool and are `query_only`. The writer
 //! keeps each room's message count (counted once per room and process, then
@@ -91,6 +94,9 @@ struct Writer {
 #[derive(Debug)]
 pub struct SqliteStore {
     path: PathBuf,
+    /// `chorus.lock` beside the database, locked while this store is open:
+    /// two servers on one data directory would hand out the same seqs.
+    _lock: std::fs::File,
     retention: Retention,
     /// The connection that writes, and what it knows; only the history
     /// writer thread takes it.
@@ -116,6 +122,7 @@ impl SqliteStore {
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             check_writable(dir)?;
         }
+        let lock_file = take_lock(&path.with_extension("lock"))?;
         let mut conn = Connection::open(path)?;
         if conn.is_readonly("main")? {
             return Err(StoreError::ReadOnly);
@@ -134,6 +141,7 @@ impl SqliteStore {
         recover_from_crash(&mut conn, crash_margin, path)?;
         let store = SqliteStore {
             path: path.to_path_buf(),
+            _lock: lock_file,
             retention,
             writer: Mutex::new(Writer { conn, counts: HashMap::new() }),
             readers: Mutex::new(Vec::new()),
@@ -179,6 +187,16 @@ fn check_writable(dir: &Path) -> Result<(), StoreError> {
     std::fs::write(&probe, b"").map_err(not_writable)?;
     let _ = std::fs::remove_file(probe);
     Ok(())
+}
+
+/// Lock `path` (created if needed) for this process, or say who holds it.
+fn take_lock(path: &Path) -> Result<std::fs::File, StoreError> {
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse(path.display().to_string())),
+        Err(std::fs::TryLockError::Error(err)) => Err(err.into()),
+    }
 }
 
 /// Create or check the history tables.
@@ -470,6 +488,18 @@ mod tests {
         store.append(&[shared::record("r", shared::text(2, "stored"))]).unwrap();
         let seqs: Vec<u64> = store.query("r", Range::latest(10), 0).unwrap().iter().map(|m| m.seq).collect();
         assert_eq!(seqs, [2]);
+    }
+
+    #[test]
+    fn one_data_directory_serves_one_server_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = open(dir.path(), Retention::FOREVER);
+        let err =
+            SqliteStore::open(&dir.path().join("chorus.db"), Retention::FOREVER, Durability::Full, 0).unwrap_err();
+        assert!(matches!(err, StoreError::InUse(_)), "{err:?}");
+        assert!(err.to_string().contains("another chorus server"), "{err}");
+        drop(first);
+        drop(open(dir.path(), Retention::FOREVER));
     }
 
     #[test]
