@@ -96,7 +96,8 @@ pub struct SqliteStore {
     path: PathBuf,
     /// `chorus.lock` beside the database, locked while this store is open:
     /// two servers on one data directory would hand out the same seqs.
-    _lock: std::fs::File,
+    /// Released by `close`, so a restart in the same process can take it.
+    lock: std::fs::File,
     retention: Retention,
     /// The connection that writes, and what it knows; only the history
     /// writer thread takes it.
@@ -141,7 +142,7 @@ impl SqliteStore {
         recover_from_crash(&mut conn, crash_margin, path)?;
         let store = SqliteStore {
             path: path.to_path_buf(),
-            _lock: lock_file,
+            lock: lock_file,
             retention,
             writer: Mutex::new(Writer { conn, counts: HashMap::new() }),
             readers: Mutex::new(Vec::new()),
@@ -395,6 +396,7 @@ impl Store for SqliteStore {
         conn.execute("UPDATE history_state SET value = 0 WHERE key = 'running'", [])?;
         // Fold the WAL back into the database file; a failure here loses nothing.
         let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        let _ = self.lock.unlock();
         Ok(())
     }
 
