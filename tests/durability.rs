@@ -226,3 +226,14 @@ fn a_read_only_data_directory_stops_the_server_at_start_with_the_fix() {
     assert!(stderr.contains("--data") && stderr.contains("--history memory"), "the fix is named: {stderr}");
     assert!(stderr.contains("exit status: 1"), "{stderr}");
 }
+
+#[test]
+fn a_second_server_on_the_same_data_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = ServerProcess::spawn(server_command("127.0.0.1:0", dir.path(), &[])).unwrap();
+    let Err(stderr) = ServerProcess::spawn(server_command("127.0.0.1:0", dir.path(), &[])) else {
+        panic!("two servers must not share a data directory: they would hand out the same seqs");
+    };
+    assert!(stderr.contains("another chorus server is using this data directory"), "{stderr}");
+    assert!(stderr.contains("exit status: 1"), "{stderr}");
+}
