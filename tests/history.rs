@@ -300,3 +300,43 @@ async fn a_reader_too_far_behind_is_still_closed_as_slow() {
     assert_eq!(common::code(&stuck.expect_close().await), 1008);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_graceful_shutdown_stores_everything_that_was_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_with(sqlite_config(dir.path())).await;
+    let url = server.url();
+    let mut alice = Client::named(&url, "alice").await;
+    let mut bob = Client::named(&url, "bob").await;
+    alice.settle(Duration::from_millis(100)).await;
+    for i in 1..=2_000 {
+        alice.chat(&format!("m{i}"), &format!("m{i}")).await;
+    }
+    let mut delivered = Vec::new();
+    while delivered.len() < 100 {
+        delivered.push(bob.expect("chat").await["seq"].as_u64().unwrap());
+    }
+    // Shut down mid-stream: whatever was delivered must be stored.
+    let stopping = tokio::spawn(server.shutdown());
+    loop {
+        match bob.next_message().await {
+            tokio_tungstenite::tungstenite::Message::Text(text) => {
+                let event: Value = serde_json::from_str(&text).unwrap();
+                if event["type"] == "chat" {
+                    delivered.push(event["seq"].as_u64().unwrap());
+                }
+            }
+            tokio_tungstenite::tungstenite::Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    stopping.await.unwrap().unwrap();
+    let db = rusqlite::Connection::open(dir.path().join("chorus.db")).unwrap();
+    let mut lookup = db.prepare("SELECT count(*) FROM messages WHERE seq = ?1").unwrap();
+    for seq in &delivered {
+        let count: i64 = lookup.query_row([*seq as i64], |r| r.get(0)).unwrap();
+        assert_eq!(count, 1, "seq {seq} was delivered, so it is stored once ({} delivered)", delivered.len());
+    }
+    let running: i64 = db.query_row("SELECT value FROM history_state WHERE key = 'running'", [], |r| r.get(0)).unwrap();
+    assert_eq!(running, 0, "marked as a clean stop");
+}
