@@ -108,6 +108,25 @@ pub enum Payload<'a> {
     Binary(&'a Bytes),
 }
 
+impl Payload<'_> {
+    /// What history keeps of it.
+    fn body(&self) -> Body {
+        match *self {
+            Payload::Text { text, client_id } => {
+                Body::Text { text: text.to_string(), client_id: client_id.map(str::to_string) }
+            }
+            Payload::Binary(data) => Body::Binary(data.clone()),
+        }
+    }
+
+    fn client_id(&self) -> Option<String> {
+        match *self {
+            Payload::Text { client_id, .. } => client_id.map(str::to_string),
+            Payload::Binary(_) => None,
+        }
+    }
+}
+
 /// What became of a published message: what its `ack` says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
@@ -336,21 +355,16 @@ impl Hub {
         };
         let recipients = fan_out_message(&state.members, who.conn, &who.room.name, seq, &item);
         if let Some(slot) = slot {
-            let (body, client_id) = match payload {
-                Payload::Text { text, client_id } => {
-                    (Body::Text { text: text.to_string(), client_id: client_id.map(str::to_string) }, client_id)
-                }
-                Payload::Binary(data) => (Body::Binary(data.clone()), None),
-            };
+            // Handed over under the room lock, so the writer gets a room's messages in seq order.
             let message = Message {
                 seq,
                 msg_id: msg_id.clone(),
                 user_id: who.user_id.to_string(),
                 username: who.username.to_string(),
                 ts_ms,
-                body,
+                body: payload.body(),
             };
-            let ack = AckTo { outbox: who.outbox.clone(), client_id: client_id.map(str::to_string), recipients };
+            let ack = AckTo { outbox: who.outbox.clone(), client_id: payload.client_id(), recipients };
             slot.submit(Record { room: who.room.name.clone(), message }, Some(ack));
         }
         drop(state);

@@ -32,9 +32,10 @@ pub struct SessionConfig {
     pub max_queue_items: usize,
     /// Most bytes queued for one connection.
     pub max_queue_bytes: usize,
-    /// With history on: close a connection that missed more messages than this in a row.
+    /// With history on: close a connection that misses more messages than
+    /// this in one stretch of lagging (see `outbox`).
     pub max_gap: u64,
-    /// With history on: close a connection that stays behind longer than this.
+    /// With history on: close a connection that keeps missing messages for longer than this.
     pub max_lag: Duration,
 }
 
