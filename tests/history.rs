@@ -37,6 +37,16 @@ fn sqlite_config(dir: &std::path::Path) -> ServerConfig {
     }
 }
 
+/// A SQLite server under `dir`, with alice and bob in the lobby, notices settled.
+async fn sqlite_server_with_two(dir: &std::path::Path) -> (ServerHandle, Client, Client) {
+    let server = server_with(sqlite_config(dir)).await;
+    let mut alice = Client::named(&server.url(), "alice").await;
+    let mut bob = Client::named(&server.url(), "bob").await;
+    alice.settle(Duration::from_millis(100)).await;
+    bob.settle(Duration::from_millis(10)).await;
+    (server, alice, bob)
+}
+
 /// Send `count` chats and wait for every ack.
 async fn chat_many(client: &mut Client, count: usize, prefix: &str) {
     for i in 1..=count {
@@ -151,11 +161,7 @@ async fn seq_and_history_continue_after_a_restart_on_the_same_data_dir() {
 #[tokio::test]
 async fn the_ack_waits_for_the_disk_but_delivery_does_not() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server_with(sqlite_config(dir.path())).await;
-    let url = server.url();
-    let mut alice = Client::named(&url, "alice").await;
-    let mut bob = Client::named(&url, "bob").await;
-    alice.settle(Duration::from_millis(100)).await;
+    let (server, mut alice, mut bob) = sqlite_server_with_two(dir.path()).await;
 
     // Another process holds the database's write lock: nothing can be committed.
     let db = rusqlite::Connection::open(dir.path().join("chorus.db")).unwrap();
@@ -304,11 +310,7 @@ async fn a_reader_too_far_behind_is_still_closed_as_slow() {
 #[tokio::test]
 async fn a_graceful_shutdown_stores_everything_that_was_delivered() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server_with(sqlite_config(dir.path())).await;
-    let url = server.url();
-    let mut alice = Client::named(&url, "alice").await;
-    let mut bob = Client::named(&url, "bob").await;
-    alice.settle(Duration::from_millis(100)).await;
+    let (server, mut alice, mut bob) = sqlite_server_with_two(dir.path()).await;
     for i in 1..=2_000 {
         alice.chat(&format!("m{i}"), &format!("m{i}")).await;
     }
