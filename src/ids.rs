@@ -16,6 +16,11 @@ pub fn now_millis() -> i64 {
     Utc::now().timestamp_millis()
 }
 
+/// A time in milliseconds since the epoch, as the wire writes it (`now_ts`'s format).
+pub fn format_ts_millis(millis: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(millis).unwrap_or_default().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
 /// Parse a wire timestamp back into milliseconds since the epoch.
 pub fn parse_ts_millis(ts: &str) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(ts).ok().map(|t| t.timestamp_millis())
@@ -78,5 +83,6 @@ mod tests {
         assert!(ts.ends_with('Z'));
         let millis = parse_ts_millis(&ts).unwrap();
         assert!((now_millis() - millis).abs() < 5_000);
+        assert_eq!(format_ts_millis(millis), ts, "formatting a parsed timestamp gives it back");
     }
 }

@@ -5,15 +5,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use chorus::client::connection::{ConnectOptions, DEFAULT_URL};
 use chorus::client::interactive::ClientOptions;
 use chorus::client::tls::TlsOptions;
 use chorus::server::auth::AuthMode;
 use chorus::server::limits::{DEFAULT_API_RATE, RateLimit, parse_rate};
+use chorus::server::store::Retention;
+use chorus::server::store::sqlite::Durability;
 use chorus::server::tls::TlsSource;
-use chorus::server::{SecurityConfig, ServerConfig, SessionConfig};
+use chorus::server::{Backend, HistoryConfig, SecurityConfig, ServerConfig, SessionConfig};
 use chorus::units::{parse_duration, parse_size};
 
 #[derive(Debug, Parser)]
@@ -27,7 +29,8 @@ struct Cli {
 enum Command {
     /// Run the chat server (WebSocket on / and /ws, web client on GET /, /healthz, /metrics).
     Server(Box<ServerArgs>),
-    /// Chat from the terminal: /username, /join, /who, /rooms, /binary, /help, /quit.
+    /// Chat from the terminal: /username, /join, /who, /rooms, /history, /binary, /help, /quit.
+    /// Reconnects by itself and shows what was missed meanwhile.
     Client {
         /// Server URL (ws:// or wss://).
         #[arg(default_value = DEFAULT_URL)]
@@ -177,13 +180,21 @@ struct ServerArgs {
     /// After a ping, close the connection (reason `timeout`) if nothing comes back within this.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pong_timeout: Duration,
-    /// Most bytes queued for one connection; a reader that falls further behind is closed (reason `slow`).
+    /// Most bytes queued for one connection; a reader further behind misses messages (announced by
+    /// `gap`), or is closed (reason `slow`) with --history off.
     /// [default: 4MiB; with --echo, 4 x the message size limit]
     #[arg(long, value_parser = parse_size)]
     max_queue_bytes: Option<usize>,
     /// Most events queued for one connection (same policy).
     #[arg(long, default_value_t = 4096)]
     max_queue_messages: usize,
+    /// Close (reason `slow`) a connection that misses more than N messages in one stretch of
+    /// lagging (misses less than 1s after it last caught up belong to the same stretch).
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    max_gap: u64,
+    /// Close (reason `slow`) a connection that keeps missing messages for longer than this.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    max_lag: Duration,
     /// On shutdown, how long to wait for connections to close.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     shutdown_grace: Duration,
@@ -232,6 +243,33 @@ struct ServerArgs {
     /// Account API calls (/api/register, /api/login) per address, after a burst of 10 ("off" to disable).
     #[arg(long, default_value = "1/s", value_parser = parse_rate_arg)]
     api_rate_limit: Rate,
+    /// Where history is kept: in DIR/chorus.db (see --data), in memory (lost at exit), or not at all.
+    #[arg(long, value_enum, default_value_t = HistoryArg::Sqlite)]
+    history: HistoryArg,
+    /// Keep at most the last N messages of each room (0: no count limit).
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    retain_messages: u64,
+    /// Forget messages older than this, e.g. 30d, 12h (0: no age limit).
+    #[arg(long, default_value = "30d", value_parser = parse_duration)]
+    retain_age: Duration,
+    /// SQLite durability: an ack survives a power loss (full) or a server crash (normal, faster).
+    #[arg(long, value_enum, default_value_t = SyncArg::Full)]
+    history_sync: SyncArg,
+}
+
+/// `--history`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum HistoryArg {
+    Sqlite,
+    Memory,
+    Off,
+}
+
+/// `--history-sync`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SyncArg {
+    Full,
+    Normal,
 }
 
 impl ServerArgs {
@@ -251,12 +289,30 @@ impl ServerArgs {
             handshake_timeout: self.handshake_timeout,
             shutdown_grace: self.shutdown_grace,
             data_dir: self.data.clone().unwrap_or_else(chorus::server::default_data_dir),
+            history: HistoryConfig {
+                backend: match self.history {
+                    HistoryArg::Sqlite => Backend::Sqlite,
+                    HistoryArg::Memory => Backend::Memory,
+                    HistoryArg::Off => Backend::Off,
+                },
+                retention: Retention {
+                    max_messages: Some(self.retain_messages).filter(|n| *n > 0),
+                    max_age: Some(self.retain_age).filter(|age| !age.is_zero()),
+                },
+                durability: match self.history_sync {
+                    SyncArg::Full => Durability::Full,
+                    SyncArg::Normal => Durability::Normal,
+                },
+                ..HistoryConfig::default()
+            },
             session: SessionConfig {
                 ping_interval: self.ping_interval,
                 pong_timeout: self.pong_timeout,
                 max_queue_items: self.max_queue_messages,
                 max_queue_bytes: self.max_queue_bytes.unwrap_or(default_queue),
                 rate_limit: rate.map(|per_second| RateLimit { per_second, burst: self.rate_burst }),
+                max_gap: self.max_gap,
+                max_lag: self.max_lag,
                 ..SessionConfig::default()
             },
             echo: self.echo,

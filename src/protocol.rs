@@ -338,8 +338,16 @@ pub enum ErrorCode {
     Unsupported,
     /// Too many messages too fast.
     RateLimited,
-    /// The server could not do what was asked (for example, storing the message failed).
+    /// The server could not do what was asked.
     Internal,
+    /// The message reached the room but could not be stored (disk full,
+    /// read-only, I/O error): no ack, and it is not in the history.
+    StorageFailed,
+    /// The history writer is too far behind the disk (or the server is
+    /// shutting down): the message was not sent; try again.
+    StorageBusy,
+    /// A `history` request could not be answered because reading failed.
+    HistoryFailed,
 }
 
 impl ErrorCode {
@@ -361,6 +369,9 @@ impl ErrorCode {
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
+            ErrorCode::StorageFailed => "storage_failed",
+            ErrorCode::StorageBusy => "storage_busy",
+            ErrorCode::HistoryFailed => "history_failed",
         }
     }
 }

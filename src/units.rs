@@ -1,5 +1,5 @@
 //! Human-friendly durations and sizes, as written on the command line and in
-//! scenario files: `500ms`, `10s`, `2m`, `1h`; `512`, `64KiB`, `1MiB`, `2MB`.
+//! scenario files: `500ms`, `10s`, `2m`, `1h`, `30d`; `512`, `64KiB`, `1MiB`, `2MB`.
 
 use std::time::Duration;
 
@@ -8,15 +8,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration; write it like \"500ms\", \"10s\", \"2m\" or \"1h\""))?;
+    let value: f64 = number.parse().map_err(|_| {
+        format!("{text:?} is not a duration; write it like \"500ms\", \"10s\", \"2m\", \"1h\" or \"30d\"")
+    })?;
     let seconds = match unit.trim() {
         "ms" => value / 1000.0,
         "" | "s" => value,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
-        "d" => value * 86400.0,
+        "d" => value * 86_400.0,
         other => {
             return Err(format!("unknown unit {other:?} in {text:?}; use ms, s, m, h or d"));
         }
@@ -75,6 +75,7 @@ mod tests {
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(30 * 86_400));
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 days").unwrap_err().contains("unknown unit"));

@@ -110,8 +110,10 @@ async fn demo_runs_to_a_clean_end_with_a_latency_report() {
 
 #[tokio::test]
 async fn server_process_stops_on_sigterm_closing_clients_with_1001() {
+    let data = tempfile::tempdir().unwrap();
     let mut child = chorus()
-        .args(["server", "--addr", "127.0.0.1:0"])
+        .args(["server", "--addr", "127.0.0.1:0", "--data"])
+        .arg(data.path())
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -137,4 +139,5 @@ async fn server_process_stops_on_sigterm_closing_clients_with_1001() {
     assert!(exit.success(), "the server exits 0 after a graceful shutdown: {exit:?}");
     let logs: Vec<String> = rx.try_iter().collect();
     assert!(logs.iter().any(|l| l.contains("shutting down")), "{logs:?}");
+    assert!(logs.iter().any(|l| l.contains("history: everything stored")), "history is flushed: {logs:?}");
 }

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
-use chorus::server::{ServerConfig, SessionConfig};
+use chorus::server::{HistoryConfig, ServerConfig, SessionConfig};
 
 #[tokio::test]
 async fn broadcast_reaches_every_other_member_and_not_the_sender() {
@@ -196,7 +196,7 @@ async fn bad_requests_get_errors_and_the_connection_stays_usable() {
         ("{\"type\":\"dance\"}", "unknown_type"),
         ("{\"type\":\"chat\"}", "invalid_frame"),
         ("{\"type\":\"join\",\"room\":\"two words\"}", "invalid_room"),
-        ("{\"type\":\"history\"}", "unsupported"),
+        ("{\"type\":\"history\",\"limit\":0}", "invalid_frame"),
         ("/frobnicate", "unknown_command"),
     ] {
         alice.send_text(frame).await;
@@ -282,10 +282,12 @@ async fn never_reading_client(addr: std::net::SocketAddr) -> TcpStream {
 
 #[tokio::test]
 async fn a_client_that_never_reads_does_not_stall_the_room() {
+    // With history off, overflow closes at once (tests/history.rs covers `gap`).
     let config = ServerConfig {
         // The talker sends 3,000 messages as fast as the room takes them:
         // far over the per-connection rate limit, which is not under test here.
         session: SessionConfig { max_queue_bytes: 1 << 20, rate_limit: None, ..common::quick_close().session },
+        history: HistoryConfig::off(),
         ..common::quick_close()
     };
     let server = server_with(config).await;

@@ -45,6 +45,9 @@ pub struct ConnectOptions {
     pub tls: TlsOptions,
     /// An access token, sent as `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// The socket's receive buffer, in bytes (`None`: the system's, which
+    /// grows as needed). A small one makes a slow reader fall behind sooner.
+    pub recv_buffer: Option<u32>,
 }
 
 impl Default for ConnectOptions {
@@ -55,6 +58,7 @@ impl Default for ConnectOptions {
             max_message_size: 16 << 20,
             tls: TlsOptions::default(),
             token: None,
+            recv_buffer: None,
         }
     }
 }
@@ -129,6 +133,9 @@ async fn connect_inner(url: &str, options: &ConnectOptions) -> Result<WsStream, 
     let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(unreachable)?;
     if let Some(bind) = options.bind {
         socket.bind(bind).map_err(unreachable)?;
+    }
+    if let Some(size) = options.recv_buffer {
+        socket.set_recv_buffer_size(size).map_err(unreachable)?;
     }
     let tcp = socket.connect(addr).await.map_err(unreachable)?;
     let _ = tcp.set_nodelay(true);

@@ -110,13 +110,7 @@ impl Display {
             ServerEvent::History { room, messages } => {
                 let mut lines = vec![self.notice(format!("history of #{room}: {} message(s)", messages.len()))];
                 for message in messages {
-                    let payload = match message {
-                        ServerEvent::Binary { data: Some(b64), .. } => {
-                            use base64::Engine;
-                            base64::engine::general_purpose::STANDARD.decode(b64.as_bytes()).ok()
-                        }
-                        _ => None,
-                    };
+                    let payload = stored_payload(message);
                     if let Some(line) = self.line(message, payload.as_deref()) {
                         lines.push(format!("  {line}"));
                     }
@@ -124,10 +118,25 @@ impl Display {
                 lines.join("\n")
             }
             ServerEvent::Gap { room, from_seq, to_seq } => {
-                self.paint(YELLOW, format!("! missed messages {from_seq}..={to_seq} in #{room}"))
+                let count = to_seq.saturating_sub(*from_seq) + 1;
+                self.paint(
+                    YELLOW,
+                    format!("! fell behind: missed {count} message(s) in #{room} (seq {from_seq}..={to_seq})"),
+                )
             }
             ServerEvent::Error { code, message, .. } => self.paint(RED, format!("! {code}: {message}")),
         })
+    }
+}
+
+/// The payload of a binary message inside a `history` answer (base64 in `data`).
+pub fn stored_payload(event: &ServerEvent<'_>) -> Option<Vec<u8>> {
+    use base64::Engine;
+    match event {
+        ServerEvent::Binary { data: Some(b64), .. } => {
+            base64::engine::general_purpose::STANDARD.decode(b64.as_bytes()).ok()
+        }
+        _ => None,
     }
 }
 

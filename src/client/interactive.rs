@@ -6,7 +6,14 @@
 //! terminal it reads one message per line and prints one event per line, so it
 //! can be scripted; at the end of input it waits for the answers to what it
 //! sent, then closes with 1000.
+//!
+//! When the connection is lost it reconnects with jittered exponential
+//! backoff (lines typed meanwhile are sent once back), restores its name and
+//! room, shows what was said while it was away and marks where it resumed;
+//! a `gap` from the server is fetched and shown the same way
+//! (`conversation` decides what to send and show, `recovery` tracks seqs).
 
+use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,12 +22,18 @@ use anyhow::Context as _;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
-use super::connection::{ConnectOptions, Received, Sender, connect, split};
+use super::connection::{ConnectError, ConnectOptions, Received, Receiver, Sender, WsStream, connect, split};
+use super::conversation::{Conversation, Effect};
 use super::display::Display;
-use crate::protocol::{ClientFrame, ServerEvent};
+use super::reconnect::Backoff;
+use crate::protocol::ClientFrame;
 
 /// How long, after the end of scripted input, to wait for outstanding answers.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most requests in flight: past this, typed (or piped) lines wait for
+/// answers, so a fast script never has the server queue more answers for
+/// it than it reads.
+const MAX_IN_FLIGHT: usize = 256;
 
 /// What `chorus client` was asked to do.
 #[derive(Debug, Clone)]
@@ -80,10 +93,10 @@ fn parse_command(line: &str) -> Command<'_> {
         ("rooms", _) => frame(ClientFrame::Rooms),
         ("history", "") => frame(ClientFrame::History { room: None, after_seq: None, before_seq: None, limit: None }),
         ("history", n) => match n.parse() {
-            Ok(limit) => {
+            Ok(limit) if (1..=crate::protocol::HISTORY_MAX_LIMIT).contains(&limit) => {
                 frame(ClientFrame::History { room: None, after_seq: None, before_seq: None, limit: Some(limit) })
             }
-            Err(_) => Command::Usage("/history [n]"),
+            _ => Command::Usage("/history [n] (n from 1 to 500)"),
         },
         ("binary", "") => Command::Usage("/binary <text>"),
         ("binary", _) => Command::Binary(rest["binary".len()..].trim_start()),
@@ -116,174 +129,245 @@ enum Input {
     End,
 }
 
-/// Run the client until the user quits or the server goes away.
+/// What ended one connection.
+enum Ended {
+    /// The user quit, or scripted input is done and answered.
+    Done(anyhow::Result<()>),
+    /// The connection was lost (or closed by the server): reconnect.
+    Lost(String),
+}
+
+/// Where the loops print, and what the user types.
+struct Terminal {
+    output: Output,
+    input: mpsc::Receiver<Input>,
+    prompt: Arc<Mutex<String>>,
+    /// `--json`: client notices go to stderr, stdout stays JSON.
+    json: bool,
+    /// Lines typed while disconnected, sent once back.
+    backlog: VecDeque<String>,
+    input_done: bool,
+}
+
+impl Terminal {
+    fn apply_prints(&mut self, effects: &mut Vec<Effect>) {
+        effects.retain(|effect| match effect {
+            Effect::Print(line) => {
+                self.output.print(line.clone());
+                false
+            }
+            Effect::Notice(line) => {
+                if self.json {
+                    eprintln!("{line}");
+                } else {
+                    self.output.print(line.clone());
+                }
+                false
+            }
+            Effect::Prompt(prompt) => {
+                *self.prompt.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = prompt.clone();
+                false
+            }
+            _ => true,
+        });
+    }
+
+    fn notice(&mut self, line: String) {
+        self.apply_prints(&mut vec![Effect::Notice(line)]);
+    }
+}
+
+/// Run the client until the user quits; reconnects when the connection is lost.
 pub async fn run(options: ClientOptions) -> anyhow::Result<()> {
-    let ws = connect(&options.url, &options.connect).await?;
-    let (mut sender, mut receiver) = split(ws);
+    let mut ws = connect(&options.url, &options.connect).await?;
     let on_terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let prompt = Arc::new(Mutex::new(String::from("> ")));
-    let (input_tx, mut input_rx) = mpsc::channel::<Input>(64);
-    let terminal = if on_terminal { Some(TerminalGuard::save()) } else { None };
-    let mut output = if on_terminal {
+    let (input_tx, input) = mpsc::channel::<Input>(64);
+    let guard = if on_terminal { Some(TerminalGuard::save()) } else { None };
+    let output = if on_terminal {
         Output::Editor(spawn_editor(input_tx, prompt.clone())?)
     } else {
         spawn_stdin_reader(input_tx);
         Output::Plain
     };
+    let mut terminal =
+        Terminal { output, input, prompt, json: options.json, backlog: VecDeque::new(), input_done: false };
     if on_terminal {
-        output.print(format!("* connected to {}; type /help for the commands", options.url));
+        terminal.notice(format!("* connected to {}; type /help for the commands", options.url));
     }
     let mut display = Display::new(on_terminal && Display::color_for_stdout());
     display.show_acks = !on_terminal;
-    let mut state = State { pending: 0, next_client_id: 1, input_done: false };
-    let drain_deadline = tokio::time::sleep(Duration::from_secs(3600));
-    tokio::pin!(drain_deadline);
+    let mut conversation = Conversation::new(display, options.json);
     let outcome = loop {
-        tokio::select! {
-            input = input_rx.recv(), if !state.input_done => {
-                let line = match input {
-                    Some(Input::Line(line)) => line,
-                    Some(Input::End) | None => {
-                        state.input_done = true;
-                        if state.pending == 0 { break Ok(()); }
-                        drain_deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_TIMEOUT);
-                        continue;
-                    }
-                };
-                match handle_line(&line, &mut sender, &mut state, &mut output).await {
-                    Ok(true) => {}
-                    Ok(false) => break Ok(()),
-                    Err(err) => break Err(err),
+        match converse(ws, &mut conversation, &mut terminal).await {
+            Ended::Done(result) => break result,
+            Ended::Lost(why) => {
+                let mut effects = conversation.disconnected();
+                terminal.apply_prints(&mut effects);
+                if terminal.input_done && terminal.backlog.is_empty() {
+                    break Err(anyhow::anyhow!("the connection to the server was lost ({why})"));
                 }
-            }
-            received = receiver.recv() => {
-                let received = match received {
-                    None => break Err(anyhow::anyhow!("the connection to the server was lost")),
-                    Some(Err(err)) => break Err(anyhow::anyhow!("the connection to the server failed: {err}")),
-                    Some(Ok(received)) => received,
-                };
-                if let Received::Closed(frame) = &received {
-                    let why = frame.as_ref().map(|f| format!("{}: {}", u16::from(f.code), f.reason)).unwrap_or_else(|| "no close code".into());
-                    break Err(anyhow::anyhow!("the server closed the connection ({why})"));
+                terminal.notice(format!("! connection lost ({why}); reconnecting"));
+                match reconnect(&options, &mut terminal).await {
+                    Some(new) => ws = new,
+                    None => break Ok(()),
                 }
-                show(&received, &mut display, &mut output, options.json, &mut state, &prompt);
-                if state.input_done && state.pending == 0 { break Ok(()); }
-            }
-            () = &mut drain_deadline, if state.input_done => {
-                output.print(format!("! no answer to {} request(s) within {DRAIN_TIMEOUT:?}", state.pending));
-                break Ok(());
+                conversation.reconnected();
             }
         }
     };
-    if outcome.is_ok() {
-        let _ = sender.close().await;
-        // Wait briefly for the server's close reply, so the close is clean.
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Some(Ok(received)) = receiver.recv().await {
-                if matches!(received, Received::Closed(_)) {
-                    break;
-                }
-            }
-        })
-        .await;
-    }
-    drop(terminal);
+    drop(guard);
     outcome
 }
 
-/// What the main loop tracks.
-struct State {
-    /// Requests sent whose direct answer (ack, who, error...) has not arrived.
-    pending: usize,
-    next_client_id: u64,
-    input_done: bool,
-}
-
-/// Act on one typed line; `Ok(false)` means quit.
-async fn handle_line(line: &str, sender: &mut Sender, state: &mut State, output: &mut Output) -> anyhow::Result<bool> {
-    let sent = match parse_command(line) {
-        Command::Quit => return Ok(false),
-        Command::Nothing => return Ok(true),
-        Command::Help => {
-            output.print(HELP.to_string());
-            return Ok(true);
+/// Try to connect again, with jittered exponential backoff, until it works
+/// or the user quits (`None`). Lines typed meanwhile are kept for later.
+async fn reconnect(options: &ClientOptions, terminal: &mut Terminal) -> Option<WsStream> {
+    let mut backoff = Backoff::default();
+    loop {
+        let delay = backoff.next_delay();
+        let wake = tokio::time::Instant::now() + delay;
+        while tokio::time::Instant::now() < wake {
+            tokio::select! {
+                () = tokio::time::sleep_until(wake) => {}
+                input = terminal.input.recv(), if !terminal.input_done => match input {
+                    Some(Input::Line(line)) if parse_command(&line) == Command::Quit => return None,
+                    Some(Input::Line(line)) => {
+                        if matches!(parse_command(&line), Command::Chat(_) | Command::Binary(_) | Command::Frame(_)) {
+                            terminal.notice("! not connected: it will be sent once reconnected".to_string());
+                            terminal.backlog.push_back(line);
+                        }
+                    }
+                    Some(Input::End) | None => {
+                        terminal.input_done = true;
+                        if terminal.backlog.is_empty() {
+                            return None;
+                        }
+                    }
+                },
+            }
         }
-        Command::Usage(usage) => {
-            output.print(format!("! usage: {usage}"));
-            return Ok(true);
+        match connect(&options.url, &options.connect).await {
+            Ok(ws) => {
+                terminal.notice(format!("* reconnected to {} (attempt {})", options.url, backoff.attempts()));
+                return Some(ws);
+            }
+            Err(err) => {
+                let why = match &err {
+                    ConnectError::Unreachable { source, .. } => source.to_string(),
+                    other => other.to_string(),
+                };
+                terminal.notice(format!("! reconnect attempt {} failed: {why}", backoff.attempts()));
+            }
         }
-        Command::Unknown(name) => {
-            output.print(format!("! unknown command /{name}; /help lists the commands"));
-            return Ok(true);
-        }
-        Command::Chat(text) => {
-            let client_id = format!("c{}", state.next_client_id);
-            state.next_client_id += 1;
-            sender
-                .send_frame(&ClientFrame::Chat { text: text.into(), room: None, client_id: Some(client_id.into()) })
-                .await
-        }
-        Command::Frame(frame) => sender.send_frame(&frame).await,
-        Command::Binary(text) => sender.send_binary(text.as_bytes().to_vec()).await,
-    };
-    sent.context("sending to the server failed")?;
-    state.pending += 1;
-    Ok(true)
-}
-
-/// Print one received item and account for answers.
-fn show(
-    received: &Received,
-    display: &mut Display,
-    output: &mut Output,
-    json: bool,
-    state: &mut State,
-    prompt: &Mutex<String>,
-) {
-    let Received::Event { text, data } = received else {
-        if let Received::Binary(data) = received {
-            output.print(format!("* {} bytes of unannounced binary data", data.len()));
-        }
-        return;
-    };
-    let Some(event) = received.event() else {
-        output.print(format!("? {}", text.as_str()));
-        return;
-    };
-    let answers_me = match &event {
-        ServerEvent::Ack { .. }
-        | ServerEvent::Who { .. }
-        | ServerEvent::Rooms { .. }
-        | ServerEvent::History { .. }
-        | ServerEvent::Error { .. } => true,
-        ServerEvent::Renamed { user_id, .. } | ServerEvent::Joined { user_id, .. } => {
-            display.me() == Some(user_id.as_ref())
-        }
-        _ => false,
-    };
-    if answers_me {
-        state.pending = state.pending.saturating_sub(1);
-    }
-    update_prompt(&event, display, prompt);
-    if json {
-        output.print(text.to_string());
-    } else if let Some(line) = display.line(&event, data.as_deref()) {
-        output.print(line);
     }
 }
 
-/// Keep the prompt showing `#room name>`.
-fn update_prompt(event: &ServerEvent<'_>, display: &Display, prompt: &Mutex<String>) {
-    let mut prompt = prompt.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    match event {
-        ServerEvent::Welcome { username, room, .. } => *prompt = format!("#{room} {username}> "),
-        ServerEvent::Renamed { user_id, new, room, .. } if display.me() == Some(user_id.as_ref()) => {
-            *prompt = format!("#{room} {new}> ");
+/// One connection, until it ends.
+async fn converse(ws: WsStream, conversation: &mut Conversation, terminal: &mut Terminal) -> Ended {
+    let (mut sender, mut receiver) = split(ws);
+    let drain_deadline = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(drain_deadline);
+    let mut draining = false;
+    loop {
+        let ready = conversation.welcomed() && conversation.pending() < MAX_IN_FLIGHT;
+        let mut effects = tokio::select! {
+            input = terminal.input.recv(), if ready && terminal.backlog.is_empty() && !terminal.input_done => match input {
+                Some(Input::Line(line)) => match handle_line(&line, conversation, terminal) {
+                    Some(effects) => effects,
+                    None => return close(sender, receiver).await,
+                },
+                Some(Input::End) | None => {
+                    terminal.input_done = true;
+                    Vec::new()
+                }
+            },
+            () = std::future::ready(()), if ready && !terminal.backlog.is_empty() => {
+                let line = terminal.backlog.pop_front().unwrap_or_default();
+                handle_line(&line, conversation, terminal).unwrap_or_default()
+            }
+            received = receiver.recv() => match received {
+                None => return Ended::Lost("the connection dropped".to_string()),
+                Some(Err(err)) => return Ended::Lost(err.to_string()),
+                Some(Ok(Received::Closed(frame))) => {
+                    let why = frame.map_or_else(|| "closed without a code".to_string(), |f| format!("{} {}", u16::from(f.code), f.reason));
+                    return Ended::Lost(why);
+                }
+                Some(Ok(received)) => conversation.on_received(received),
+            },
+            () = &mut drain_deadline, if draining => {
+                terminal.notice(format!("! no answer to {} request(s) within {DRAIN_TIMEOUT:?}", conversation.pending()));
+                return close(sender, receiver).await;
+            }
+        };
+        terminal.apply_prints(&mut effects);
+        for effect in effects {
+            let sent = match effect {
+                Effect::Send(frame) => sender.send_frame(&frame).await,
+                Effect::SendBinary(data) => sender.send_binary(data).await,
+                _ => Ok(()),
+            };
+            if let Err(err) = sent {
+                return Ended::Lost(format!("sending failed: {err}"));
+            }
         }
-        ServerEvent::Joined { user_id, username, room, .. } if display.me() == Some(user_id.as_ref()) => {
-            *prompt = format!("#{room} {username}> ");
+        if terminal.input_done && terminal.backlog.is_empty() && conversation.welcomed() {
+            if conversation.pending() == 0 {
+                return close(sender, receiver).await;
+            }
+            if !draining {
+                draining = true;
+                drain_deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_TIMEOUT);
+            }
         }
-        _ => {}
+    }
+}
+
+/// Close with 1000 and wait briefly for the server's reply, so the close is clean.
+async fn close(mut sender: Sender, mut receiver: Receiver) -> Ended {
+    let _ = sender.close().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(received)) = receiver.recv().await {
+            if matches!(received, Received::Closed(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+    Ended::Done(Ok(()))
+}
+
+/// Act on one typed line: the effects to carry out, or `None` to quit.
+fn handle_line(line: &str, conversation: &mut Conversation, terminal: &mut Terminal) -> Option<Vec<Effect>> {
+    let effect = match parse_command(line) {
+        Command::Quit => return None,
+        Command::Nothing => return Some(Vec::new()),
+        Command::Help => Effect::Notice(HELP.to_string()),
+        Command::Usage(usage) => Effect::Notice(format!("! usage: {usage}")),
+        Command::Unknown(name) => Effect::Notice(format!("! unknown command /{name}; /help lists the commands")),
+        Command::Chat(text) => conversation.chat(text),
+        Command::Frame(frame) => conversation.request(into_owned(frame)),
+        Command::Binary(text) => conversation.binary(text.as_bytes().to_vec()),
+    };
+    let mut effects = vec![effect];
+    terminal.apply_prints(&mut effects);
+    Some(effects)
+}
+
+/// A typed request, detached from the line it was parsed from.
+fn into_owned(frame: ClientFrame<'_>) -> ClientFrame<'static> {
+    let own = |text: std::borrow::Cow<'_, str>| std::borrow::Cow::Owned(text.into_owned());
+    match frame {
+        ClientFrame::Chat { text, room, client_id } => {
+            ClientFrame::Chat { text: own(text), room: room.map(own), client_id: client_id.map(own) }
+        }
+        ClientFrame::Username { name } => ClientFrame::Username { name: own(name) },
+        ClientFrame::Join { room } => ClientFrame::Join { room: own(room) },
+        ClientFrame::Who => ClientFrame::Who,
+        ClientFrame::Rooms => ClientFrame::Rooms,
+        ClientFrame::History { room, after_seq, before_seq, limit } => {
+            ClientFrame::History { room: room.map(own), after_seq, before_seq, limit }
+        }
     }
 }
 
@@ -364,7 +448,8 @@ mod tests {
         assert_eq!(parse_command("/binary  raw bytes"), Command::Binary("raw bytes"));
         assert_eq!(parse_command("/join #rust"), Command::Frame(ClientFrame::Join { room: "rust".into() }));
         assert_eq!(parse_command("/username"), Command::Usage("/username <name>"));
-        assert_eq!(parse_command("/history ten"), Command::Usage("/history [n]"));
+        assert_eq!(parse_command("/history ten"), Command::Usage("/history [n] (n from 1 to 500)"));
+        assert_eq!(parse_command("/history 501"), Command::Usage("/history [n] (n from 1 to 500)"));
         assert_eq!(parse_command("/dance"), Command::Unknown("dance"));
     }
 }

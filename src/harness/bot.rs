@@ -230,6 +230,7 @@ impl Bot {
         let started = Instant::now();
         let mut options = self.ctx.connect.clone();
         options.bind = self.plan.bind;
+        options.recv_buffer = self.group().recv_buffer;
         let ws = match connect(&self.ctx.url, &options).await {
             Ok(ws) => ws,
             Err(err) => {
@@ -314,15 +315,18 @@ impl Bot {
             let u: f64 = self.rng.random_range(f64::EPSILON..1.0);
             Instant::now() + churn.every.mul_f64(-u.ln())
         });
-        let stop_reading_at =
-            self.group().stop_reading_after.map(|d| self.ctx.at(self.ctx.timeline.steady_start() + d));
+        let steady = self.ctx.timeline.steady_start();
+        let stop_reading_at = self.group().stop_reading_after.map(|d| self.ctx.at(steady + d));
+        let resume_reading_at = self.group().resume_reading_after.map(|d| self.ctx.at(steady + d));
+        let mut resumed = false;
         let far = self.end + Duration::from_secs(3600);
         loop {
             // Wake a timer tick early: tokio's timer has millisecond
             // granularity, and a send that would always be up to 1ms late
             // would add that to every corrected latency.
             let next_send = self.next_send().map(|at| at.checked_sub(TIMER_SLACK).unwrap_or(at));
-            let stop_reading = stop_reading_at.filter(|_| conn.reading);
+            let stop_reading = stop_reading_at.filter(|_| conn.reading && !resumed);
+            let resume_reading = resume_reading_at.filter(|_| !conn.reading && !resumed);
             tokio::select! {
                 biased;
                 () = self.ctx.stop.cancelled(), if !self.stopping => {
@@ -339,6 +343,10 @@ impl Bot {
                 }
                 () = sleep_until(stop_reading.unwrap_or(far)), if stop_reading.is_some() => {
                     conn.reading = false;
+                }
+                () = sleep_until(resume_reading.unwrap_or(far)), if resume_reading.is_some() => {
+                    conn.reading = true;
+                    resumed = true;
                 }
                 () = sleep_until(next_send.unwrap_or(far)), if next_send.is_some() => {
                     if let Err(err) = self.send(conn).await {

@@ -109,6 +109,11 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
     if target.is_some() && scenario.has_server_table {
         eprintln!("note: the scenario's [server] settings are ignored when a target is given");
     }
+    let temporary_data = (target.is_none() && scenario.temporary_data).then(|| scenario.server.data_dir.clone());
+    if let Some(dir) = &temporary_data {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _cleanup = RemoveOnDrop(temporary_data);
     let server = match &target {
         Some(_) => None,
         None => Some(
@@ -178,6 +183,17 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
         results::make_dir(&options.results, options.out.as_deref(), &scenario.name, summary.run.shard.as_deref())?;
     let outcome = finish(summary, &saved, &collected, dir)?;
     Ok(outcome)
+}
+
+/// Removes a temporary data directory when the run is over.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// Render and write the results of a run (or of a merge).

@@ -116,6 +116,9 @@ pub struct Counters {
     pub missing: u64,
     /// `gap` events received.
     pub gaps: u64,
+    /// Messages those gaps announced as missed (the sum of their seq ranges).
+    #[serde(default)]
+    pub gap_messages: u64,
     pub connects_ok: u64,
     pub connects_failed: u64,
     /// Connections that ended before the run did (churn excluded).
@@ -151,6 +154,7 @@ impl Counters {
         self.reordered += o.reordered;
         self.missing += o.missing;
         self.gaps += o.gaps;
+        self.gap_messages += o.gap_messages;
         self.connects_ok += o.connects_ok;
         self.connects_failed += o.connects_failed;
         self.dropped += o.dropped;

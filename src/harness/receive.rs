@@ -113,8 +113,15 @@ impl Bot {
                 if let (Some(from), Some(to)) = (header.from_seq, header.to_seq)
                     && from <= to
                 {
-                    conn.recovering.push((from.saturating_sub(1), to));
-                    if conn.recovering.len() == 1 {
+                    self.metrics.counters.gap_messages += to - from + 1;
+                    // Gaps come in runs while a client stays behind: extend
+                    // the last range to fetch rather than queue one more.
+                    let idle = conn.recovering.is_empty();
+                    match conn.recovering.last_mut() {
+                        Some(last) if from <= last.1 + 1 => last.1 = last.1.max(to),
+                        _ => conn.recovering.push((from.saturating_sub(1), to)),
+                    }
+                    if idle {
                         self.request_history(conn).await?;
                     }
                 }

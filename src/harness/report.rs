@@ -87,16 +87,20 @@ pub fn text(s: &Summary) -> String {
     );
     latency_table(&mut out, s);
     let d = &s.delivery;
-    let _ =
-        writeln!(out, "\ndelivery       expected   received  recovered       lost  duplicated  reordered     ratio");
+    let _ = writeln!(out, "\ndelivery       expected   received       lost  duplicated  reordered     ratio");
     let ratio = d.ratio.map_or("-".to_string(), |r| format!("{r:.6}"));
     let _ = writeln!(
         out,
-        "             {:>10} {:>10} {:>10} {:>10} {:>11} {:>10} {:>9}",
-        d.expected, d.received, d.recovered, d.lost, d.duplicated, d.reordered, ratio
+        "             {:>10} {:>10} {:>10} {:>11} {:>10} {:>9}",
+        d.expected, d.received, d.lost, d.duplicated, d.reordered, ratio
     );
-    if d.gaps > 0 || d.missing > 0 {
-        let _ = writeln!(out, "             gaps announced {}  sequence holes never filled {}", d.gaps, d.missing);
+    if d.gaps > 0 || d.missing > 0 || d.recovered > 0 {
+        let _ = writeln!(
+            out,
+            "             fell behind: {} gap(s) announcing {} message(s), {} recovered through history; \
+             sequence holes never filled {}",
+            d.gaps, d.gap_messages, d.recovered, d.missing
+        );
     }
     if s.groups.len() > 1 {
         groups_table(&mut out, s);

@@ -108,6 +108,14 @@ struct RawServer {
     rate_burst: Option<u32>,
     /// Per-address connection cap (the harness default: 0, no limit).
     max_connections_per_ip: Option<usize>,
+    /// "memory" (default), "sqlite" or "off".
+    history: Option<String>,
+    /// SQLite: "full" (default) or "normal".
+    history_sync: Option<String>,
+    /// SQLite: the data directory (default: a temporary one, removed after the run).
+    data: Option<String>,
+    max_gap: Option<u64>,
+    max_lag: Option<DurationValue>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,6 +143,8 @@ struct RawGroup {
     binary_size: Option<SizeValue>,
     churn: Option<RawChurn>,
     stop_reading_after: Option<DurationValue>,
+    resume_reading_after: Option<DurationValue>,
+    recv_buffer: Option<OneSize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -246,6 +256,10 @@ pub struct Group {
     pub churn: Option<Churn>,
     /// The clients stop reading from their socket this long after the first steady phase starts.
     pub stop_reading_after: Option<Duration>,
+    /// With `stop_reading_after`: the clients read again this long after the first steady phase starts.
+    pub resume_reading_after: Option<Duration>,
+    /// The clients' socket receive buffer (`None`: the system's).
+    pub recv_buffer: Option<u32>,
 }
 
 /// Connections are opened evenly over a ramp; sending is scaled by `rate` (default 0).
@@ -318,6 +332,9 @@ pub struct Scenario {
     pub server: ServerConfig,
     /// Whether the file had a `[server]` table (ignored when a target is set).
     pub has_server_table: bool,
+    /// The embedded server's data directory is a temporary one: create it
+    /// before the run, remove it after.
+    pub temporary_data: bool,
     pub phases: Vec<Phase>,
     pub groups: Vec<Group>,
     pub thresholds: Vec<Threshold>,
@@ -445,7 +462,7 @@ impl Validator<'_> {
             None => Duration::from_secs(10),
         };
         let has_server_table = raw.server.is_some();
-        let server = self.server(raw.server.unwrap_or_default())?;
+        let (server, temporary_data) = self.server(raw.server.unwrap_or_default())?;
         Ok(Scenario {
             name,
             description: raw.description.clone().unwrap_or_default(),
@@ -456,6 +473,7 @@ impl Validator<'_> {
             connect_timeout,
             server,
             has_server_table,
+            temporary_data,
             phases,
             groups,
             thresholds,
@@ -629,6 +647,19 @@ impl Validator<'_> {
             Some(d) => Some(self.duration(&key("stop_reading_after"), d)?),
             None => None,
         };
+        let resume_reading_after = match (&raw.resume_reading_after, stop_reading_after) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(self.invalid(key("resume_reading_after"), "needs stop_reading_after (a stall has a start)"));
+            }
+            (Some(d), Some(stop)) => {
+                let resume = self.duration(&key("resume_reading_after"), d)?;
+                if resume <= stop {
+                    return Err(self.invalid(key("resume_reading_after"), "must be later than stop_reading_after"));
+                }
+                Some(resume)
+            }
+        };
         Ok(Group {
             name,
             clients,
@@ -641,6 +672,19 @@ impl Validator<'_> {
             binary_size,
             churn,
             stop_reading_after,
+            resume_reading_after,
+            recv_buffer: match &raw.recv_buffer {
+                None => None,
+                Some(size) => {
+                    let bytes = self.size(&key("recv_buffer"), size)?;
+                    if !(1024..=64 << 20).contains(&bytes) {
+                        return Err(
+                            self.invalid(key("recv_buffer"), format!("must be from 1KiB to 64MiB (got {bytes})"))
+                        );
+                    }
+                    Some(bytes as u32)
+                }
+            },
         })
     }
 
@@ -669,7 +713,7 @@ impl Validator<'_> {
         Ok(mix)
     }
 
-    fn server(&self, raw: RawServer) -> Result<ServerConfig, ScenarioError> {
+    fn server(&self, raw: RawServer) -> Result<(ServerConfig, bool), ScenarioError> {
         let mut config = ServerConfig::default();
         let default_session = SessionConfig::default();
         if let Some(size) = &raw.max_message_size {
@@ -714,6 +758,48 @@ impl Validator<'_> {
                     burst: raw.rate_burst.unwrap_or(crate::server::limits::RateLimit::default().burst),
                 }),
         };
-        Ok(config)
+        if let Some(n) = raw.max_gap {
+            config.session.max_gap = n;
+        }
+        if let Some(d) = &raw.max_lag {
+            config.session.max_lag = self.duration("server.max_lag", d)?;
+        }
+        let temporary = self.history(&raw, &mut config)?;
+        Ok((config, temporary))
+    }
+
+    /// The `history`, `history_sync` and `data` keys; true when the data
+    /// directory is a temporary one.
+    fn history(&self, raw: &RawServer, config: &mut ServerConfig) -> Result<bool, ScenarioError> {
+        use crate::server::{Backend, store::sqlite::Durability};
+        config.history.backend = match raw.history.as_deref() {
+            None | Some("memory") => Backend::Memory,
+            Some("sqlite") => Backend::Sqlite,
+            Some("off") => Backend::Off,
+            Some(other) => {
+                return Err(self
+                    .invalid("server.history", format!("must be \"memory\", \"sqlite\" or \"off\" (got {other:?})")));
+            }
+        };
+        config.history.durability = match raw.history_sync.as_deref() {
+            None | Some("full") => Durability::Full,
+            Some("normal") => Durability::Normal,
+            Some(other) => {
+                return Err(
+                    self.invalid("server.history_sync", format!("must be \"full\" or \"normal\" (got {other:?})"))
+                );
+            }
+        };
+        match &raw.data {
+            Some(dir) => {
+                config.data_dir = dir.into();
+                Ok(false)
+            }
+            None => {
+                let unique = format!("chorus-run-{}-{}", std::process::id(), crate::ids::now_millis());
+                config.data_dir = std::env::temp_dir().join(unique);
+                Ok(config.history.backend == Backend::Sqlite)
+            }
+        }
     }
 }

@@ -174,19 +174,23 @@ impl LatencyStats {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Delivery {
     /// Sum of `ack.recipients` (raw mode: other clients connected at each send).
+    /// A member that was behind and missed a message is not among its recipients.
     pub expected: u64,
     /// Delivered live.
     pub received: u64,
-    /// Fetched with `history` after a `gap`.
-    pub recovered: u64,
-    /// expected - received - recovered (never below 0).
+    /// expected - received (never below 0).
     pub lost: u64,
     pub duplicated: u64,
     pub reordered: u64,
     /// Holes receivers saw in senders' sequences and never filled.
     pub missing: u64,
+    /// `gap` events: a client fell behind and missed messages, announced.
     pub gaps: u64,
-    /// (received + recovered) / expected; none when nothing was expected.
+    /// Messages those gaps announced (the sum of their seq ranges).
+    pub gap_messages: u64,
+    /// Messages fetched back with `history` after a `gap`.
+    pub recovered: u64,
+    /// received / expected; none when nothing was expected.
     pub ratio: Option<f64>,
 }
 
@@ -303,13 +307,14 @@ impl Summary {
             delivery: Delivery {
                 expected: c.expected,
                 received: c.received(),
-                recovered: c.recovered,
-                lost: c.expected.saturating_sub(c.received() + c.recovered),
+                lost: c.expected.saturating_sub(c.received()),
                 duplicated: c.duplicated,
                 reordered: c.reordered,
                 missing: c.missing,
                 gaps: c.gaps,
-                ratio: ratio(c.received() + c.recovered, c.expected),
+                gap_messages: c.gap_messages,
+                recovered: c.recovered,
+                ratio: ratio(c.received(), c.expected),
             },
             errors: total.errors.clone(),
             closes: total.closes.clone(),

@@ -4,6 +4,10 @@
 //! to move members in and out; a room's own `state` lock is taken for one
 //! fan-out. When both are needed the registry is taken first. No lock is ever
 //! held across an `.await`: fan-out only pushes to outboxes, which never wait.
+//!
+//! With history on, a room created (or re-created) takes its last seq from
+//! the store, so seq continues across restarts, and each published message
+//! is handed to the history writer, which acknowledges it once stored.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -14,9 +18,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use rand::Rng;
 
+use super::history::{AckTo, History, StoreSlot};
 use super::metrics::Metrics;
 use super::outbox::{EndReason, Outbound, Outbox};
-use crate::ids::{IdGen, now_ts};
+use super::store::{Body, Message, Record, StoreError};
+use crate::ids::{IdGen, format_ts_millis, now_millis, now_ts};
 use crate::protocol::{
     DEFAULT_ROOM, ErrorCode, PROTOCOL_VERSION, Refusal, RoomInfo, ServerEvent, WhoUser, check_room, check_username,
 };
@@ -43,6 +49,7 @@ pub struct Hub {
     /// only to check and claim a name.
     names: Mutex<HashMap<String, ConnId>>,
     metrics: Arc<Metrics>,
+    history: Arc<History>,
 }
 
 #[derive(Debug)]
@@ -53,7 +60,7 @@ pub struct Room {
     state: Mutex<RoomState>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct RoomState {
     last_seq: u64,
     members: Vec<Member>,
@@ -69,8 +76,9 @@ struct Member {
 }
 
 impl Room {
-    fn new(name: &str) -> Arc<Room> {
-        Arc::new(Room { name: Arc::from(name), state: Mutex::new(RoomState::default()) })
+    /// A room whose next message gets `last_seq + 1`.
+    fn new(name: &str, last_seq: u64) -> Arc<Room> {
+        Arc::new(Room { name: Arc::from(name), state: Mutex::new(RoomState { last_seq, members: Vec::new() }) })
     }
 
     pub fn name(&self) -> &str {
@@ -100,6 +108,25 @@ pub enum Payload<'a> {
     Binary(&'a Bytes),
 }
 
+impl Payload<'_> {
+    /// What history keeps of it.
+    fn body(&self) -> Body {
+        match *self {
+            Payload::Text { text, client_id } => {
+                Body::Text { text: text.to_string(), client_id: client_id.map(str::to_string) }
+            }
+            Payload::Binary(data) => Body::Binary(data.clone()),
+        }
+    }
+
+    fn client_id(&self) -> Option<String> {
+        match *self {
+            Payload::Text { client_id, .. } => client_id.map(str::to_string),
+            Payload::Binary(_) => None,
+        }
+    }
+}
+
 /// What became of a published message: what its `ack` says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
@@ -124,15 +151,34 @@ impl Published {
     }
 }
 
-/// Queue `item` to every member but `except`; how many took it.
-fn fan_out(members: &[Member], except: Option<ConnId>, item: &Outbound) -> usize {
-    members.iter().filter(|m| Some(m.conn) != except && m.outbox.push(item.clone()).is_ok()).count()
+/// Queue a presence notice to every member but `except`.
+fn fan_out(members: &[Member], except: Option<ConnId>, item: &Outbound) {
+    for member in members.iter().filter(|m| Some(m.conn) != except) {
+        let _ = member.outbox.push_notice(item.clone());
+    }
+}
+
+/// Queue message `seq` of `room` to every member but `except`; how many took it.
+fn fan_out_message(members: &[Member], except: ConnId, room: &Arc<str>, seq: u64, item: &Outbound) -> usize {
+    members.iter().filter(|m| m.conn != except && m.outbox.push_message(room, seq, item.clone()).is_ok()).count()
 }
 
 impl Hub {
+    /// A hub without history.
     pub fn new(max_rooms: usize, metrics: Arc<Metrics>) -> Hub {
+        let history = Arc::new(History::off(metrics.clone()));
+        Hub::build(max_rooms, metrics, history, 0)
+    }
+
+    /// A hub whose rooms keep their history in `history`.
+    pub fn with_history(max_rooms: usize, metrics: Arc<Metrics>, history: Arc<History>) -> Result<Hub, StoreError> {
+        let lobby_seq = history.last_seq(DEFAULT_ROOM)?;
+        Ok(Hub::build(max_rooms, metrics, history, lobby_seq))
+    }
+
+    fn build(max_rooms: usize, metrics: Arc<Metrics>, history: Arc<History>, lobby_seq: u64) -> Hub {
         let mut rooms = HashMap::new();
-        let lobby = Room::new(DEFAULT_ROOM);
+        let lobby = Room::new(DEFAULT_ROOM, lobby_seq);
         rooms.insert(lobby.name.clone(), lobby);
         Hub {
             max_rooms: max_rooms.max(1),
@@ -141,11 +187,16 @@ impl Hub {
             rooms: Mutex::new(rooms),
             names: Mutex::new(HashMap::new()),
             metrics,
+            history,
         }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    pub fn history(&self) -> &Arc<History> {
+        &self.history
     }
 
     /// Rooms that exist now.
@@ -182,7 +233,12 @@ impl Hub {
         let lobby = match rooms.get(DEFAULT_ROOM) {
             Some(lobby) => lobby.clone(),
             None => {
-                let lobby = Room::new(DEFAULT_ROOM);
+                // The lobby is never dropped; this only guards the invariant.
+                let last_seq = self.history.last_seq(DEFAULT_ROOM).unwrap_or_else(|err| {
+                    tracing::warn!("history: cannot read the lobby's last seq: {err}");
+                    0
+                });
+                let lobby = Room::new(DEFAULT_ROOM, last_seq);
                 rooms.insert(lobby.name.clone(), lobby.clone());
                 lobby
             }
@@ -272,10 +328,13 @@ impl Hub {
         lock(&self.names).contains_key(&name.to_lowercase())
     }
 
-    /// Send a message to everyone else in the sender's room.
-    pub fn publish(&self, who: &Presence, payload: Payload<'_>) -> Published {
+    /// Send a message to everyone else in the sender's room. With a `slot`,
+    /// the message is then handed to the history writer, which sends the
+    /// sender's ack once it is stored; without, the caller acks.
+    pub fn publish(&self, who: &Presence, payload: Payload<'_>, slot: Option<StoreSlot<'_>>) -> Published {
         let msg_id = self.ids.mint('m');
-        let ts = now_ts();
+        let ts_ms = now_millis();
+        let ts = format_ts_millis(ts_ms);
         let mut state = lock(&who.room.state);
         state.last_seq += 1;
         let seq = state.last_seq;
@@ -310,7 +369,20 @@ impl Hub {
                 (Outbound::Binary { header: event.encode().into(), data: data.clone() }, &self.metrics.binary_in)
             }
         };
-        let recipients = fan_out(&state.members, Some(who.conn), &item);
+        let recipients = fan_out_message(&state.members, who.conn, &who.room.name, seq, &item);
+        if let Some(slot) = slot {
+            // Handed over under the room lock, so the writer gets a room's messages in seq order.
+            let message = Message {
+                seq,
+                msg_id: msg_id.clone(),
+                user_id: who.user_id.to_string(),
+                username: who.username.to_string(),
+                ts_ms,
+                body: payload.body(),
+            };
+            let ack = AckTo { outbox: who.outbox.clone(), client_id: payload.client_id(), recipients };
+            slot.submit(Record { room: who.room.name.clone(), message }, Some(ack));
+        }
         drop(state);
         counter.fetch_add(1, Ordering::Relaxed);
         self.metrics.delivered.fetch_add(recipients as u64, Ordering::Relaxed);
@@ -379,7 +451,15 @@ impl Hub {
                 ));
             }
             None => {
-                let target = Room::new(room);
+                // A primary-key lookup; the registry lock keeps anyone else
+                // from creating the room meanwhile.
+                let last_seq = self.history.last_seq(room).map_err(|err| {
+                    Refusal::new(
+                        ErrorCode::HistoryFailed,
+                        format!("could not read #{room}'s history: {err}; try again"),
+                    )
+                })?;
+                let target = Room::new(room, last_seq);
                 rooms.insert(target.name.clone(), target.clone());
                 target
             }
@@ -468,8 +548,8 @@ mod tests {
         let (_c, mut crx) = connect(&hub);
         events(&mut arx);
         events(&mut brx);
-        let first = hub.publish(&a, Payload::Text { text: "hi", client_id: Some("c1") });
-        let second = hub.publish(&a, Payload::Text { text: "again", client_id: None });
+        let first = hub.publish(&a, Payload::Text { text: "hi", client_id: Some("c1") }, None);
+        let second = hub.publish(&a, Payload::Text { text: "again", client_id: None }, None);
         assert_eq!((first.seq, second.seq, first.recipients), (1, 2, 2));
         assert!(kinds(&mut arx).is_empty(), "the sender gets no copy");
         let got = events(&mut brx);

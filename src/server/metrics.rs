@@ -28,6 +28,14 @@ pub struct Metrics {
     pub errors: AtomicU64,
     /// Sessions ended, by reason (indexed like `EndReason::ALL`).
     pub ended: [AtomicU64; EndReason::ALL.len()],
+    /// Messages stored in history.
+    pub history_stored: AtomicU64,
+    /// Messages whose storing failed (their senders got `storage_failed`).
+    pub history_failed: AtomicU64,
+    /// `gap` events sent to connections that fell behind.
+    pub gaps: AtomicU64,
+    /// Messages not queued to a connection because it was behind.
+    pub lag_drops: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -42,6 +50,10 @@ impl Default for Metrics {
             delivered: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             ended: Default::default(),
+            history_stored: AtomicU64::new(0),
+            history_failed: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+            lag_drops: AtomicU64::new(0),
         }
     }
 }
@@ -86,6 +98,20 @@ impl Metrics {
         metric("chorus_rooms", "gauge", "Rooms that exist now.", rooms as u64);
         metric("chorus_errors_total", "counter", "Requests answered with an error event.", get(&self.errors));
         metric("chorus_deliveries_total", "counter", "Messages queued to recipients by fan-out.", get(&self.delivered));
+        metric("chorus_history_stored_total", "counter", "Messages stored in history.", get(&self.history_stored));
+        metric(
+            "chorus_history_failures_total",
+            "counter",
+            "Messages that could not be stored (senders got storage_failed).",
+            get(&self.history_failed),
+        );
+        metric("chorus_gaps_total", "counter", "gap events sent to connections that fell behind.", get(&self.gaps));
+        metric(
+            "chorus_lag_drops_total",
+            "counter",
+            "Messages not queued to a connection that was behind (announced by gap).",
+            get(&self.lag_drops),
+        );
         let _ = writeln!(
             out,
             "# HELP chorus_messages_received_total Messages accepted from clients, by kind.\n\

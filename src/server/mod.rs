@@ -2,14 +2,17 @@
 //! which upgrades WebSocket requests into `session`s joined through the `hub`.
 //!
 //! `run(listener, config, shutdown)` serves until `shutdown` completes, then
-//! stops accepting, closes every connection with 1001 and returns. The binary
-//! passes ctrl-c / SIGTERM; tests and the harness pass their own future.
+//! stops accepting, closes every connection with 1001, stores the history
+//! still queued and returns. The binary passes ctrl-c / SIGTERM; tests and
+//! the harness pass their own future.
 
+pub mod history;
 pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod outbox;
 pub mod session;
+pub mod store;
 
 // Security and protection: accounts and tokens, TLS, abuse limits.
 pub mod accept;
@@ -36,6 +39,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use history::{Backend, History, HistoryConfig};
 pub use hub::Hub;
 pub use metrics::Metrics;
 pub use security::{Security, SecurityConfig};
@@ -56,6 +60,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Where the server keeps its files (history and accounts in `chorus.db`).
     pub data_dir: PathBuf,
+    /// Where and how long messages are kept (default: in memory).
+    pub history: HistoryConfig,
     /// Keepalive and queue settings of each connection.
     pub session: SessionConfig,
     /// Echo mode (`--echo`): every data frame goes back unchanged; no chat.
@@ -89,6 +95,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
             data_dir: default_data_dir(),
+            history: HistoryConfig::default(),
             session: SessionConfig::default(),
             echo: false,
             security: SecurityConfig::default(),
@@ -119,12 +126,17 @@ impl Drop for Slot<'_> {
 }
 
 impl Shared {
-    /// Everything a server needs before it accepts; fails on a bad setting
-    /// (unreadable certificate, unusable data directory...).
+    /// Everything a server needs before it accepts: the history store, the
+    /// hub, the security settings. Fails on a bad setting (unreadable
+    /// certificate, unusable data directory...).
     pub fn new(config: ServerConfig, listen: Option<SocketAddr>) -> anyhow::Result<Shared> {
+        use anyhow::Context as _;
         let security = Security::new(&config, listen)?;
         let metrics = Arc::new(Metrics::default());
-        let hub = Arc::new(Hub::new(config.max_rooms, metrics.clone()));
+        let history = History::open(&config.history, &config.data_dir, metrics.clone());
+        let history = history.with_context(|| history_open_failed(&config))?;
+        let hub = Hub::with_history(config.max_rooms, metrics.clone(), Arc::new(history));
+        let hub = Arc::new(hub.with_context(|| history_open_failed(&config))?);
         Ok(Shared { config, hub, metrics, shutdown: CancellationToken::new(), security })
     }
 
@@ -143,9 +155,18 @@ impl Shared {
     }
 }
 
+/// What to say when the history store cannot be opened.
+fn history_open_failed(config: &ServerConfig) -> String {
+    format!(
+        "cannot open the history database {}; pass --data with a writable directory, or --history memory \
+         to keep history in memory only",
+        config.data_dir.join(history::DB_FILE).display()
+    )
+}
+
 /// Serve on `listener` until `shutdown` completes; then close every
-/// connection with 1001 and return once they are gone (or the grace period
-/// has passed).
+/// connection with 1001, store the history still queued, and return once
+/// the connections are gone (or the grace period has passed).
 pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
@@ -189,6 +210,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future
     if tokio::time::timeout(shared.config.shutdown_grace, tracker.wait()).await.is_err() {
         tracing::warn!("some connections did not close within {:?}", shared.config.shutdown_grace);
     }
+    shared.hub.history().close().await;
     tracing::info!("server stopped");
     Ok(())
 }
@@ -205,7 +227,8 @@ pub struct ServerHandle {
 
 impl ServerHandle {
     /// Bind `addr` (port 0 for a free port) and serve in a background task.
-    /// Fails on a bad setting before anything is served.
+    /// Fails on a bad setting (the address is taken, history cannot be
+    /// opened, a certificate cannot be read) before anything is served.
     pub async fn start(addr: &str, config: ServerConfig) -> anyhow::Result<ServerHandle> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;

@@ -2,19 +2,50 @@
 //!
 //! Every event for a connection goes through its `Outbox`: a bounded channel
 //! to the connection's writer, with a second bound on the bytes queued. A push
-//! never waits: when the connection cannot keep up, the push fails, the
-//! connection is ended with reason `slow`, and the room goes on without it (a
-//! slow reader costs itself, never the room).
+//! never waits: a slow reader costs itself, never the room.
+//!
+//! Room traffic (messages, presence notices) may fill the queue up to
+//! `max_items` / `max_bytes`. Answers to the connection's own requests (ack,
+//! error, who, rooms, history, gap) get a reserve beyond that
+//! (`ANSWER_RESERVE_*`), so a busy room never crowds them out.
+//!
+//! When the room traffic does not fit: with history on (a `LagPolicy`), the
+//! message is dropped for this connection only and its seq remembered; once
+//! the queue has room again, the connection gets `gap` (from_seq, to_seq)
+//! before the next message, or as soon as its writer has drained the queue,
+//! and can fetch the range with `history`. Presence notices dropped meanwhile
+//! are lost. A connection that keeps missing messages (a miss less than
+//! `CATCH_UP_GRACE` after its writer last drained the queue continues the
+//! same stretch) for longer than `max_lag`, or misses more than `max_gap`
+//! messages in one stretch, is closed with reason `slow`, as is one that
+//! cannot take its own answers. With history off, any overflow
+//! closes the connection with reason `slow`.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
+
+use super::hub::lock;
+use super::metrics::{Metrics, bump};
+use crate::protocol::ServerEvent;
+
+/// Items a connection's own answers may queue beyond `max_items`.
+pub const ANSWER_RESERVE_ITEMS: usize = 64;
+/// Bytes a connection's own answers may queue beyond `max_bytes` (a full
+/// `history` answer fits).
+pub const ANSWER_RESERVE_BYTES: usize = 1 << 20;
+/// A connection that misses a message within this long after it last
+/// caught up is still in the same stretch of lagging.
+pub const CATCH_UP_GRACE: Duration = Duration::from_secs(1);
 
 /// One item for a connection's writer. Events are encoded once and shared
 /// (`Utf8Bytes`/`Bytes` are reference counted) by every recipient.
@@ -171,6 +202,20 @@ impl SessionEnd {
     }
 }
 
+/// How a connection that falls behind is treated when history lets it
+/// recover what it missed (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct LagPolicy {
+    /// Close (reason `slow`) a connection that misses more messages than
+    /// this in one stretch of lagging.
+    pub max_gap: u64,
+    /// Close (reason `slow`) a connection that keeps missing messages for
+    /// longer than this.
+    pub max_lag: Duration,
+    /// Counts gaps and dropped messages.
+    pub metrics: Arc<Metrics>,
+}
+
 /// The sending side of a connection's queue; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Outbox {
@@ -182,14 +227,58 @@ pub struct Outbox {
 struct OutboxShared {
     /// Bytes pushed but not yet written; pushes add, the writer subtracts.
     queued_bytes: AtomicUsize,
-    /// The byte budget; a push that would exceed it ends the session as slow.
+    /// The byte budget of room traffic; answers may use `ANSWER_RESERVE_BYTES` more.
     max_bytes: usize,
     end: SessionEnd,
+    /// `None`: history is off, overflow closes the connection.
+    policy: Option<LagPolicy>,
+    /// What this connection missed. Taken by every message push and by the
+    /// writer when it has drained the queue, so a gap is always announced in
+    /// seq order.
+    lag: Mutex<Lag>,
 }
 
-/// The connection cannot take more: it is being closed as a slow consumer.
+/// How far behind a connection is.
+#[derive(Debug, Default)]
+struct Lag {
+    /// Dropped and not yet announced by `gap`.
+    gap: Option<Missed>,
+    /// When it first missed a message in this stretch of lagging.
+    since: Option<Instant>,
+    /// Messages missed in this stretch.
+    missed: u64,
+    /// When the writer last found the queue drained (and no gap pending).
+    caught_up: Option<Instant>,
+}
+
+/// A run of consecutive seqs a connection missed.
+#[derive(Debug)]
+struct Missed {
+    room: Arc<str>,
+    from: u64,
+    to: u64,
+}
+
+impl Missed {
+    fn event(&self) -> Outbound {
+        let gap = ServerEvent::Gap { room: Cow::Borrowed(&self.room), from_seq: self.from, to_seq: self.to };
+        Outbound::Text(gap.encode().into())
+    }
+}
+
+/// The connection cannot take more: it is being closed as a slow consumer,
+/// or (room traffic only) the item was dropped because it is behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Overflow;
+
+/// Which budget a push counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Budget {
+    /// Room traffic: `max_items` and `max_bytes`.
+    Room,
+    /// The connection's own answers: with the reserve.
+    Answer,
+}
 
 /// The writer's side of the queue.
 #[derive(Debug)]
@@ -199,32 +288,111 @@ pub struct OutboxReceiver {
 }
 
 impl Outbox {
-    /// A queue of at most `max_items` items and `max_bytes` bytes.
+    /// A queue of at most `max_items` items and `max_bytes` bytes of room
+    /// traffic, that closes the connection when they overflow.
     pub fn new(max_items: usize, max_bytes: usize, end: SessionEnd) -> (Outbox, OutboxReceiver) {
-        let (tx, rx) = mpsc::channel(max_items.max(1));
-        let shared = Arc::new(OutboxShared { queued_bytes: AtomicUsize::new(0), max_bytes, end });
+        Outbox::with_lag_policy(max_items, max_bytes, end, None)
+    }
+
+    /// The same, announcing dropped messages with `gap` under `lag`.
+    pub fn with_lag_policy(
+        max_items: usize,
+        max_bytes: usize,
+        end: SessionEnd,
+        policy: Option<LagPolicy>,
+    ) -> (Outbox, OutboxReceiver) {
+        let (tx, rx) = mpsc::channel(max_items.max(1) + ANSWER_RESERVE_ITEMS);
+        let shared =
+            Arc::new(OutboxShared { queued_bytes: AtomicUsize::new(0), max_bytes, end, policy, lag: Mutex::default() });
         (Outbox { tx, shared: shared.clone() }, OutboxReceiver { rx, shared })
     }
 
-    /// Queue an item without waiting. On overflow the session is ended as slow.
-    pub fn push(&self, item: Outbound) -> Result<(), Overflow> {
+    /// Queue an item within `budget` without waiting; gives it back if it does not fit.
+    fn try_push(&self, item: Outbound, budget: Budget) -> Result<(), Outbound> {
         let shared = &self.shared;
+        let (max_bytes, spare_items) = match budget {
+            Budget::Room => (shared.max_bytes, ANSWER_RESERVE_ITEMS),
+            Budget::Answer => (shared.max_bytes.saturating_add(ANSWER_RESERVE_BYTES), 0),
+        };
+        let cost = item.cost();
+        let before = shared.queued_bytes.fetch_add(cost, Ordering::Relaxed);
+        if before + cost > max_bytes || self.tx.capacity() <= spare_items {
+            shared.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
+            return Err(item);
+        }
+        self.tx.try_send(item).map_err(|err| {
+            shared.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
+            err.into_inner()
+        })
+    }
+
+    /// Queue an item within `budget`; on overflow the session is ended as slow.
+    fn push_or_end(&self, item: Outbound, budget: Budget) -> Result<(), Overflow> {
+        if self.shared.end.is_ended() {
+            return Err(Overflow);
+        }
+        self.try_push(item, budget).map_err(|_| {
+            self.shared.end.end(EndReason::Slow);
+            Overflow
+        })
+    }
+
+    /// Queue an answer to this connection's own request (or a ping).
+    pub fn push(&self, item: Outbound) -> Result<(), Overflow> {
+        self.push_or_end(item, Budget::Answer)
+    }
+
+    /// Queue one encoded answer.
+    pub fn push_text(&self, text: impl Into<Utf8Bytes>) -> Result<(), Overflow> {
+        self.push(Outbound::Text(text.into()))
+    }
+
+    /// Queue a presence notice (joined, left, renamed). While the connection
+    /// is behind, notices that do not fit are dropped.
+    pub fn push_notice(&self, item: Outbound) -> Result<(), Overflow> {
+        if self.shared.policy.is_none() || self.shared.end.is_ended() {
+            return self.push_or_end(item, Budget::Room);
+        }
+        self.try_push(item, Budget::Room).map_err(|_| Overflow)
+    }
+
+    /// Queue a room message with its seq; a message that does not fit is
+    /// dropped and announced later by `gap` (see the module documentation).
+    pub fn push_message(&self, room: &Arc<str>, seq: u64, item: Outbound) -> Result<(), Overflow> {
+        let shared = &self.shared;
+        let Some(policy) = &shared.policy else { return self.push_or_end(item, Budget::Room) };
         if shared.end.is_ended() {
             return Err(Overflow);
         }
-        let cost = item.cost();
-        let before = shared.queued_bytes.fetch_add(cost, Ordering::Relaxed);
-        if before + cost > shared.max_bytes || self.tx.try_send(item).is_err() {
-            shared.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
-            shared.end.end(EndReason::Slow);
-            return Err(Overflow);
+        let mut lag = lock(&shared.lag);
+        if let Some(gap) = lag.gap.as_ref() {
+            let notice = gap.event();
+            // Announce the gap once the queue has room for it and this message
+            // (or at once when this message is from another room).
+            let fits = shared.queued_bytes.load(Ordering::Relaxed) + notice.cost() + item.cost() <= shared.max_bytes
+                && self.tx.capacity() >= ANSWER_RESERVE_ITEMS + 2;
+            if gap.room != *room || fits {
+                self.push_or_end(notice, Budget::Answer)?;
+                bump(&policy.metrics.gaps);
+                lag.gap = None;
+            }
         }
-        Ok(())
-    }
-
-    /// Queue one encoded event.
-    pub fn push_text(&self, text: impl Into<Utf8Bytes>) -> Result<(), Overflow> {
-        self.push(Outbound::Text(text.into()))
+        // Still behind (a gap is pending): this one is dropped too.
+        if lag.gap.is_none() && self.try_push(item, Budget::Room).is_ok() {
+            return Ok(());
+        }
+        bump(&policy.metrics.lag_drops);
+        lag.gap.get_or_insert_with(|| Missed { room: room.clone(), from: seq, to: seq }).to = seq;
+        if lag.caught_up.take().is_some_and(|at| at.elapsed() >= CATCH_UP_GRACE) {
+            lag.since = None;
+            lag.missed = 0;
+        }
+        lag.missed += 1;
+        let since = *lag.since.get_or_insert_with(Instant::now);
+        if lag.missed > policy.max_gap || since.elapsed() > policy.max_lag {
+            shared.end.end(EndReason::Slow);
+        }
+        Err(Overflow)
     }
 
     pub fn session_end(&self) -> &SessionEnd {
@@ -240,16 +408,34 @@ impl Outbox {
 impl OutboxReceiver {
     /// The next item, waiting for one.
     pub async fn recv(&mut self) -> Option<Outbound> {
+        if let Some(item) = self.try_recv() {
+            return Some(item);
+        }
         let item = self.rx.recv().await?;
         self.release(&item);
         Some(item)
     }
 
-    /// The next item if one is ready.
+    /// The next item if one is ready: what is queued, then, once the queue
+    /// is drained, the `gap` of what was dropped. A drained queue without a
+    /// gap means the connection has caught up.
     pub fn try_recv(&mut self) -> Option<Outbound> {
-        let item = self.rx.try_recv().ok()?;
-        self.release(&item);
-        Some(item)
+        if let Ok(item) = self.rx.try_recv() {
+            self.release(&item);
+            return Some(item);
+        }
+        let policy = self.shared.policy.as_ref()?;
+        let mut lag = lock(&self.shared.lag);
+        match lag.gap.take() {
+            Some(gap) => {
+                bump(&policy.metrics.gaps);
+                Some(gap.event())
+            }
+            None => {
+                lag.caught_up = Some(Instant::now());
+                None
+            }
+        }
     }
 
     fn release(&self, item: &Outbound) {
@@ -265,8 +451,8 @@ mod tests {
     fn overflow_by_bytes_ends_the_session_as_slow() {
         let end = SessionEnd::new(CancellationToken::new());
         let (outbox, mut rx) = Outbox::new(100, 1000, end.clone());
-        outbox.push_text("x".repeat(500)).unwrap();
-        assert_eq!(outbox.push_text("y".repeat(500)), Err(Overflow));
+        outbox.push_notice(Outbound::Text("x".repeat(500).into())).unwrap();
+        assert_eq!(outbox.push_notice(Outbound::Text("y".repeat(500).into())), Err(Overflow));
         assert!(end.is_ended());
         assert_eq!(end.reason(), EndReason::Slow);
         assert!(rx.try_recv().is_some(), "what was queued before stays queued");
@@ -276,11 +462,124 @@ mod tests {
     #[test]
     fn overflow_by_items() {
         let end = SessionEnd::new(CancellationToken::new());
-        let (outbox, _rx) = Outbox::new(2, usize::MAX, end.clone());
-        outbox.push(Outbound::Ping).unwrap();
-        outbox.push(Outbound::Ping).unwrap();
-        assert_eq!(outbox.push(Outbound::Ping), Err(Overflow));
+        let (outbox, _rx) = Outbox::new(2, usize::MAX / 2, end.clone());
+        outbox.push_notice(Outbound::Ping).unwrap();
+        outbox.push_notice(Outbound::Ping).unwrap();
+        assert_eq!(outbox.push_notice(Outbound::Ping), Err(Overflow));
         assert_eq!(end.reason(), EndReason::Slow);
+    }
+
+    #[test]
+    fn answers_have_a_reserve_beyond_room_traffic() {
+        let end = SessionEnd::new(CancellationToken::new());
+        let (outbox, _rx) = Outbox::new(2, 1000, end.clone());
+        outbox.push_notice(Outbound::Ping).unwrap();
+        outbox.push_notice(Outbound::Ping).unwrap();
+        outbox.push_text("x".repeat(5000)).unwrap();
+        assert!(!end.is_ended(), "an answer fits when room traffic has filled the queue");
+        for _ in 0..ANSWER_RESERVE_ITEMS - 1 {
+            outbox.push(Outbound::Ping).unwrap();
+        }
+        assert_eq!(outbox.push(Outbound::Ping), Err(Overflow), "the reserve is bounded too");
+        assert_eq!(end.reason(), EndReason::Slow);
+    }
+
+    fn lagging(max_items: usize, max_gap: u64) -> (Outbox, OutboxReceiver, SessionEnd, Arc<Metrics>) {
+        let end = SessionEnd::new(CancellationToken::new());
+        let metrics = Arc::new(Metrics::default());
+        let policy = LagPolicy { max_gap, max_lag: Duration::from_secs(60), metrics: metrics.clone() };
+        let (outbox, rx) = Outbox::with_lag_policy(max_items, usize::MAX / 2, end.clone(), Some(policy));
+        (outbox, rx, end, metrics)
+    }
+
+    fn message(room: &Arc<str>, seq: u64) -> Outbound {
+        Outbound::Text(format!("{{\"room\":\"{room}\",\"seq\":{seq}}}").into())
+    }
+
+    /// What the writer sees: the seq of a message, or `gap from-to`.
+    fn label(item: Option<Outbound>) -> Option<String> {
+        let Some(Outbound::Text(text)) = item else { return None };
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        Some(match value["type"].as_str() {
+            Some("gap") => format!("gap {}-{}", value["from_seq"], value["to_seq"]),
+            _ => format!("{}", value["seq"]),
+        })
+    }
+
+    fn drain(rx: &mut OutboxReceiver) -> Vec<String> {
+        std::iter::from_fn(|| label(rx.try_recv())).collect()
+    }
+
+    #[test]
+    fn a_lagging_reader_gets_a_gap_before_the_next_message() {
+        let (outbox, mut rx, end, metrics) = lagging(2, 100);
+        let room: Arc<str> = Arc::from("r");
+        for seq in 1..=5 {
+            let _ = outbox.push_message(&room, seq, message(&room, seq));
+        }
+        outbox.push_notice(Outbound::Text("{\"type\":\"joined\"}".into())).unwrap_err();
+        assert!(!end.is_ended(), "behind, not closed");
+        assert!(rx.try_recv().is_some() && rx.try_recv().is_some(), "the writer catches up with 1 and 2");
+        outbox.push_message(&room, 6, message(&room, 6)).unwrap();
+        assert_eq!(drain(&mut rx), ["gap 3-5", "6"]);
+        assert_eq!(metrics.gaps.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.lag_drops.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn a_drained_queue_announces_its_gap_without_waiting_for_another_message() {
+        let (outbox, mut rx, _end, _) = lagging(1, 100);
+        let room: Arc<str> = Arc::from("r");
+        for seq in 1..=3 {
+            let _ = outbox.push_message(&room, seq, message(&room, seq));
+        }
+        assert_eq!(drain(&mut rx), ["1", "gap 2-3"]);
+        outbox.push_message(&room, 4, message(&room, 4)).unwrap();
+        assert_eq!(drain(&mut rx), ["4"], "announced once");
+    }
+
+    #[test]
+    fn moving_rooms_announces_the_old_rooms_gap_first() {
+        let (outbox, mut rx, _end, _) = lagging(1, 100);
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        outbox.push_message(&a, 1, message(&a, 1)).unwrap();
+        outbox.push_message(&a, 2, message(&a, 2)).unwrap_err();
+        outbox.push_message(&b, 7, message(&b, 7)).unwrap_err();
+        assert_eq!(drain(&mut rx), ["1", "gap 2-2", "gap 7-7"]);
+    }
+
+    #[test]
+    fn falling_too_far_behind_still_closes_as_slow() {
+        let (outbox, _rx, end, _) = lagging(1, 3);
+        let room: Arc<str> = Arc::from("r");
+        for seq in 1..=4 {
+            let _ = outbox.push_message(&room, seq, message(&room, seq));
+        }
+        assert!(!end.is_ended(), "3 missed is within the bound");
+        let _ = outbox.push_message(&room, 5, message(&room, 5));
+        assert_eq!(end.reason(), EndReason::Slow);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_that_never_catches_up_is_closed_even_with_small_gaps() {
+        for catches_up in [false, true] {
+            let (outbox, mut rx, end, _) = lagging(1, 3);
+            let room: Arc<str> = Arc::from("r");
+            let push = |seq| outbox.push_message(&room, seq, message(&room, seq)).is_ok();
+            assert!(push(1) && !push(2));
+            assert_eq!(label(rx.try_recv()).unwrap(), "1");
+            assert_eq!(label(rx.try_recv()).unwrap(), "gap 2-2");
+            if catches_up {
+                assert!(rx.try_recv().is_none(), "drained: caught up");
+                tokio::time::advance(CATCH_UP_GRACE).await;
+            }
+            assert!(push(3) && !push(4) && !push(5));
+            assert!(!end.is_ended(), "3 missed so far");
+            assert_eq!(label(rx.try_recv()).unwrap(), "3");
+            assert_eq!(label(rx.try_recv()).unwrap(), "gap 4-5");
+            assert!(push(6) && !push(7));
+            assert_eq!(end.is_ended(), !catches_up, "4 missed in one stretch closes; catching up for a while resets");
+        }
     }
 
     #[test]

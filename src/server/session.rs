@@ -20,8 +20,8 @@ use super::frames::{Violation, violation};
 use super::hub::{Hub, Payload, Presence};
 use super::limits::{MessageLimiter, RateLimit, Verdict};
 use super::metrics::bump;
-use super::outbox::{EndReason, Outbound, Outbox, OutboxReceiver, SessionEnd};
-use crate::protocol::{ClientFrame, ErrorCode, Refusal, ServerEvent, check_client_id, decode_client_text};
+use super::outbox::{EndReason, LagPolicy, Outbound, Outbox, OutboxReceiver, SessionEnd};
+use crate::protocol::{ClientFrame, ErrorCode, Refusal, ServerEvent, check_client_id, check_room, decode_client_text};
 
 /// Per-connection settings, taken from the server's configuration.
 #[derive(Debug, Clone)]
@@ -38,6 +38,11 @@ pub struct SessionConfig {
     pub max_queue_bytes: usize,
     /// Messages per second from one connection (`None`: unlimited).
     pub rate_limit: Option<RateLimit>,
+    /// With history on: close a connection that misses more messages than
+    /// this in one stretch of lagging (see `outbox`).
+    pub max_gap: u64,
+    /// With history on: close a connection that keeps missing messages for longer than this.
+    pub max_lag: Duration,
 }
 
 impl Default for SessionConfig {
@@ -49,6 +54,8 @@ impl Default for SessionConfig {
             max_queue_items: 4096,
             max_queue_bytes: 4 << 20,
             rate_limit: Some(RateLimit::default()),
+            max_gap: 10_000,
+            max_lag: Duration::from_secs(30),
         }
     }
 }
@@ -70,7 +77,13 @@ where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
 {
     let end = SessionEnd::new(shutdown.child_token());
-    let (outbox, queue) = Outbox::new(config.max_queue_items, config.max_queue_bytes, end.clone());
+    // Falling behind is recoverable (gap, then history) only when history is on.
+    let lag = hub.history().is_on().then(|| LagPolicy {
+        max_gap: config.max_gap,
+        max_lag: config.max_lag,
+        metrics: hub.metrics().clone(),
+    });
+    let (outbox, queue) = Outbox::with_lag_policy(config.max_queue_items, config.max_queue_bytes, end.clone(), lag);
     // Echo mode (protocol conformance): no hub, no welcome, frames go back as they came.
     let presence = (!admission.echo).then(|| hub.connect_as(outbox.clone(), admission.username()));
     let mut conn = Conn { hub, presence, outbox, admission, limiter: MessageLimiter::new(config.rate_limit) };
@@ -108,7 +121,7 @@ impl Conn<'_> {
 
     /// A text or binary message from the client: rate-limited, then echoed
     /// or handled as chat.
-    fn on_data(&mut self, message: Message, end: &SessionEnd) {
+    async fn on_data(&mut self, message: Message, end: &SessionEnd) {
         match self.limiter.check() {
             Verdict::Allow => {}
             Verdict::Drop => {
@@ -127,10 +140,11 @@ impl Conn<'_> {
             return;
         };
         match message {
-            Message::Text(text) => handle_text(self.hub, presence, &text, &self.admission),
+            Message::Text(text) => handle_text(self.hub, presence, &text, &self.admission).await,
             Message::Binary(data) => {
-                let published = self.hub.publish(presence, Payload::Binary(&data));
-                let _ = presence.outbox.push_text(published.ack(None));
+                if let Err(refusal) = send(self.hub, presence, Payload::Binary(&data)).await {
+                    refuse(self.hub, &presence.outbox, &refusal, None);
+                }
             }
             _ => {}
         }
@@ -212,7 +226,7 @@ where
             frame = stream.next() => {
                 last_seen = Instant::now();
                 match frame {
-                    Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => conn.on_data(message, end),
+                    Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => conn.on_data(message, end).await,
                     Some(Ok(Message::Close(_))) => {
                         end.end(EndReason::Quit);
                         return stream;
@@ -255,7 +269,7 @@ fn classify_read_error(err: &WsError) -> EndReason {
 }
 
 /// One text frame from the client.
-fn handle_text(hub: &Hub, presence: &mut Presence, text: &str, admission: &Admission) {
+async fn handle_text(hub: &Hub, presence: &mut Presence, text: &str, admission: &Admission) {
     let outbox = presence.outbox.clone();
     let frame = match decode_client_text(text) {
         Ok(frame) => frame,
@@ -264,7 +278,7 @@ fn handle_text(hub: &Hub, presence: &mut Presence, text: &str, admission: &Admis
     let result = match frame {
         ClientFrame::Chat { text, room, client_id } => {
             let client_id = client_id.as_deref();
-            if let Err(refusal) = chat(hub, presence, &text, room.as_deref(), client_id) {
+            if let Err(refusal) = chat(hub, presence, &text, room.as_deref(), client_id).await {
                 refuse(hub, &outbox, &refusal, client_id);
             }
             return;
@@ -279,8 +293,14 @@ fn handle_text(hub: &Hub, presence: &mut Presence, text: &str, admission: &Admis
             let _ = outbox.push_text(hub.rooms());
             Ok(())
         }
-        ClientFrame::History { .. } => {
-            Err(Refusal::new(ErrorCode::Unsupported, "history is not available on this server yet"))
+        ClientFrame::History { room, after_seq, before_seq, limit } => {
+            let room = room.as_deref().unwrap_or(presence.room.name());
+            match check_room(room) {
+                Some(why) => Err(Refusal::new(ErrorCode::InvalidRoom, why)),
+                None => hub.history().answer(room, after_seq, before_seq, limit).await.map(|answer| {
+                    let _ = outbox.push_text(answer);
+                }),
+            }
         }
     };
     if let Err(refusal) = result {
@@ -289,7 +309,7 @@ fn handle_text(hub: &Hub, presence: &mut Presence, text: &str, admission: &Admis
 }
 
 /// A `chat` request: checked, published, acknowledged.
-fn chat(
+async fn chat(
     hub: &Hub,
     presence: &Presence,
     text: &str,
@@ -310,8 +330,27 @@ fn chat(
     if text.is_empty() {
         return Err(Refusal::new(ErrorCode::EmptyMessage, "empty message: \"text\" must not be empty"));
     }
-    let published = hub.publish(presence, Payload::Text { text, client_id });
-    let _ = presence.outbox.push_text(published.ack(client_id));
+    send(hub, presence, Payload::Text { text, client_id }).await
+}
+
+/// Publish a message. With history on, it first waits for room in the
+/// writer queue, and the writer acks once the message is stored.
+async fn send(hub: &Hub, presence: &Presence, payload: Payload<'_>) -> Result<(), Refusal> {
+    let end = presence.outbox.session_end();
+    let slot = tokio::select! {
+        biased;
+        slot = hub.history().reserve() => slot?,
+        () = end.ended() => return Ok(()),
+    };
+    let acked_later = slot.is_some();
+    let published = hub.publish(presence, payload, slot);
+    if !acked_later {
+        let client_id = match payload {
+            Payload::Text { client_id, .. } => client_id,
+            Payload::Binary(_) => None,
+        };
+        let _ = presence.outbox.push_text(published.ack(client_id));
+    }
     Ok(())
 }
 

@@ -1,6 +1,8 @@
 //! Shared test helpers: a server on port 0 and a small raw WebSocket client.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod process;
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};

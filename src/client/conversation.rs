@@ -1,0 +1,484 @@
+//! The terminal client's side of a conversation, across connections: what
+//! it shows for each event, what it sends on its own (the lost name and
+//! room after a reconnect, requests for missed messages), and which answers
+//! it still waits for. No sockets and no terminal here: `interactive` does
+//! the I/O and carries out the `Effect`s.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use rand::Rng;
+
+use super::connection::Received;
+use super::display::{Display, stored_payload};
+use super::recovery::{Fetch, Live, Recovery};
+use crate::protocol::{ClientFrame, DEFAULT_ROOM, ServerEvent};
+
+/// Something for the I/O side to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// A line about a server event (stdout).
+    Print(String),
+    /// A line from the client itself: reconnecting, resumed... (stdout, or
+    /// stderr in `--json` mode so stdout stays one JSON event per line).
+    Notice(String),
+    Send(ClientFrame<'static>),
+    SendBinary(Vec<u8>),
+    /// The prompt is now this.
+    Prompt(String),
+}
+
+/// Getting back where we were after a reconnect.
+#[derive(Debug)]
+struct Restore {
+    name: Option<String>,
+    room: String,
+    /// Was history asked for what was missed?
+    fetched: bool,
+    /// Missed messages shown so far.
+    missed: usize,
+}
+
+#[derive(Debug)]
+pub struct Conversation {
+    display: Display,
+    json: bool,
+    recovery: Recovery<Received>,
+    /// Our name and room, as the server last confirmed them.
+    name: Option<String>,
+    room: String,
+    /// Requests sent whose direct answer (ack, who, error...) has not come.
+    pending: usize,
+    /// Direct answers owed to our own restore requests (username, join);
+    /// they come before the answers to anything typed after them.
+    restore_answers: usize,
+    /// Chats sent and not acknowledged: (client_id, text), oldest first.
+    unacked: Vec<(String, String)>,
+    restoring: Option<Restore>,
+    /// Gap recoveries under way, per room: (missed, recovered so far).
+    gaps: HashMap<String, (u64, u64)>,
+    /// Makes our client_ids unique among clients: `c<tag>-<n>`.
+    tag: String,
+    next_client_id: u64,
+    welcomed: bool,
+}
+
+/// The answer to a history request: how many of its messages are new.
+fn seqs_of(messages: &[ServerEvent<'_>]) -> Vec<u64> {
+    messages
+        .iter()
+        .map(|m| match m {
+            ServerEvent::Chat { seq, .. } | ServerEvent::Binary { seq, .. } => *seq,
+            _ => 0,
+        })
+        .collect()
+}
+
+impl Conversation {
+    pub fn new(display: Display, json: bool) -> Conversation {
+        Conversation {
+            display,
+            json,
+            recovery: Recovery::new(),
+            name: None,
+            room: DEFAULT_ROOM.to_string(),
+            pending: 0,
+            restore_answers: 0,
+            unacked: Vec::new(),
+            restoring: None,
+            gaps: HashMap::new(),
+            tag: format!("{:04x}", rand::rng().random::<u16>()),
+            next_client_id: 1,
+            welcomed: false,
+        }
+    }
+
+    /// Requests still waiting for their answer.
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// Has this connection's `welcome` arrived (so typed lines can go out)?
+    pub fn welcomed(&self) -> bool {
+        self.welcomed
+    }
+
+    pub fn room(&self) -> &str {
+        &self.room
+    }
+
+    /// A chat message typed by the user.
+    pub fn chat(&mut self, text: &str) -> Effect {
+        let client_id = format!("c{}-{}", self.tag, self.next_client_id);
+        self.next_client_id += 1;
+        self.unacked.push((client_id.clone(), text.to_string()));
+        self.pending += 1;
+        let frame =
+            ClientFrame::Chat { text: Cow::Owned(text.to_string()), room: None, client_id: Some(client_id.into()) };
+        Effect::Send(frame)
+    }
+
+    /// Any other request typed by the user.
+    pub fn request(&mut self, frame: ClientFrame<'static>) -> Effect {
+        if matches!(frame, ClientFrame::History { .. }) {
+            self.recovery.user_request();
+        }
+        self.pending += 1;
+        Effect::Send(frame)
+    }
+
+    /// A binary message typed by the user.
+    pub fn binary(&mut self, data: Vec<u8>) -> Effect {
+        self.pending += 1;
+        Effect::SendBinary(data)
+    }
+
+    /// The connection is gone: show what was held back, forget the answers
+    /// that will never come.
+    pub fn disconnected(&mut self) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        for received in self.recovery.disconnected() {
+            self.show(&received, &mut effects);
+        }
+        self.pending = 0;
+        self.restore_answers = 0;
+        self.gaps.clear();
+        self.welcomed = false;
+        effects
+    }
+
+    /// A new connection is up: once welcomed, restore name and room and
+    /// fetch what was missed.
+    pub fn reconnected(&mut self) {
+        let room = self.restoring.take().map_or_else(|| self.room.clone(), |r| r.room);
+        self.restoring = Some(Restore { name: self.name.clone(), room, fetched: false, missed: 0 });
+    }
+
+    /// React to one thing received from the server.
+    pub fn on_received(&mut self, received: Received) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let Some(event) = received.event() else {
+            match &received {
+                Received::Binary(data) => {
+                    effects.push(Effect::Print(format!("* {} bytes of unannounced binary data", data.len())))
+                }
+                Received::Event { text, .. } => effects.push(Effect::Print(format!("? {}", text.as_str()))),
+                Received::Closed(_) => {}
+            }
+            return effects;
+        };
+        let me = self.display.me().map(str::to_owned);
+        let mine = |user_id: &str| me.as_deref() == Some(user_id);
+        match &event {
+            ServerEvent::Chat { room, seq, .. } | ServerEvent::Binary { room, seq, .. } => {
+                let (room, seq) = (room.to_string(), *seq);
+                if let Live::Show(received) = self.recovery.live(&room, seq, received.clone()) {
+                    self.show(&received, &mut effects);
+                }
+                return effects;
+            }
+            ServerEvent::Welcome { username, .. } => {
+                let username = username.to_string();
+                self.show(&received, &mut effects);
+                self.welcome(username, &mut effects);
+                return effects;
+            }
+            ServerEvent::History { room, messages } => {
+                let room = room.to_string();
+                let seqs = seqs_of(messages);
+                drop(event);
+                self.history(&room, &seqs, &received, &mut effects);
+                return effects;
+            }
+            ServerEvent::Gap { room, from_seq, to_seq } => {
+                self.show(&received, &mut effects);
+                if let Some(request) = self.recovery.gap(room, *from_seq, *to_seq) {
+                    let entry = self.gaps.entry(room.to_string()).or_default();
+                    entry.0 += to_seq.saturating_sub(*from_seq) + 1;
+                    effects.push(Effect::Send(request));
+                }
+                return effects;
+            }
+            ServerEvent::Ack { client_id, seq, .. } => {
+                self.recovery.seen(&self.room.clone(), *seq);
+                self.unacked.retain(|(id, _)| Some(id.as_str()) != client_id.as_deref());
+                self.pending = self.pending.saturating_sub(1);
+            }
+            ServerEvent::Error { code, client_id, message } => {
+                let (code, message) = (code.to_string(), message.to_string());
+                if client_id.is_none()
+                    && ["unsupported", "history_failed"].contains(&code.as_str())
+                    && self.recovery.busy()
+                {
+                    drop(event);
+                    self.history_refused(&code, &message, &received, &mut effects);
+                    return effects;
+                }
+                self.unacked.retain(|(id, _)| Some(id.as_str()) != client_id.as_deref());
+                if client_id.is_none() && self.restore_answers > 0 {
+                    self.restore_answers -= 1;
+                    effects.push(Effect::Notice(format!("! could not restore your name or room ({code}: {message})")));
+                    return effects;
+                }
+                self.pending = self.pending.saturating_sub(1);
+            }
+            ServerEvent::Joined { user_id, room, .. } if mine(user_id) => {
+                self.room = room.to_string();
+                self.answered_me();
+                if let Some(baseline) = self.recovery.entered(room) {
+                    effects.push(Effect::Send(baseline));
+                }
+            }
+            ServerEvent::Renamed { user_id, new, .. } if mine(user_id) => {
+                self.name = Some(new.to_string());
+                self.answered_me();
+            }
+            ServerEvent::Who { .. } | ServerEvent::Rooms { .. } => self.pending = self.pending.saturating_sub(1),
+            _ => {}
+        }
+        drop(event);
+        self.show(&received, &mut effects);
+        self.prompt(&mut effects);
+        effects
+    }
+
+    /// A direct answer to a username or join request: ours, or the user's.
+    fn answered_me(&mut self) {
+        if self.restore_answers > 0 {
+            self.restore_answers -= 1;
+        } else {
+            self.pending = self.pending.saturating_sub(1);
+        }
+    }
+
+    fn prompt(&self, effects: &mut Vec<Effect>) {
+        let name = self.name.as_deref().unwrap_or("");
+        effects.push(Effect::Prompt(format!("#{} {name}> ", self.room)));
+    }
+
+    /// Print an event the way the user reads it (raw in `--json` mode).
+    fn show(&mut self, received: &Received, effects: &mut Vec<Effect>) {
+        let Received::Event { text, data } = received else { return };
+        if self.json {
+            effects.push(Effect::Print(text.to_string()));
+            return;
+        }
+        if let Some(event) = received.event()
+            && let Some(line) = self.display.line(&event, data.as_deref())
+        {
+            effects.push(Effect::Print(line));
+        }
+    }
+
+    fn welcome(&mut self, username: String, effects: &mut Vec<Effect>) {
+        self.welcomed = true;
+        self.name = Some(username.clone());
+        self.room = DEFAULT_ROOM.to_string();
+        self.prompt(effects);
+        let Some(restore) = &self.restoring else {
+            effects.extend(self.recovery.entered(DEFAULT_ROOM).map(Effect::Send));
+            return;
+        };
+        let (name, room) = (restore.name.clone(), restore.room.clone());
+        effects
+            .push(Effect::Notice(format!("* reconnected; restoring {} in #{room}", name.as_deref().unwrap_or("you"))));
+        if let Some(name) = name.filter(|name| *name != username) {
+            self.restore_answers += 1;
+            effects.push(Effect::Send(ClientFrame::Username { name: name.into() }));
+        }
+        if room != DEFAULT_ROOM {
+            self.restore_answers += 1;
+            effects.push(Effect::Send(ClientFrame::Join { room: room.clone().into() }));
+        }
+        match self.recovery.resume(&room) {
+            Some(request) => {
+                if let Some(restore) = &mut self.restoring {
+                    restore.fetched = true;
+                }
+                effects.push(Effect::Send(request));
+            }
+            None => self.finish_restore(effects),
+        }
+    }
+
+    /// A `history` answer: the user's, or one of our fetches.
+    fn history(&mut self, room: &str, seqs: &[u64], received: &Received, effects: &mut Vec<Effect>) {
+        let answer = self.recovery.answer(room, seqs);
+        let messages: Vec<ServerEvent<'_>> = match received.event() {
+            Some(ServerEvent::History { messages, .. }) => messages,
+            _ => Vec::new(),
+        };
+        if self.json && !matches!(answer.fetch, Some(Fetch::User) | None) {
+            self.show(received, effects);
+        }
+        match &answer.fetch {
+            Some(Fetch::User) | None => {
+                self.pending = self.pending.saturating_sub(1);
+                self.show(received, effects);
+            }
+            Some(Fetch::Baseline { .. }) => {}
+            Some(Fetch::Gap { .. }) => {
+                if !answer.fresh.is_empty() {
+                    effects.push(Effect::Notice(format!(
+                        "* recovered {} missed message(s) in #{room}:",
+                        answer.fresh.len()
+                    )));
+                }
+                self.show_stored(&messages, &answer.fresh, effects);
+                let entry = self.gaps.entry(room.to_string()).or_default();
+                entry.1 += answer.fresh.len() as u64;
+                if answer.next.is_none() {
+                    let (missed, recovered) = self.gaps.remove(room).unwrap_or_default();
+                    if recovered < missed && !self.recovery.busy() {
+                        let lost = missed - recovered;
+                        effects.push(Effect::Notice(format!(
+                            "! {lost} missed message(s) of #{room} are no longer in its history"
+                        )));
+                    }
+                }
+            }
+            Some(Fetch::Resume { .. }) => {
+                if let Some(restore) = &mut self.restoring {
+                    if restore.missed == 0 && !answer.fresh.is_empty() {
+                        effects.push(Effect::Notice(format!("* missed while you were away, in #{room}:")));
+                    }
+                    restore.missed += answer.fresh.len();
+                }
+                for &i in &answer.fresh {
+                    if let Some(ServerEvent::Chat { client_id: Some(id), .. }) = messages.get(i) {
+                        self.unacked.retain(|(mine, _)| mine != id.as_ref());
+                    }
+                }
+                self.show_stored(&messages, &answer.fresh, effects);
+                if answer.next.is_none() {
+                    self.finish_restore(effects);
+                }
+            }
+        }
+        effects.extend(answer.next.map(Effect::Send));
+        for released in answer.released {
+            self.show(&released, effects);
+        }
+    }
+
+    /// Show the messages at `indices` of a history answer as live lines.
+    fn show_stored(&mut self, messages: &[ServerEvent<'_>], indices: &[usize], effects: &mut Vec<Effect>) {
+        if self.json {
+            return; // the raw answer is printed instead
+        }
+        for message in indices.iter().filter_map(|&i| messages.get(i)) {
+            let payload = stored_payload(message);
+            if let Some(line) = self.display.line(message, payload.as_deref()) {
+                effects.push(Effect::Print(line));
+            }
+        }
+    }
+
+    fn history_refused(&mut self, code: &str, message: &str, received: &Received, effects: &mut Vec<Effect>) {
+        let (fetch, released) = self.recovery.refused(code == "unsupported");
+        match fetch {
+            Some(Fetch::User) | None => {
+                self.pending = self.pending.saturating_sub(1);
+                self.show(received, effects);
+            }
+            Some(Fetch::Baseline { .. }) => {}
+            Some(Fetch::Gap { room, .. }) => {
+                self.gaps.remove(&room);
+                effects.push(Effect::Notice(format!("! cannot fetch the missed messages of #{room}: {message}")));
+            }
+            Some(Fetch::Resume { room }) => {
+                effects.push(Effect::Notice(format!("! cannot fetch what was said in #{room} while away: {message}")));
+                self.finish_restore(effects);
+            }
+        }
+        for released in released {
+            self.show(&released, effects);
+        }
+    }
+
+    /// Mark where the conversation resumed, and report messages of ours
+    /// that were neither acknowledged nor found in the history.
+    fn finish_restore(&mut self, effects: &mut Vec<Effect>) {
+        let Some(restore) = self.restoring.take() else { return };
+        let missed = match (self.recovery.enabled(), restore.fetched, restore.missed) {
+            (false, ..) => ": this server keeps no history, what was said meanwhile cannot be shown".to_string(),
+            (true, false, _) => String::new(),
+            (true, true, 0) => ": nothing missed".to_string(),
+            (true, true, n) => format!(": {n} missed message(s) above"),
+        };
+        effects.push(Effect::Notice(format!("* ─── resumed in #{}{missed} ───", restore.room)));
+        for (_, text) in self.unacked.drain(..) {
+            effects.push(Effect::Notice(format!(
+                "! not confirmed before the connection dropped, and not in the history: {text:?} (send it again if needed)"
+            )));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(value: serde_json::Value) -> Received {
+        Received::Event { text: value.to_string().into(), data: None }
+    }
+
+    fn chat(seq: u64) -> serde_json::Value {
+        json!({"type": "chat", "room": "lobby", "seq": seq, "msg_id": format!("m{seq}"), "from": "alice",
+               "user_id": "u2", "text": format!("text {seq}"), "ts": "2026-11-28T15:29:58.123Z"})
+    }
+
+    /// The printed lines and the requests, in order.
+    fn outcome(effects: Vec<Effect>) -> Vec<String> {
+        effects
+            .into_iter()
+            .filter_map(|effect| match effect {
+                Effect::Print(line) | Effect::Notice(line) => Some(line),
+                Effect::Send(frame) => Some(format!("send {}", frame.encode())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_gap_is_fetched_and_shown_before_the_messages_that_followed_it() {
+        let mut conversation = Conversation::new(Display::new(false), false);
+        let welcome = json!({"type": "welcome", "user_id": "u1", "username": "me", "room": "lobby", "protocol": 1});
+        let effects = outcome(conversation.on_received(event(welcome)));
+        assert!(effects.last().unwrap().contains(r#""type":"history","room":"lobby","limit":1"#), "{effects:?}");
+        assert!(
+            outcome(conversation.on_received(event(json!({"type": "history", "room": "lobby", "messages": []}))))
+                .is_empty()
+        );
+        assert!(outcome(conversation.on_received(event(chat(1))))[0].ends_with("<alice> text 1"));
+
+        let gap = outcome(
+            conversation.on_received(event(json!({"type": "gap", "room": "lobby", "from_seq": 2, "to_seq": 3}))),
+        );
+        assert!(gap[0].contains("missed 2 message(s) in #lobby (seq 2..=3)"), "{gap:?}");
+        assert!(gap[1].contains(r#""after_seq":1,"before_seq":4"#), "{gap:?}");
+        assert!(conversation.on_received(event(chat(4))).is_empty(), "held until the gap is filled");
+
+        let answer = json!({"type": "history", "room": "lobby", "messages": [chat(2), chat(3)]});
+        let shown = outcome(conversation.on_received(event(answer)));
+        assert_eq!(shown.len(), 4, "{shown:?}");
+        assert!(shown[0].contains("recovered 2 missed message(s) in #lobby"));
+        for (line, seq) in shown[1..].iter().zip(2..) {
+            assert!(line.ends_with(&format!("<alice> text {seq}")), "in seq order: {shown:?}");
+        }
+    }
+
+    #[test]
+    fn messages_gone_from_history_are_reported_not_silently_skipped() {
+        let mut conversation = Conversation::new(Display::new(false), false);
+        conversation.recovery.seen("lobby", 1);
+        conversation.on_received(event(json!({"type": "gap", "room": "lobby", "from_seq": 2, "to_seq": 4})));
+        let answer = json!({"type": "history", "room": "lobby", "messages": [chat(4)]});
+        let shown = outcome(conversation.on_received(event(answer)));
+        assert!(
+            shown.last().unwrap().contains("2 missed message(s) of #lobby are no longer in its history"),
+            "{shown:?}"
+        );
+    }
+}

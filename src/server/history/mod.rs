@@ -1,0 +1,263 @@
+//! History: every chat and binary message is stored, and any connection can
+//! read any room's past with `history`.
+//!
+//! The path of a message: the sender's session first takes a `StoreSlot`
+//! (room in the bounded writer queue, waiting up to `RESERVE_WAIT` when the
+//! disk is behind), then `Hub::publish` assigns the seq and fans out to the
+//! room at once, then hands the record and the sender's `ack` to the slot.
+//! The writer thread (`writer.rs`) stores what is queued in one transaction
+//! (group commit) and only then pushes each sender's `ack`, or an `error`
+//! `storage_failed` when the transaction failed. Delivery to recipients never
+//! waits for the disk; the sender's ack always does.
+//!
+//! `pending` remembers, per room, the highest seq handed to the writer and
+//! not yet stored. It makes a `history` request wait for the writer when it
+//! could otherwise miss a message already delivered live, and it gives a
+//! room re-created before its last messages were stored the right seq.
+
+mod request;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::mpsc::{self, Permit};
+use tokio::sync::oneshot;
+
+use super::hub::lock;
+use super::metrics::Metrics;
+use super::outbox::Outbox;
+use super::store::sqlite::Durability;
+use super::store::{MemoryStore, Range, Record, Retention, SqliteStore, Store, StoreError};
+use crate::protocol::{ErrorCode, Refusal};
+
+pub use request::{ANSWER_MAX_BYTES, encode_answer, message_event, range_from_request};
+pub use writer::MAX_BATCH;
+
+/// How long a sender waits for room in a full writer queue before its
+/// message is refused with `storage_busy`.
+pub const RESERVE_WAIT: Duration = Duration::from_secs(5);
+/// How often the writer deletes messages past the retention age.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "chorus.db";
+
+/// Where history is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Not kept: no `history`, acks right after fan-out, lagging readers are closed.
+    Off,
+    /// In this process's memory; gone at restart.
+    Memory,
+    /// In `<data_dir>/chorus.db`.
+    Sqlite,
+}
+
+/// How history is kept. `Default` is in memory: the library default, so
+/// tests, the demo and embedded servers never write to the user's disk.
+#[derive(Debug, Clone)]
+pub struct HistoryConfig {
+    pub backend: Backend,
+    pub retention: Retention,
+    /// SQLite only.
+    pub durability: Durability,
+    /// Most messages waiting for the writer.
+    pub queue: usize,
+}
+
+impl HistoryConfig {
+    pub fn off() -> HistoryConfig {
+        HistoryConfig { backend: Backend::Off, ..HistoryConfig::default() }
+    }
+
+    pub fn sqlite() -> HistoryConfig {
+        HistoryConfig { backend: Backend::Sqlite, ..HistoryConfig::default() }
+    }
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            backend: Backend::Memory,
+            retention: Retention::default(),
+            durability: Durability::Full,
+            queue: 4096,
+        }
+    }
+}
+
+/// The history of one server: the writer queue and the store to read from.
+#[derive(Debug)]
+pub struct History {
+    /// `None` when history is off.
+    store: Option<Arc<dyn Store>>,
+    /// The writer queue; `None` when history is off.
+    tx: Option<mpsc::Sender<writer::Job>>,
+    /// Per room, the highest seq handed to the writer and not yet known to
+    /// be stored. Taken under a room's lock by `publish`, under the registry
+    /// lock by room creation, and by the writer after each commit; never
+    /// held for more than a map operation.
+    pending: Arc<Mutex<HashMap<Arc<str>, u64>>>,
+    metrics: Arc<Metrics>,
+}
+
+/// Room for one message in the writer queue, taken before its seq is.
+#[derive(Debug)]
+pub struct StoreSlot<'a> {
+    permit: Permit<'a, writer::Job>,
+    pending: &'a Mutex<HashMap<Arc<str>, u64>>,
+}
+
+/// Where the writer sends the sender's `ack` (or `error`) once it knows.
+#[derive(Debug)]
+pub struct AckTo {
+    pub outbox: Outbox,
+    pub client_id: Option<String>,
+    pub recipients: usize,
+}
+
+impl StoreSlot<'_> {
+    /// Queue `record` for storage; `ack` is answered after the commit.
+    pub fn submit(self, record: Record, ack: Option<AckTo>) {
+        {
+            let mut pending = lock(self.pending);
+            let top = pending.entry(record.room.clone()).or_default();
+            *top = (*top).max(record.message.seq);
+        }
+        self.permit.send(writer::Job::Store(Box::new(writer::Pending { record, ack })));
+    }
+}
+
+impl History {
+    /// No history.
+    pub fn off(metrics: Arc<Metrics>) -> History {
+        History { store: None, tx: None, pending: Arc::default(), metrics }
+    }
+
+    /// Open the configured store and start its writer.
+    pub fn open(config: &HistoryConfig, data_dir: &Path, metrics: Arc<Metrics>) -> Result<History, StoreError> {
+        let queue = config.queue.max(1);
+        let store: Arc<dyn Store> = match config.backend {
+            Backend::Off => return Ok(History::off(metrics)),
+            Backend::Memory => Arc::new(MemoryStore::new(config.retention)),
+            Backend::Sqlite => {
+                // More than the writer can have had in flight at a crash.
+                let crash_margin = (queue + MAX_BATCH) as u64;
+                let path = data_dir.join(DB_FILE);
+                Arc::new(SqliteStore::open(&path, config.retention, config.durability, crash_margin)?)
+            }
+        };
+        let (tx, rx) = mpsc::channel(queue);
+        let pending: Arc<Mutex<HashMap<Arc<str>, u64>>> = Arc::default();
+        writer::spawn(store.clone(), rx, pending.clone(), metrics.clone())?;
+        writer::schedule_pruning(&tx);
+        tracing::info!("history: {} (retention {})", store.describe(), describe_retention(&config.retention));
+        Ok(History { store: Some(store), tx: Some(tx), pending, metrics })
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Room in the writer queue for one message; `None` when history is off.
+    /// Waits while the queue is full, up to `RESERVE_WAIT`.
+    pub async fn reserve(&self) -> Result<Option<StoreSlot<'_>>, Refusal> {
+        let Some(tx) = &self.tx else { return Ok(None) };
+        let closed = || Refusal::new(ErrorCode::StorageBusy, "the server is shutting down; your message was not sent");
+        let permit = match tx.try_reserve() {
+            Ok(permit) => permit,
+            Err(TrySendError::Closed(())) => return Err(closed()),
+            Err(TrySendError::Full(())) => match tokio::time::timeout(RESERVE_WAIT, tx.reserve()).await {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_)) => return Err(closed()),
+                Err(_) => {
+                    return Err(Refusal::new(
+                        ErrorCode::StorageBusy,
+                        format!(
+                            "the history writer is {} messages behind the disk; your message was not sent, \
+                             try again shortly",
+                            tx.max_capacity()
+                        ),
+                    ));
+                }
+            },
+        };
+        Ok(Some(StoreSlot { permit, pending: &self.pending }))
+    }
+
+    /// The highest seq `room` has used: its next message gets one more.
+    pub fn last_seq(&self, room: &str) -> Result<u64, StoreError> {
+        let Some(store) = &self.store else { return Ok(0) };
+        let pending = lock(&self.pending).get(room).copied().unwrap_or(0);
+        Ok(pending.max(store.last_seq(room)?))
+    }
+
+    /// Messages of `room` in `range`, oldest first, including every message
+    /// already delivered live (waits for the writer when some are not stored yet).
+    pub async fn query(&self, room: &str, range: Range) -> Result<Vec<super::store::Message>, Refusal> {
+        let (Some(store), Some(tx)) = (&self.store, &self.tx) else {
+            return Err(Refusal::new(
+                ErrorCode::Unsupported,
+                "history is off on this server (it was started with --history off)",
+            ));
+        };
+        if lock(&self.pending).contains_key(room) {
+            let (done, flushed) = oneshot::channel();
+            if tx.send(writer::Job::Flush(done)).await.is_ok() {
+                let _ = flushed.await;
+            }
+        }
+        let store = store.clone();
+        let owned_room = room.to_string();
+        let now = crate::ids::now_millis();
+        let found = tokio::task::spawn_blocking(move || store.query(&owned_room, range, now)).await;
+        match found {
+            Ok(Ok(messages)) => Ok(messages),
+            Ok(Err(err)) => {
+                tracing::warn!("history: reading #{room} failed: {err}");
+                Err(Refusal::new(ErrorCode::HistoryFailed, format!("could not read the history of #{room}: {err}")))
+            }
+            Err(_) => Err(Refusal::new(ErrorCode::HistoryFailed, "reading the history failed; try again")),
+        }
+    }
+
+    /// The `history` answer for a request, encoded.
+    pub async fn answer(
+        &self,
+        room: &str,
+        after_seq: Option<u64>,
+        before_seq: Option<u64>,
+        limit: Option<u32>,
+    ) -> Result<String, Refusal> {
+        let range = range_from_request(after_seq, before_seq, limit)?;
+        let messages = self.query(room, range).await?;
+        Ok(encode_answer(room, &messages, &range, ANSWER_MAX_BYTES))
+    }
+
+    /// Store everything queued, mark the store closed cleanly and stop the
+    /// writer. Messages published after this are refused.
+    pub async fn close(&self) {
+        let Some(tx) = &self.tx else { return };
+        let (done, closed) = oneshot::channel();
+        if tx.send(writer::Job::Close(done)).await.is_ok() {
+            let _ = closed.await;
+        }
+    }
+}
+
+/// `10000 messages and 30 days per room`, for the log.
+pub fn describe_retention(retention: &Retention) -> String {
+    let count = retention.max_messages.map_or("no count limit".to_string(), |n| format!("{n} messages"));
+    let age = retention.max_age.map_or("no age limit".to_string(), |age| match age.as_secs() {
+        secs if secs > 0 && secs % 86_400 == 0 => format!("{} days", secs / 86_400),
+        _ => crate::units::format_duration(age),
+    });
+    format!("{count} and {age} per room")
+}

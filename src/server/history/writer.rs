@@ -1,0 +1,249 @@
+//! The history writer: one thread that owns every write to the store.
+//!
+//! It takes what is queued (up to `MAX_BATCH` messages), stores it in one
+//! transaction, then answers each sender: `ack` when the commit succeeded,
+//! `error` `storage_failed` when it did not (the message was delivered live
+//! but is not in history). A failing disk costs the senders their acks, never
+//! the server: the next batch simply tries again, so storage recovers as soon
+//! as the disk does. The writer also deletes messages past the retention age,
+//! a chunk at a time, at most every `PRUNE_EVERY`.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{AckTo, PRUNE_EVERY};
+use crate::ids::{format_ts_millis, now_millis};
+use crate::protocol::{ErrorCode, ServerEvent};
+use crate::server::hub::lock;
+use crate::server::metrics::Metrics;
+use crate::server::store::{PRUNE_CHUNK, Record, Store, StoreError};
+
+/// Most messages stored in one transaction.
+pub const MAX_BATCH: usize = 1024;
+
+/// A message to store, and whom to tell.
+#[derive(Debug)]
+pub struct Pending {
+    pub record: Record,
+    pub ack: Option<AckTo>,
+}
+
+/// What the writer is asked to do.
+#[derive(Debug)]
+pub enum Job {
+    Store(Box<Pending>),
+    /// Answer once everything queued before it is stored (or failed).
+    Flush(oneshot::Sender<()>),
+    /// Store what is queued, mark the store closed, stop.
+    Close(oneshot::Sender<()>),
+    /// Time to delete expired messages.
+    Prune,
+}
+
+/// Start the writer thread.
+pub fn spawn(
+    store: Arc<dyn Store>,
+    rx: mpsc::Receiver<Job>,
+    pending: Arc<Mutex<HashMap<Arc<str>, u64>>>,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
+    let writer = Writer { store, pending, metrics, healthy: true, last_prune: None, prune_more: true };
+    std::thread::Builder::new().name("chorus-history".into()).spawn(move || writer.run(rx))?;
+    Ok(())
+}
+
+/// Ask the writer to prune every `PRUNE_EVERY`, from a task that ends with
+/// the writer (it holds only a weak sender). Outside a runtime, the writer
+/// prunes as batches come.
+pub fn schedule_pruning(tx: &mpsc::Sender<Job>) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    let weak = tx.downgrade();
+    runtime.spawn(async move {
+        loop {
+            tokio::time::sleep(PRUNE_EVERY).await;
+            let Some(tx) = weak.upgrade() else { return };
+            if tx.send(Job::Prune).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+struct Writer {
+    store: Arc<dyn Store>,
+    pending: Arc<Mutex<HashMap<Arc<str>, u64>>>,
+    metrics: Arc<Metrics>,
+    /// Did the last commit succeed? Logs only the transitions.
+    healthy: bool,
+    last_prune: Option<Instant>,
+    /// The last prune deleted a full chunk: more may be expired.
+    prune_more: bool,
+}
+
+/// One round's work, taken from the queue.
+#[derive(Default)]
+struct Round {
+    records: Vec<Record>,
+    acks: Vec<Option<AckTo>>,
+    flushes: Vec<oneshot::Sender<()>>,
+    close: Option<oneshot::Sender<()>>,
+    prune: bool,
+}
+
+impl Round {
+    fn take(&mut self, job: Job) {
+        match job {
+            Job::Store(pending) => {
+                let Pending { record, ack } = *pending;
+                self.records.push(record);
+                self.acks.push(ack);
+            }
+            Job::Flush(done) => self.flushes.push(done),
+            Job::Close(done) => self.close = Some(done),
+            Job::Prune => self.prune = true,
+        }
+    }
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        while let Some(job) = rx.blocking_recv() {
+            let mut round = Round::default();
+            round.take(job);
+            while round.records.len() < MAX_BATCH {
+                let Ok(job) = rx.try_recv() else { break };
+                round.take(job);
+            }
+            let close = round.close.take();
+            self.work(round);
+            if let Some(done) = close {
+                // Refuse new messages, store the ones already admitted.
+                rx.close();
+                let mut rest = Round::default();
+                while let Some(job) = rx.blocking_recv() {
+                    rest.take(job);
+                }
+                self.work(rest);
+                self.close();
+                let _ = done.send(());
+                return;
+            }
+        }
+        // Every handle is gone without a close: still mark a clean stop.
+        self.close();
+    }
+
+    fn work(&mut self, round: Round) {
+        if !round.records.is_empty() {
+            self.commit(round.records, round.acks);
+        }
+        let due = self.last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY);
+        if round.prune || self.prune_more || due {
+            self.prune();
+        }
+        for done in round.flushes {
+            let _ = done.send(());
+        }
+    }
+
+    fn close(&self) {
+        match self.store.close() {
+            Ok(()) => tracing::info!("history: everything stored; {} closed", self.store.describe()),
+            Err(err) => tracing::warn!("history: closing {} failed: {err}", self.store.describe()),
+        }
+    }
+
+    fn commit(&mut self, records: Vec<Record>, acks: Vec<Option<AckTo>>) {
+        let result = self.store.append(&records);
+        let count = records.len() as u64;
+        match &result {
+            Ok(()) => {
+                self.metrics.history_stored.fetch_add(count, Ordering::Relaxed);
+                self.forget_stored(&records);
+                if !self.healthy {
+                    tracing::info!("history: storing works again");
+                    self.healthy = true;
+                }
+            }
+            Err(err) => {
+                self.metrics.history_failed.fetch_add(count, Ordering::Relaxed);
+                if self.healthy {
+                    tracing::warn!(
+                        "history: storing {count} message(s) failed: {err}; they were delivered live, their \
+                         senders get storage_failed instead of an ack; retrying with the next messages"
+                    );
+                    self.healthy = false;
+                } else {
+                    tracing::debug!("history: storing {count} message(s) failed again: {err}");
+                }
+            }
+        }
+        for (record, ack) in records.iter().zip(acks) {
+            if let Some(ack) = ack {
+                let _ = ack.outbox.push_text(answer(record, &ack, result.as_ref().err()));
+            }
+        }
+    }
+
+    /// Stored rooms no longer need their pending entry (unless newer
+    /// messages were handed over meanwhile).
+    fn forget_stored(&self, records: &[Record]) {
+        let mut top: HashMap<&Arc<str>, u64> = HashMap::new();
+        for record in records {
+            let seq = top.entry(&record.room).or_default();
+            *seq = (*seq).max(record.message.seq);
+        }
+        let mut pending = lock(&self.pending);
+        for (room, stored) in top {
+            if pending.get(room).is_some_and(|handed| *handed <= stored) {
+                pending.remove(room);
+            }
+        }
+    }
+
+    fn prune(&mut self) {
+        self.last_prune = Some(Instant::now());
+        match self.store.prune(now_millis()) {
+            Ok(deleted) => {
+                self.prune_more = deleted >= PRUNE_CHUNK;
+                if deleted > 0 {
+                    tracing::debug!("history: deleted {deleted} message(s) past the retention age");
+                }
+            }
+            Err(err) => {
+                self.prune_more = false;
+                tracing::warn!("history: deleting expired messages failed: {err}");
+            }
+        }
+    }
+}
+
+/// The sender's answer: `ack`, or `error` when storing failed.
+fn answer(record: &Record, ack: &AckTo, failed: Option<&StoreError>) -> String {
+    let message = &record.message;
+    match failed {
+        None => ServerEvent::Ack {
+            client_id: ack.client_id.as_deref().map(Cow::Borrowed),
+            msg_id: Cow::Borrowed(&message.msg_id),
+            seq: message.seq,
+            recipients: ack.recipients,
+            ts: Cow::Owned(format_ts_millis(message.ts_ms)),
+        }
+        .encode(),
+        Some(err) => ServerEvent::Error {
+            code: Cow::Borrowed(ErrorCode::StorageFailed.as_str()),
+            message: Cow::Owned(format!(
+                "your message reached #{} (seq {}, {} recipient(s)) but could not be stored: {err}; it is not \
+                 in the history",
+                record.room, message.seq, ack.recipients
+            )),
+            client_id: ack.client_id.as_deref().map(Cow::Borrowed),
+        }
+        .encode(),
+    }
+}

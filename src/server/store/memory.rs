@@ -1,0 +1,135 @@
+//! The in-memory store (`--history memory`, and the library default): each
+//! room's retained messages in a `VecDeque`, ordered by seq. Nothing survives
+//! a restart; retention bounds the memory it takes.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use super::{Message, PRUNE_CHUNK, Range, Record, Retention, Store, StoreError};
+use crate::server::hub::lock;
+
+#[derive(Debug)]
+pub struct MemoryStore {
+    retention: Retention,
+    /// Every room's log; one short critical section per call.
+    rooms: Mutex<HashMap<String, RoomLog>>,
+}
+
+#[derive(Debug, Default)]
+struct RoomLog {
+    last_seq: u64,
+    /// Sorted by seq (the writer appends in seq order per room; a late
+    /// arrival is inserted in place).
+    messages: VecDeque<Message>,
+}
+
+impl RoomLog {
+    fn insert(&mut self, message: Message) {
+        self.last_seq = self.last_seq.max(message.seq);
+        match self.messages.back() {
+            Some(last) if last.seq > message.seq => {
+                let at = self.messages.partition_point(|m| m.seq < message.seq);
+                self.messages.insert(at, message);
+            }
+            _ => self.messages.push_back(message),
+        }
+    }
+}
+
+impl MemoryStore {
+    pub fn new(retention: Retention) -> MemoryStore {
+        MemoryStore { retention, rooms: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl Store for MemoryStore {
+    fn append(&self, batch: &[Record]) -> Result<(), StoreError> {
+        let mut rooms = lock(&self.rooms);
+        for record in batch {
+            let log = rooms.entry(record.room.to_string()).or_default();
+            log.insert(record.message.clone());
+            if let Some(max) = self.retention.max_messages {
+                let excess = (log.messages.len() as u64).saturating_sub(max);
+                log.messages.drain(..excess as usize);
+            }
+        }
+        Ok(())
+    }
+
+    fn last_seq(&self, room: &str) -> Result<u64, StoreError> {
+        Ok(lock(&self.rooms).get(room).map_or(0, |log| log.last_seq))
+    }
+
+    fn query(&self, room: &str, range: Range, now_ms: i64) -> Result<Vec<Message>, StoreError> {
+        let rooms = lock(&self.rooms);
+        let Some(log) = rooms.get(room) else { return Ok(Vec::new()) };
+        let cutoff = self.retention.cutoff_ms(now_ms).unwrap_or(i64::MIN);
+        let live = |m: &&Message| range.contains(m.seq) && m.ts_ms >= cutoff;
+        let start = log.messages.partition_point(|m| range.after.is_some_and(|after| m.seq <= after));
+        let end = log.messages.partition_point(|m| range.before.is_none_or(|before| m.seq < before));
+        let window = log.messages.range(start..end.max(start));
+        let mut found: Vec<Message> = if range.after.is_some() {
+            window.filter(live).take(range.limit).cloned().collect()
+        } else {
+            let mut newest: Vec<Message> = window.rev().filter(live).take(range.limit).cloned().collect();
+            newest.reverse();
+            newest
+        };
+        found.shrink_to_fit();
+        Ok(found)
+    }
+
+    fn prune(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let Some(cutoff) = self.retention.cutoff_ms(now_ms) else { return Ok(0) };
+        let mut deleted = 0;
+        for log in lock(&self.rooms).values_mut() {
+            while deleted < PRUNE_CHUNK && log.messages.front().is_some_and(|m| m.ts_ms < cutoff) {
+                log.messages.pop_front();
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
+    fn close(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        "memory".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::tests as shared;
+    use super::*;
+
+    #[test]
+    fn round_trip_and_ranges() {
+        shared::round_trip_and_ranges(&MemoryStore::new(Retention::FOREVER));
+    }
+
+    #[test]
+    fn retention_by_count() {
+        let store = MemoryStore::new(Retention { max_messages: Some(3), max_age: None });
+        shared::retention_by_count_keeps_last_seq(&store);
+    }
+
+    #[test]
+    fn retention_by_age() {
+        let store = MemoryStore::new(Retention { max_messages: None, max_age: Some(Duration::from_secs(1)) });
+        shared::retention_by_age(&store);
+    }
+
+    #[test]
+    fn late_arrivals_are_kept_in_seq_order() {
+        let store = MemoryStore::new(Retention::FOREVER);
+        let batch = [3, 1, 2].map(|seq| shared::record("r", shared::text(seq, "x")));
+        store.append(&batch).unwrap();
+        let seqs: Vec<u64> = store.query("r", Range::latest(10), 0).unwrap().iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+    }
+}
