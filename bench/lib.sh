@@ -77,9 +77,14 @@ stop_pid() {
     done
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
-    local kept=()
+    forget_pid "$pid"
+}
+
+# `forget_pid PID`: the process ended (waited for): no need to stop it on exit.
+forget_pid() {
+    local kept=() i
     for i in "${BENCH_PIDS[@]}"; do
-        [ "$i" = "$pid" ] || kept+=("$i")
+        [ "$i" = "$1" ] || kept+=("$i")
     done
     BENCH_PIDS=("${kept[@]}")
 }
@@ -160,6 +165,11 @@ run_harness() {
     esac
 }
 
+# CPU seconds (user + system, every thread) process PID has used so far.
+proc_cpu() {
+    sed 's/.*) //' "/proc/$1/stat" | awk -v tck="$(getconf CLK_TCK)" '{print ($12 + $13) / tck}'
+}
+
 # Install the peers' pinned packages if they are missing (quietly).
 need_peers() {
     local want=()
@@ -198,7 +208,7 @@ fanout_scenario() {
 # servers alike; a fresh server process for each. Results in
 # OUT/<server>/rate-<r>/run-<n>/.
 fanout_runs() {
-    local out=$1 total step=0 limit run rate server dir
+    local out=$1 total step=0 limit run rate server dir cpu
     total=$((runs * ${#rates[@]} * ${#servers[@]}))
     limit=$(python3 -c "print(int($ramp + $duration + $drain + 60))")
     for run in $(seq "$runs"); do
@@ -209,8 +219,10 @@ fanout_runs() {
                 echo "[$step/$total] $server, $rate msg/s per client, run $run" >&2
                 start_server "$server" "$dir"
                 fanout_scenario "$server" "$rate" "$dir/scenario.toml"
+                cpu=$(proc_cpu "$SERVER_PID")
                 run_harness "$limit" "$dir/scenario.toml" --target "$SERVER_URL" --out "$dir/result" \
                     > "$dir/harness.log" 2>&1 || echo "  (harness failed: see $dir/harness.log)" >&2
+                echo "{\"cpu_secs\": $(python3 -c "print($(proc_cpu "$SERVER_PID") - $cpu)")}" > "$dir/server.cpu"
                 stop_pid "$SERVER_PID"
             done
         done

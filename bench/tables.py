@@ -13,6 +13,7 @@ from pathlib import Path
 # A rate "holds" when every message arrived and delivery p99 stayed under this.
 P99_LIMIT_MS = 50.0
 SERVERS = ["chorus", "chorus-plain", "relay", "node-ws", "python-websockets"]
+PAIRS = [("chorus", "relay"), ("chorus-plain", "relay"), ("chorus", "node-ws"), ("chorus", "python-websockets")]
 
 
 def load(path):
@@ -32,8 +33,24 @@ def fmt(value, digits=0):
 
 
 def summaries(dir_):
-    """summary.json of each run-N/result folder under dir_, in run order."""
-    return [load(p) for p in sorted(Path(dir_).glob("run-*/result/summary.json"))]
+    """summary.json of each run-N/result folder under dir_, in run order, with
+    the server's CPU seconds over the run (server.cpu) added as `server_cpu`."""
+    out = []
+    for path in sorted(Path(dir_).glob("run-*/result/summary.json")):
+        summary = load(path)
+        cpu = path.parent.parent / "server.cpu"
+        summary["server_cpu"] = load(cpu)["cpu_secs"] if cpu.exists() else None
+        out.append(summary)
+    return out
+
+
+def server_cpu_percent(s):
+    return None if s["server_cpu"] is None else s["server_cpu"] / s["run"]["duration_secs"] * 100
+
+
+def server_us_per_delivery(s):
+    received = s["messages"]["received"]
+    return None if s["server_cpu"] is None or not received else s["server_cpu"] / received * 1e6
 
 
 def runs_of(root, server):
@@ -60,6 +77,8 @@ def cell(runs):
         "p999": median([latency(s, "p999_ms") for s in runs]),
         "max": median([latency(s, "max_ms") for s in runs]),
         "cpu": median([s["run"]["generator_cpu_percent"] for s in runs]),
+        "server_cpu": median([server_cpu_percent(s) for s in runs]),
+        "server_us": median([server_us_per_delivery(s) for s in runs]),
         "suspect": suspect,
         "n": len(runs),
     }
@@ -71,9 +90,12 @@ def holds(c):
 
 def fanout(root):
     servers = [s for s in SERVERS if (root / s).is_dir()]
-    print("| server | rate/client | sent/s | delivered/s | ratio | p50 ms | p99 ms | harness CPU % | suspect |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
-    best = {}
+    print(
+        "| server | rate/client | sent/s | delivered/s | ratio | p50 ms | p99 ms "
+        "| server CPU % | server µs CPU/delivery | harness CPU % | suspect |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    best, cost = {}, {}
     for server in servers:
         for rate, runs in runs_of(root, server).items():
             if not runs:
@@ -81,10 +103,12 @@ def fanout(root):
             c = cell(runs)
             if holds(c) and c["delivered"] > best.get(server, (0, 0, 0))[0]:
                 best[server] = (c["delivered"], rate, c["suspect"])
-            suspect = f"**yes** ({c['suspect']}/{c['n']})" if c["suspect"] else f"no (0/{c['n']})"
+            if holds(c) and not c["suspect"] and c["server_us"] is not None:
+                cost.setdefault(server, (c["server_us"], rate))
             print(
                 f"| {server} | {rate:g} | {fmt(c['sent'])} | {fmt(c['delivered'])} | {fmt(c['ratio'], 6)} "
-                f"| {fmt(c['p50'], 2)} | {fmt(c['p99'], 2)} | {fmt(c['cpu'])} | {suspect} |"
+                f"| {fmt(c['p50'], 2)} | {fmt(c['p99'], 2)} | {fmt(c['server_cpu'])} | {fmt(c['server_us'], 2)} "
+                f"| {fmt(c['cpu'])} | {suspect_cell(c['suspect'], c['n'])} |"
             )
     print()
     print(f"Highest delivered/s with ratio 1.0 and p99 < {P99_LIMIT_MS:g} ms (medians):")
@@ -99,10 +123,26 @@ def fanout(root):
         else:
             print(f"| {server} | - | none held | |")
     print()
-    for a, b in [("chorus", "relay"), ("chorus", "node-ws"), ("chorus-plain", "relay")]:
+    print("Ratios of the highest sustained delivered/s (above 1: chorus delivers more):")
+    print()
+    for a, b in PAIRS:
         if a in best and b in best:
             print(f"- {a} / {b}: {best[a][0] / best[b][0]:.2f}")
-    return best
+    print()
+    print("Server CPU per delivered message at the lowest rate that held, harness not SUSPECT")
+    print("(a cost comparison that holds even where the harness, not the server, is the limit):")
+    print()
+    print("| server | µs CPU per delivery | at rate/client |")
+    print("|---|---:|---:|")
+    for server in servers:
+        if server in cost:
+            print(f"| {server} | {cost[server][0]:.2f} | {cost[server][1]:g} |")
+    print()
+    print("Ratios of CPU cost per delivery (below 1: chorus spends less):")
+    print()
+    for a, b in PAIRS:
+        if a in cost and b in cost:
+            print(f"- {a} / {b}: {cost[a][0] / cost[b][0]:.2f}")
 
 
 def latency_table(root):
@@ -112,7 +152,7 @@ def latency_table(root):
     for server in servers:
         for rate, runs in runs_of(root, server).items():
             c = cell(runs)
-            suspect = f"**yes** ({c['suspect']}/{c['n']})" if c["suspect"] else f"no (0/{c['n']})"
+            suspect = suspect_cell(c["suspect"], c["n"])
             print(
                 f"| {server} | {rate:g} | {fmt(c['delivered'])} | {fmt(c['ratio'], 6)} | {fmt(c['p50'], 2)} "
                 f"| {fmt(c['p99'], 2)} | {fmt(c['p999'], 2)} | {fmt(c['max'], 2)} | {suspect} |"
@@ -121,40 +161,22 @@ def latency_table(root):
 
 def generator(root):
     """Harness vs tinygen, CPU per message, at each load."""
-    print("| generator | rate/client | sent/s | received/s | ratio | CPU s | µs CPU per message | behind | suspect |")
+    print("| generator | rate/client | sent/s | received/s | ratio | CPU s | µs CPU per message | behind schedule | suspect |")
     print("|---|---:|---:|---:|---:|---:|---:|---|---|")
     for rate_dir in sorted(root.glob("rate-*"), key=lambda p: float(p.name[5:])):
         rate = float(rate_dir.name[5:])
-        harness, tiny = [], []
-        for run in sorted(rate_dir.glob("run-*")):
-            s = load(run / "result/summary.json")
-            cpu = load(run / "harness.cpu")["cpu_secs"]
-            msgs = s["messages"]["sent"] + s["messages"]["received"]
-            lag = s["latency"].get("lag", {})
-            harness.append((s, cpu, msgs, lag.get("p99_ms"), lag.get("max_ms")))
-            t = load(run / "tinygen.json")
-            tiny.append((t, t["cpu_secs"], t["sent"] + t["received"]))
-        secs = [h[0]["run"]["steady_secs"] for h in harness]
-        print(
-            f"| chorus run | {rate:g} | {fmt(median([h[0]['throughput']['sent_per_sec'] for h in harness]))} "
-            f"| {fmt(median([h[0]['throughput']['delivered_per_sec'] for h in harness]))} "
-            f"| {fmt(median([h[0]['delivery']['ratio'] for h in harness]), 4)} "
-            f"| {fmt(median([h[1] for h in harness]), 2)} "
-            f"| {fmt(median([h[1] / max(h[2], 1) * 1e6 for h in harness]), 2)} "
-            f"| lag p99 {fmt(median([h[3] for h in harness]), 1)} ms, max {fmt(median([h[4] for h in harness]), 0)} ms "
-            f"| {suspect_cell(sum(1 for h in harness if h[0]['run']['suspect']), len(harness))} |"
-        )
-        tsecs = median(secs) or 1.0
-        print(
-            f"| tinygen | {rate:g} | {fmt(median([t[0]['sent'] / t[0]['seconds'] for t in tiny]))} "
-            f"| {fmt(median([t[0]['received'] / t[0]['seconds'] for t in tiny]))} "
-            f"| {fmt(median([t[0]['received'] / max(t[0]['expected'], 1) for t in tiny]), 4)} "
-            f"| {fmt(median([t[1] for t in tiny]), 2)} "
-            f"| {fmt(median([t[1] / max(t[2], 1) * 1e6 for t in tiny]), 2)} "
-            f"| max {fmt(median([t[0]['behind_max_ms'] for t in tiny]), 0)} ms | (no such check) |"
-        )
-        del tsecs
-    reasons = sorted({r for run in root.glob("rate-*/run-*/result/summary.json") for r in load(run)["run"]["suspect"]})
+        harness = [harness_row(s) for s in summaries(rate_dir)]
+        tiny = [tinygen_row(load(p)) for p in sorted(rate_dir.glob("run-*/tinygen.json")) if p.stat().st_size]
+        for name, rows in (("chorus run", harness), ("tinygen", tiny)):
+            if not rows:
+                continue
+            m = {k: median([r[k] for r in rows]) for k in rows[0] if k not in ("behind", "suspect", "is_suspect")}
+            behind = rows[len(rows) // 2]["behind"]
+            print(
+                f"| {name} | {rate:g} | {fmt(m['sent'])} | {fmt(m['received'])} | {fmt(m['ratio'], 4)} "
+                f"| {fmt(m['cpu'], 2)} | {fmt(m['us'], 2)} | {behind} | {rows[0]['suspect'](rows)} |"
+            )
+    reasons = sorted({r for p in root.glob("rate-*/run-*/result/summary.json") for r in load(p)["run"]["suspect"]})
     if reasons:
         print()
         print("The harness's SUSPECT reasons, as its report prints them:")
@@ -163,13 +185,43 @@ def generator(root):
             print(f"- {r}")
 
 
+def harness_row(s):
+    cpu = s["run"]["generator_cpu_percent"] / 100 * s["run"]["duration_secs"]
+    lag = s["latency"].get("lag", {})
+    return {
+        "sent": s["throughput"]["sent_per_sec"],
+        "received": s["throughput"]["delivered_per_sec"],
+        "ratio": s["delivery"]["ratio"],
+        "cpu": cpu,
+        "us": cpu / max(s["messages"]["sent"] + s["messages"]["received"], 1) * 1e6,
+        "behind": f"lag p99 {fmt(lag.get('p99_ms'), 1)} ms, max {fmt(lag.get('max_ms'), 0)} ms",
+        "suspect": lambda rows: suspect_cell(sum(1 for r in rows if r["is_suspect"]), len(rows)),
+        "is_suspect": bool(s["run"]["suspect"]),
+    }
+
+
+def tinygen_row(t):
+    return {
+        "sent": t["sent"] / t["seconds"],
+        "received": t["received"] / t["seconds"],
+        "ratio": t["received"] / max(t["expected"], 1),
+        "cpu": t["cpu_secs"],
+        "us": t["cpu_secs"] / max(t["sent"] + t["received"], 1) * 1e6,
+        "behind": f"max {fmt(t['behind_max_ms'], 0)} ms",
+        "suspect": lambda rows: "(no such check)",
+        "is_suspect": False,
+    }
+
+
 def suspect_cell(count, n):
     return f"**yes** ({count}/{n})" if count else f"no (0/{n})"
 
 
 def idle(root):
     facts = load(root / "idle.json")
-    merged = load(next(root.glob("merged/summary.json")))
+    if not (root / "merged/summary.json").exists():
+        sys.exit(f"no merged results in {root}/merged: see the shards' harness.log files")
+    merged = load(root / "merged/summary.json")
     conns = facts["connections"]
     per_conn = (facts["rss_after_kib"] - facts["rss_before_kib"]) / max(conns, 1)
     d = merged["latency"].get("delivery", {})
