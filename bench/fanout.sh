@@ -19,36 +19,23 @@ source bench/lib.sh
 
 rates=("${@:-10 50 100 200}")
 read -r -a rates <<< "${rates[*]}"
-runs=${BENCH_RUNS:-3}
+[ "$BENCH_TINY" = 0 ] || [ $# -gt 0 ] || rates=(10 50)
 servers=${BENCH_SERVERS:-chorus chorus-plain relay node-ws python-websockets}
 read -r -a servers <<< "$servers"
-clients=${BENCH_CLIENTS:-100}
-duration=${BENCH_DURATION:-10}
-ramp=2
-drain=2
-if [ "$BENCH_TINY" = 1 ]; then
-    [ $# -gt 0 ] || rates=(10 50)
-    runs=${BENCH_RUNS:-1}
-    clients=${BENCH_CLIENTS:-5}
-    duration=${BENCH_DURATION:-1}
-    ramp=0.5
-    drain=0.5
-fi
+load_settings 10
 
 build_all
 need_peers "${servers[@]}"
-out=bench/out/fanout/$(date +%Y%m%d-%H%M%S)
-mkdir -p "$out"
-machine_line > "$out/machine.txt"
-
-fanout_runs "$out"
+new_out fanout
+fanout_runs "$OUT"
 
 {
     echo "Fan-out: $clients clients in one room, texts of 32 bytes (chorus) / 64 bytes (stamped raw and"
     echo "chorus-plain), Poisson arrivals, ${duration}s steady per run, medians of $runs run(s)."
-    echo "Server pinned to CPU $BENCH_SERVER_CPU, harness to CPU $BENCH_HARNESS_CPU (taskset). $(cat "$out/machine.txt")."
-    echo "chorus started as: RUST_LOG=warn $(server_command chorus PORT "$out/chorus/rate-R/run-N")"
+    conditions
+    echo "chorus started as: RUST_LOG=warn $(server_command chorus PORT "$OUT/chorus/rate-R/run-N")"
     echo
-    python3 bench/tables.py fanout "$out"
-} | tee "$out/table.md"
-echo "raw outputs: $out" >&2
+    python3 bench/tables.py fanout "$OUT"
+} | tee "$OUT/table.md"
+echo "raw outputs: $OUT" >&2
+bench_status

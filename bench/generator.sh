@@ -19,29 +19,16 @@ source bench/lib.sh
 
 rates=("${@:-10 20 50}")
 read -r -a rates <<< "${rates[*]}"
-runs=${BENCH_RUNS:-3}
-clients=${BENCH_CLIENTS:-100}
-duration=${BENCH_DURATION:-10}
-ramp=2
-drain=2
-if [ "$BENCH_TINY" = 1 ]; then
-    [ $# -gt 0 ] || rates=(10 50)
-    runs=${BENCH_RUNS:-1}
-    clients=${BENCH_CLIENTS:-5}
-    duration=${BENCH_DURATION:-1}
-    ramp=0.5
-    drain=0.5
-fi
+[ "$BENCH_TINY" = 0 ] || [ $# -gt 0 ] || rates=(10 50)
+load_settings 10
 
 build_all
-out=bench/out/generator/$(date +%Y%m%d-%H%M%S)
-mkdir -p "$out"
-machine_line > "$out/machine.txt"
+new_out generator
 limit=$(python3 -c "print(int($ramp + $duration + $drain + 60))")
 
 for run in $(seq "$runs"); do
     for rate in "${rates[@]}"; do
-        dir=$out/rate-$rate/run-$run
+        dir=$OUT/rate-$rate/run-$run
         echo "rate $rate msg/s per client, run $run: chorus run, then tinygen" >&2
         start_server relay "$dir/harness-relay"
         fanout_scenario relay "$rate" "$dir/scenario.toml"
@@ -57,8 +44,9 @@ done
 {
     echo "Generators side by side: $clients clients in one room of the minimal relay, 64-byte texts, ${duration}s"
     echo "of sending per run, medians of $runs run(s); CPU per message = CPU seconds / (sent + received)."
-    echo "Relay pinned to CPU $BENCH_SERVER_CPU, generator to CPU $BENCH_HARNESS_CPU (taskset). $(cat "$out/machine.txt")."
+    conditions
     echo
-    python3 bench/tables.py generator "$out"
-} | tee "$out/table.md"
-echo "raw outputs: $out" >&2
+    python3 bench/tables.py generator "$OUT"
+} | tee "$OUT/table.md"
+echo "raw outputs: $OUT" >&2
+bench_status

@@ -43,9 +43,8 @@ if [ $((conns % shards)) -ne 0 ]; then
 fi
 
 build_all
-out=bench/out/idle/$(date +%Y%m%d-%H%M%S)
-mkdir -p "$out"
-machine_line > "$out/machine.txt"
+new_out idle
+out=$OUT
 
 total=$((conns * phantom))
 sed -e "/^type = \"ramp\"/{n;s/.*/duration = \"${ramp}s\"/}" -e "/^name = \"quiet\"/{n;s/.*/duration = \"${idle}s\"/}" \
@@ -91,14 +90,13 @@ rss = next(int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswit
 print(json.dumps({"connect_secs": None if done_at is None else done_at - start, "connections": seen, "rss_after_kib": rss}))
 PY
 
-failed=0
 for pid in "${shard_pids[@]}"; do
-    wait "$pid" || failed=$((failed + 1))
+    wait "$pid" || [ $? = 3 ] || BENCH_FAILED=$((BENCH_FAILED + 1))
     forget_pid "$pid"
 done
-[ "$failed" = 0 ] || echo "$failed shard(s) exited non-zero: see $out/shard-*/harness.log" >&2
 stop_pid "$SERVER_PID"
-"$CHORUS" report --merge "$out"/shard-*/result --out "$out/merged" > "$out/merged.log" 2>&1 || true
+"$CHORUS" report --merge "$out"/shard-*/result --out "$out/merged" > "$out/merged.log" 2>&1 || [ $? = 3 ] ||
+    BENCH_FAILED=$((BENCH_FAILED + 1))
 
 python3 - "$out" "$rss_before" "$shards" "$sources" <<'PY'
 import json, sys
@@ -109,9 +107,10 @@ json.dump(facts, open(f"{out}/idle.json", "w"), indent=1)
 PY
 {
     echo "Idle connections: $conns to one chorus server, $shards harness shards, connections opened over ${ramp}s;"
-    echo "server pinned to CPU $BENCH_SERVER_CPU, every shard to CPU $BENCH_HARNESS_CPU. $(cat "$out/machine.txt")."
+    conditions
     echo "chorus started as: RUST_LOG=warn $(cat "$out/server.cmd")"
     echo
     python3 bench/tables.py idle "$out"
 } | tee "$out/table.md"
 echo "raw outputs: $out" >&2
+bench_status

@@ -14,35 +14,22 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 
 rates=("${1:-10}")
-runs=${BENCH_RUNS:-3}
 servers=${BENCH_SERVERS:-chorus chorus-plain relay node-ws python-websockets}
 read -r -a servers <<< "$servers"
-clients=${BENCH_CLIENTS:-100}
-duration=${BENCH_DURATION:-20}
-ramp=2
-drain=2
-if [ "$BENCH_TINY" = 1 ]; then
-    runs=${BENCH_RUNS:-1}
-    clients=${BENCH_CLIENTS:-5}
-    duration=${BENCH_DURATION:-1}
-    ramp=0.5
-    drain=0.5
-fi
+load_settings 20
 
 build_all
 need_peers "${servers[@]}"
-out=bench/out/latency/$(date +%Y%m%d-%H%M%S)
-mkdir -p "$out"
-machine_line > "$out/machine.txt"
-
-fanout_runs "$out"
+new_out latency
+fanout_runs "$OUT"
 
 {
     echo "Latency: $clients clients in one room at ${rates[0]} msg/s each, texts of 32 bytes (chorus) / 64 bytes"
     echo "(raw, chorus-plain), Poisson arrivals, ${duration}s steady per run, medians of $runs run(s)."
-    echo "Server pinned to CPU $BENCH_SERVER_CPU, harness to CPU $BENCH_HARNESS_CPU (taskset). $(cat "$out/machine.txt")."
-    echo "chorus started as: RUST_LOG=warn $(server_command chorus PORT "$out/chorus/rate-R/run-N")"
+    conditions
+    echo "chorus started as: RUST_LOG=warn $(server_command chorus PORT "$OUT/chorus/rate-R/run-N")"
     echo
-    python3 bench/tables.py latency "$out"
-} | tee "$out/table.md"
-echo "raw outputs: $out" >&2
+    python3 bench/tables.py latency "$OUT"
+} | tee "$OUT/table.md"
+echo "raw outputs: $OUT" >&2
+bench_status

@@ -4,15 +4,15 @@
 #
 # Pinning: with 2+ cores the server under test runs on core BENCH_SERVER_CPU
 # (default 0) and the load generator on BENCH_HARNESS_CPU (default 1), so
-# neither steals the other's CPU. With one core nothing is pinned.
+# neither steals the other's CPU. With one core nothing is pinned. Other
+# processes on the machine still share those cores: see BENCH_NICE below.
 
 BENCH_SERVER_CPU=${BENCH_SERVER_CPU:-0}
 BENCH_HARNESS_CPU=${BENCH_HARNESS_CPU:-1}
-CHORUS=./target/release/chorus
-RELAY=./target/release/examples/relay
-TINYGEN=./target/release/examples/tinygen
 PYTHON_PEER=bench/peers/python-websockets/.venv/bin/python
 BENCH_PIDS=()
+# Measurements that failed (the script still prints what it has, then exits 1).
+BENCH_FAILED=0
 
 # Every process started with `start_bg` is stopped on exit (TERM, then KILL).
 bench_cleanup() {
@@ -26,16 +26,36 @@ trap bench_cleanup EXIT
 trap 'exit 130' INT TERM
 
 # The tiny configuration (CI): BENCH_TINY=1 or --tiny as the first argument.
+# It checks that the scripts still work, not how fast anything is, so it uses
+# the debug build CI has anyway (BENCH_PROFILE=release to override).
 BENCH_TINY=${BENCH_TINY:-0}
 if [ "${1:-}" = "--tiny" ]; then
     BENCH_TINY=1
     shift
 fi
+if [ "$BENCH_TINY" = 1 ]; then
+    BENCH_PROFILE=${BENCH_PROFILE:-debug}
+else
+    BENCH_PROFILE=${BENCH_PROFILE:-release}
+fi
+CHORUS=./target/$BENCH_PROFILE/chorus
+RELAY=./target/$BENCH_PROFILE/examples/relay
+TINYGEN=./target/$BENCH_PROFILE/examples/tinygen
 
-# Build the server, the harness and the examples (release).
+# Build the server, the harness and the examples.
 build_all() {
-    cargo build --release -q --example relay --example tinygen
-    cargo build --release -q
+    local profile=()
+    [ "$BENCH_PROFILE" = debug ] || profile=(--profile "$BENCH_PROFILE")
+    cargo build "${profile[@]}" -q --example relay --example tinygen
+    cargo build "${profile[@]}" -q
+}
+
+# Exit 1 if any measurement failed (after the table was printed).
+bench_status() {
+    if [ "$BENCH_FAILED" != 0 ]; then
+        echo "$BENCH_FAILED measurement(s) failed: see the logs under $OUT" >&2
+        exit 1
+    fi
 }
 
 # A free TCP port on 127.0.0.1.
@@ -43,18 +63,19 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# `pinned server|harness CMD...`: run CMD on its core (taskset execs CMD,
-# so a background job's pid is CMD's own).
+# `pinned server|harness CMD...`: run CMD on its core, at niceness
+# BENCH_NICE (default 0; a negative value, as root, lets the measured
+# processes win the CPU from other work on a shared machine). nice and taskset
+# exec CMD, so a background job's pid is CMD's own.
 pinned() {
-    local role=$1
+    local role=$1 cpu
     shift
+    cpu=$BENCH_HARNESS_CPU
+    [ "$role" != server ] || cpu=$BENCH_SERVER_CPU
     if [ "$(nproc)" -lt 2 ]; then
-        exec "$@"
-    elif [ "$role" = server ]; then
-        exec taskset -c "$BENCH_SERVER_CPU" "$@"
-    else
-        exec taskset -c "$BENCH_HARNESS_CPU" "$@"
+        exec nice -n "${BENCH_NICE:-0}" "$@"
     fi
+    exec nice -n "${BENCH_NICE:-0}" taskset -c "$cpu" "$@"
 }
 
 # `start_bg LOG CMD...`: CMD in the background, output to LOG; its pid in
@@ -159,7 +180,7 @@ run_harness() {
     case "$code" in
     0 | 3) return 0 ;;
     *)
-        echo "chorus run $* exited with $code" >&2
+        echo "  chorus run $* exited with $code" >&2
         return "$code"
         ;;
     esac
@@ -187,6 +208,37 @@ need_peers() {
 # What this machine is, for the figures' conditions.
 machine_line() {
     echo "$(date -u +%Y-%m-%dT%H:%MZ), $(. /etc/os-release && echo "$PRETTY_NAME"), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), load average $(cut -d' ' -f1-3 /proc/loadavg) at start"
+}
+
+# The load settings of fanout.sh, latency.sh and generator.sh, from the
+# environment: BENCH_RUNS (3), BENCH_CLIENTS (100), BENCH_DURATION (steady
+# seconds, default $1); with BENCH_TINY: 1 run of 5 clients for 1 s.
+load_settings() {
+    runs=${BENCH_RUNS:-3}
+    clients=${BENCH_CLIENTS:-100}
+    duration=${BENCH_DURATION:-$1}
+    ramp=2
+    drain=2
+    if [ "$BENCH_TINY" = 1 ]; then
+        runs=${BENCH_RUNS:-1}
+        clients=${BENCH_CLIENTS:-5}
+        duration=${BENCH_DURATION:-1}
+        ramp=0.5
+        drain=0.5
+    fi
+}
+
+# `new_out NAME`: a fresh bench/out/NAME/<stamp>/ holding machine.txt; its path in OUT.
+new_out() {
+    OUT=bench/out/$1/$(date +%Y%m%d-%H%M%S)
+    mkdir -p "$OUT"
+    machine_line > "$OUT/machine.txt"
+}
+
+# The conditions line of a table: pinning and machine.
+conditions() {
+    echo "Server pinned to CPU $BENCH_SERVER_CPU, load generator to CPU $BENCH_HARNESS_CPU (taskset), niceness ${BENCH_NICE:-0}."
+    echo "$(cat "$OUT/machine.txt")."
 }
 
 # `fanout_scenario SERVER RATE FILE`: bench/scenarios/fanout.toml with this
@@ -221,7 +273,7 @@ fanout_runs() {
                 fanout_scenario "$server" "$rate" "$dir/scenario.toml"
                 cpu=$(proc_cpu "$SERVER_PID")
                 run_harness "$limit" "$dir/scenario.toml" --target "$SERVER_URL" --out "$dir/result" \
-                    > "$dir/harness.log" 2>&1 || echo "  (harness failed: see $dir/harness.log)" >&2
+                    > "$dir/harness.log" 2>&1 || BENCH_FAILED=$((BENCH_FAILED + 1))
                 echo "{\"cpu_secs\": $(python3 -c "print($(proc_cpu "$SERVER_PID") - $cpu)")}" > "$dir/server.cpu"
                 stop_pid "$SERVER_PID"
             done
