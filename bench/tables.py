@@ -225,17 +225,32 @@ def idle(root):
     conns = facts["connections"]
     per_conn = (facts["rss_after_kib"] - facts["rss_before_kib"]) / max(conns, 1)
     d = merged["latency"].get("delivery", {})
+    c = merged["latency"].get("connect", {})
+    connect = facts["connect_secs"]
+    rooms = facts["rooms"]
+    layout = "one room (the lobby)" if rooms == 1 else (
+        f"{rooms} rooms of {facts['room_size_min']}-{facts['room_size_max']}"
+    )
     rows = [
         ("connections open (server /healthz)", fmt(conns)),
-        ("harness shards (processes)", fmt(facts["shards"])),
-        ("source addresses", ", ".join(facts["sources"])),
+        ("rooms", layout),
+        ("harness shards (processes) / source addresses", f"{facts['shards']} / {', '.join(facts['sources'])}"),
         ("server RSS before / after", f"{fmt(facts['rss_before_kib'])} KiB / {fmt(facts['rss_after_kib'])} KiB"),
         ("server RSS per connection", f"**{per_conn:.2f} KiB**"),
-        ("time to connect all", f"{facts['connect_secs']:.2f} s (first connect to the last counted by /healthz)"),
-        ("connect p50 / p99 / max", "{} / {} / {} ms".format(*(fmt(merged['latency']['connect'].get(k), 1) for k in ('p50_ms', 'p99_ms', 'max_ms')))),
-        ("connect failures", fmt(merged["connections"]["failed"])),
-        ("broadcast: recipients (ack) / received", f"{fmt(merged['delivery']['expected'])} / {fmt(merged['delivery']['received'])}"),
-        ("broadcast: first / median / last arrival", f"{fmt(d.get('min_ms'), 1)} / {fmt(d.get('p50_ms'), 1)} / **{fmt(d.get('max_ms'), 1)} ms**"),
+        ("time to connect all", "not reached" if connect is None else f"**{connect:.2f} s**"),
+        ("connect p50 / p99 / max", " / ".join(fmt(c.get(k), 1) for k in ("p50_ms", "p99_ms", "max_ms")) + " ms"),
+        ("connect failures / dropped", f"{fmt(merged['connections']['failed'])} / {fmt(merged['connections']['dropped'])}"),
+        ("broadcast: messages sent (senders)", f"{fmt(merged['messages']['sent'])} ({fmt(facts['senders'])})"),
+        (
+            "broadcast: deliveries planned / acked recipients / received",
+            f"{fmt(facts['expected_deliveries'])} / {fmt(merged['delivery']['expected'])} / {fmt(merged['delivery']['received'])}",
+        ),
+        (
+            "broadcast: first / median / last arrival",
+            f"{fmt(d.get('min_ms'), 1)} / {fmt(d.get('p50_ms'), 1)} / **{fmt(d.get('max_ms'), 1)} ms**",
+        ),
+        ("server CPU from the end of the quiet phase to the end of the run", f"{facts['server_cpu_after_idle']:.2f} s"),
+        ("closed by the server", ", ".join(f"{k}: {v}" for k, v in merged["closes"].items()) or "none"),
         ("suspect", "; ".join(merged["run"]["suspect"]) or "no"),
     ]
     print("| measure | value |")
