@@ -8,7 +8,7 @@
 # (sent + received) and, at the top rate, which is past the harness's
 # ceiling on one core, the harness's own SUSPECT verdict and its reasons.
 #
-# Usage: bench/generator.sh [--tiny] [rates per client...]   (default 10 20 50)
+# Usage: bench/generator.sh [--tiny] [rates per client...]   (default 10 20 50 100)
 # Environment: BENCH_RUNS (3), BENCH_CLIENTS (100), BENCH_DURATION (steady
 #   seconds, 10), BENCH_TINY=1 (= --tiny: 5 clients, 1 s, 1 run).
 # Raw outputs: bench/out/generator/<stamp>/rate-<r>/run-<n>/ (harness results
@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 
-rates=("${@:-10 20 50}")
+rates=("${@:-10 20 50 100}")
 read -r -a rates <<< "${rates[*]}"
 [ "$BENCH_TINY" = 0 ] || [ $# -gt 0 ] || rates=(10 50)
 load_settings 10
