@@ -19,7 +19,8 @@
 #
 # Usage: bench/idle.sh [--tiny]
 # Environment: IDLE_CONNS (19000), IDLE_SHARDS (4), IDLE_ROOM_SIZE (100; 0 =
-#   one room), IDLE_RAMP (seconds over which connections open, 5),
+#   one room), IDLE_RAMP (seconds over which connections open, 30; at 5 the
+#   lobby storm below closes thousands of them),
 #   BENCH_TINY=1 (= --tiny: 40 connections, 2 shards, rooms of 10).
 # Raw outputs: bench/out/idle/<stamp>/ (server command and log, shard-<i>/
 # results and logs, merged/, plan.json, idle.json, table.md).
@@ -31,7 +32,7 @@ source bench/lib.sh
 conns=${IDLE_CONNS:-19000}
 shards=${IDLE_SHARDS:-4}
 room_size=${IDLE_ROOM_SIZE:-100}
-ramp=${IDLE_RAMP:-5}
+ramp=${IDLE_RAMP:-30}
 quiet=10
 drain=10
 if [ "$BENCH_TINY" = 1 ]; then

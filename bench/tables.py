@@ -2,7 +2,7 @@
 bench/out/<script>/<stamp>/ and print Markdown tables (medians over the
 repeated runs), ready to paste into bench/README.md.
 
-    python3 bench/tables.py fanout|latency|generator|idle DIR
+    python3 bench/tables.py fanout|latency|generator|idle|capacity DIR
 """
 
 import json
@@ -259,11 +259,40 @@ def idle(root):
         print(f"| {name} | {value} |")
 
 
+def capacity(root):
+    """tinygen against each server: frames per second, share delivered, server CPU."""
+    print("| server | rate/client | sent/s | frames received/s | share of expected | server CPU s | generator CPU s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for server in [s for s in SERVERS if (root / s).is_dir()]:
+        for rate_dir in sorted((root / server).glob("rate-*"), key=lambda p: float(p.name[5:])):
+            rows = []
+            for run in sorted(rate_dir.glob("run-*")):
+                if not (run / "tinygen.json").stat().st_size:
+                    continue
+                t = load(run / "tinygen.json")
+                # chorus also sends an ack per message (and a welcome and
+                # presence per connection: a few thousand, left out).
+                expected = t["expected"] + (t["sent"] if server.startswith("chorus") else 0)
+                rows.append({
+                    "sent": t["sent"] / t["seconds"],
+                    "received": t["received"] / t["seconds"],
+                    "share": t["received"] / max(expected, 1),
+                    "server": load(run / "server.cpu")["cpu_secs"],
+                    "gen": t["cpu_secs"],
+                })
+            if rows:
+                m = {k: median([r[k] for r in rows]) for k in rows[0]}
+                print(
+                    f"| {server} | {float(rate_dir.name[5:]):g} | {fmt(m['sent'])} | {fmt(m['received'])} "
+                    f"| {fmt(m['share'], 3)} | {fmt(m['server'], 2)} | {fmt(m['gen'], 2)} |"
+                )
+
+
 def main():
-    if len(sys.argv) != 3 or sys.argv[1] not in ("fanout", "latency", "generator", "idle"):
-        sys.exit("usage: tables.py fanout|latency|generator|idle DIR")
-    root = Path(sys.argv[2])
-    {"fanout": fanout, "latency": latency_table, "generator": generator, "idle": idle}[sys.argv[1]](root)
+    tables = {"fanout": fanout, "latency": latency_table, "generator": generator, "idle": idle, "capacity": capacity}
+    if len(sys.argv) != 3 or sys.argv[1] not in tables:
+        sys.exit(f"usage: tables.py {'|'.join(tables)} DIR")
+    tables[sys.argv[1]](Path(sys.argv[2]))
 
 
 if __name__ == "__main__":
