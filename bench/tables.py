@@ -1,0 +1,299 @@
+"""Tables for the bench scripts: read the raw outputs a script left under
+bench/out/<script>/<stamp>/ and print Markdown tables (medians over the
+repeated runs), ready to paste into bench/README.md.
+
+    python3 bench/tables.py fanout|latency|generator|idle|capacity DIR
+"""
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+# A rate "holds" when every message arrived and delivery p99 stayed under this.
+P99_LIMIT_MS = 50.0
+SERVERS = ["chorus", "chorus-plain", "relay", "node-ws", "python-websockets"]
+PAIRS = [("chorus", "relay"), ("chorus-plain", "relay"), ("chorus", "node-ws"), ("chorus", "python-websockets")]
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt(value, digits=0):
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def summaries(dir_):
+    """summary.json of each run-N/result folder under dir_, in run order, with
+    the server's CPU seconds over the run (server.cpu) added as `server_cpu`."""
+    out = []
+    for path in sorted(Path(dir_).glob("run-*/result/summary.json")):
+        summary = load(path)
+        cpu = path.parent.parent / "server.cpu"
+        summary["server_cpu"] = load(cpu)["cpu_secs"] if cpu.exists() else None
+        out.append(summary)
+    return out
+
+
+def server_cpu_percent(s):
+    return None if s["server_cpu"] is None else s["server_cpu"] / s["run"]["duration_secs"] * 100
+
+
+def server_us_per_delivery(s):
+    received = s["messages"]["received"]
+    return None if s["server_cpu"] is None or not received else s["server_cpu"] / received * 1e6
+
+
+def runs_of(root, server):
+    """{rate: [summary, ...]} for one server."""
+    out = {}
+    for rate_dir in sorted((root / server).glob("rate-*"), key=lambda p: float(p.name[5:])):
+        out[float(rate_dir.name[5:])] = summaries(rate_dir)
+    return out
+
+
+def latency(summary, stat):
+    return summary["latency"].get("delivery", {}).get(stat)
+
+
+def cell(runs):
+    """Medians of one (server, rate) over its runs."""
+    suspect = sum(1 for s in runs if s["run"]["suspect"])
+    return {
+        "sent": median([s["throughput"]["sent_per_sec"] for s in runs]),
+        "delivered": median([s["throughput"]["delivered_per_sec"] for s in runs]),
+        "ratio": median([s["delivery"]["ratio"] for s in runs]),
+        "p50": median([latency(s, "p50_ms") for s in runs]),
+        "p99": median([latency(s, "p99_ms") for s in runs]),
+        "p999": median([latency(s, "p999_ms") for s in runs]),
+        "max": median([latency(s, "max_ms") for s in runs]),
+        "cpu": median([s["run"]["generator_cpu_percent"] for s in runs]),
+        "server_cpu": median([server_cpu_percent(s) for s in runs]),
+        "server_us": median([server_us_per_delivery(s) for s in runs]),
+        "suspect": suspect,
+        "n": len(runs),
+    }
+
+
+def holds(c):
+    return c["ratio"] is not None and c["ratio"] >= 0.9999995 and c["p99"] is not None and c["p99"] < P99_LIMIT_MS
+
+
+def fanout(root):
+    servers = [s for s in SERVERS if (root / s).is_dir()]
+    print(
+        "| server | rate/client | sent/s | delivered/s | ratio | p50 ms | p99 ms "
+        "| server CPU % | server µs CPU/delivery | harness CPU % | suspect |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    best, cost = {}, {}
+    for server in servers:
+        for rate, runs in runs_of(root, server).items():
+            if not runs:
+                continue
+            c = cell(runs)
+            if holds(c) and c["delivered"] > best.get(server, (0, 0, 0))[0]:
+                best[server] = (c["delivered"], rate, c["suspect"])
+            if holds(c) and not c["suspect"] and c["server_us"] is not None:
+                cost.setdefault(server, (c["server_us"], rate))
+            print(
+                f"| {server} | {rate:g} | {fmt(c['sent'])} | {fmt(c['delivered'])} | {fmt(c['ratio'], 6)} "
+                f"| {fmt(c['p50'], 2)} | {fmt(c['p99'], 2)} | {fmt(c['server_cpu'])} | {fmt(c['server_us'], 2)} "
+                f"| {fmt(c['cpu'])} | {suspect_cell(c['suspect'], c['n'])} |"
+            )
+    print()
+    print(f"Highest delivered/s with ratio 1.0 and p99 < {P99_LIMIT_MS:g} ms (medians):")
+    print()
+    print("| server | delivered/s | at rate/client | note |")
+    print("|---|---:|---:|---|")
+    for server in servers:
+        if server in best:
+            delivered, rate, suspect = best[server]
+            note = "harness SUSPECT there: a lower bound" if suspect else ""
+            print(f"| {server} | {fmt(delivered)} | {rate:g} | {note} |")
+        else:
+            print(f"| {server} | - | none held | |")
+    print()
+    print("Ratios of the highest sustained delivered/s (above 1: chorus delivers more):")
+    print()
+    for a, b in PAIRS:
+        if a in best and b in best:
+            print(f"- {a} / {b}: {best[a][0] / best[b][0]:.2f}")
+    print()
+    print("Server CPU per delivered message at the lowest rate that held, harness not SUSPECT")
+    print("(a cost comparison that holds even where the harness, not the server, is the limit):")
+    print()
+    print("| server | µs CPU per delivery | at rate/client |")
+    print("|---|---:|---:|")
+    for server in servers:
+        if server in cost:
+            print(f"| {server} | {cost[server][0]:.2f} | {cost[server][1]:g} |")
+    print()
+    print("Ratios of CPU cost per delivery (below 1: chorus spends less):")
+    print()
+    for a, b in PAIRS:
+        if a in cost and b in cost:
+            print(f"- {a} / {b}: {cost[a][0] / cost[b][0]:.2f}")
+
+
+def latency_table(root):
+    servers = [s for s in SERVERS if (root / s).is_dir()]
+    print("| server | rate/client | delivered/s | ratio | p50 ms | p99 ms | p99.9 ms | max ms | suspect |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for server in servers:
+        for rate, runs in runs_of(root, server).items():
+            c = cell(runs)
+            suspect = suspect_cell(c["suspect"], c["n"])
+            print(
+                f"| {server} | {rate:g} | {fmt(c['delivered'])} | {fmt(c['ratio'], 6)} | {fmt(c['p50'], 2)} "
+                f"| {fmt(c['p99'], 2)} | {fmt(c['p999'], 2)} | {fmt(c['max'], 2)} | {suspect} |"
+            )
+
+
+def generator(root):
+    """Harness vs tinygen, CPU per message, at each load."""
+    print("| generator | rate/client | sent/s | received/s | ratio | CPU s | µs CPU per message | behind schedule | suspect |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---|")
+    for rate_dir in sorted(root.glob("rate-*"), key=lambda p: float(p.name[5:])):
+        rate = float(rate_dir.name[5:])
+        harness = [harness_row(s) for s in summaries(rate_dir)]
+        tiny = [tinygen_row(load(p)) for p in sorted(rate_dir.glob("run-*/tinygen.json")) if p.stat().st_size]
+        for name, rows in (("chorus run", harness), ("tinygen", tiny)):
+            if not rows:
+                continue
+            m = {k: median([r[k] for r in rows]) for k in rows[0] if k not in ("behind", "suspect", "is_suspect")}
+            behind = rows[len(rows) // 2]["behind"]
+            print(
+                f"| {name} | {rate:g} | {fmt(m['sent'])} | {fmt(m['received'])} | {fmt(m['ratio'], 4)} "
+                f"| {fmt(m['cpu'], 2)} | {fmt(m['us'], 2)} | {behind} | {rows[0]['suspect'](rows)} |"
+            )
+    reasons = sorted({r for p in root.glob("rate-*/run-*/result/summary.json") for r in load(p)["run"]["suspect"]})
+    if reasons:
+        print()
+        print("The harness's SUSPECT reasons, as its report prints them:")
+        print()
+        for r in reasons:
+            print(f"- {r}")
+
+
+def harness_row(s):
+    cpu = s["run"]["generator_cpu_percent"] / 100 * s["run"]["duration_secs"]
+    lag = s["latency"].get("lag", {})
+    return {
+        "sent": s["throughput"]["sent_per_sec"],
+        "received": s["throughput"]["delivered_per_sec"],
+        "ratio": s["delivery"]["ratio"],
+        "cpu": cpu,
+        "us": cpu / max(s["messages"]["sent"] + s["messages"]["received"], 1) * 1e6,
+        "behind": f"lag p99 {fmt(lag.get('p99_ms'), 1)} ms, max {fmt(lag.get('max_ms'), 0)} ms",
+        "suspect": lambda rows: suspect_cell(sum(1 for r in rows if r["is_suspect"]), len(rows)),
+        "is_suspect": bool(s["run"]["suspect"]),
+    }
+
+
+def tinygen_row(t):
+    return {
+        "sent": t["sent"] / t["seconds"],
+        "received": t["received"] / t["seconds"],
+        "ratio": t["received"] / max(t["expected"], 1),
+        "cpu": t["cpu_secs"],
+        "us": t["cpu_secs"] / max(t["sent"] + t["received"], 1) * 1e6,
+        "behind": f"max {fmt(t['behind_max_ms'], 0)} ms",
+        "suspect": lambda rows: "(no such check)",
+        "is_suspect": False,
+    }
+
+
+def suspect_cell(count, n):
+    return f"**yes** ({count}/{n})" if count else f"no (0/{n})"
+
+
+def idle(root):
+    facts = load(root / "idle.json")
+    if not (root / "merged/summary.json").exists():
+        sys.exit(f"no merged results in {root}/merged: see the shards' harness.log files")
+    merged = load(root / "merged/summary.json")
+    conns = facts["connections"]
+    per_conn = (facts["rss_after_kib"] - facts["rss_before_kib"]) / max(conns, 1)
+    d = merged["latency"].get("delivery", {})
+    c = merged["latency"].get("connect", {})
+    connect = facts["connect_secs"]
+    rooms = facts["rooms"]
+    layout = "one room (the lobby)" if rooms == 1 else (
+        f"{rooms} rooms of {facts['room_size_min']}-{facts['room_size_max']}"
+    )
+    rows = [
+        ("connections open (server /healthz)", fmt(conns)),
+        ("rooms", layout),
+        ("harness shards (processes) / source addresses", f"{facts['shards']} / {', '.join(facts['sources'])}"),
+        ("server RSS before / after", f"{fmt(facts['rss_before_kib'])} KiB / {fmt(facts['rss_after_kib'])} KiB"),
+        ("server RSS per connection", f"**{per_conn:.2f} KiB**"),
+        ("time to connect all", "not reached" if connect is None else f"**{connect:.2f} s**"),
+        ("connect p50 / p99 / max", " / ".join(fmt(c.get(k), 1) for k in ("p50_ms", "p99_ms", "max_ms")) + " ms"),
+        ("connect failures / dropped", f"{fmt(merged['connections']['failed'])} / {fmt(merged['connections']['dropped'])}"),
+        ("broadcast: messages sent (senders)", f"{fmt(merged['messages']['sent'])} ({fmt(facts['senders'])})"),
+        (
+            "broadcast: deliveries planned / acked recipients / received",
+            f"{fmt(facts['expected_deliveries'])} / {fmt(merged['delivery']['expected'])} / {fmt(merged['delivery']['received'])}",
+        ),
+        (
+            "broadcast: first / median / last arrival",
+            f"{fmt(d.get('min_ms'), 1)} / {fmt(d.get('p50_ms'), 1)} / **{fmt(d.get('max_ms'), 1)} ms**",
+        ),
+        ("server CPU from the end of the quiet phase to the end of the run", f"{facts['server_cpu_after_idle']:.2f} s"),
+        ("closed by the server", ", ".join(f"{k}: {v}" for k, v in merged["closes"].items()) or "none"),
+        ("suspect", "; ".join(merged["run"]["suspect"]) or "no"),
+    ]
+    print("| measure | value |")
+    print("|---|---:|")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+
+
+def capacity(root):
+    """tinygen against each server: frames per second, share delivered, server CPU."""
+    print("| server | rate/client | sent/s | frames received/s | share of expected | server CPU s | generator CPU s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for server in [s for s in SERVERS if (root / s).is_dir()]:
+        for rate_dir in sorted((root / server).glob("rate-*"), key=lambda p: float(p.name[5:])):
+            rows = []
+            for run in sorted(rate_dir.glob("run-*")):
+                if not (run / "tinygen.json").stat().st_size:
+                    continue
+                t = load(run / "tinygen.json")
+                # chorus also sends an ack per message (and a welcome and
+                # presence per connection: a few thousand, left out).
+                expected = t["expected"] + (t["sent"] if server.startswith("chorus") else 0)
+                rows.append({
+                    "sent": t["sent"] / t["seconds"],
+                    "received": t["received"] / t["seconds"],
+                    "share": t["received"] / max(expected, 1),
+                    "server": load(run / "server.cpu")["cpu_secs"],
+                    "gen": t["cpu_secs"],
+                })
+            if rows:
+                m = {k: median([r[k] for r in rows]) for k in rows[0]}
+                print(
+                    f"| {server} | {float(rate_dir.name[5:]):g} | {fmt(m['sent'])} | {fmt(m['received'])} "
+                    f"| {fmt(m['share'], 3)} | {fmt(m['server'], 2)} | {fmt(m['gen'], 2)} |"
+                )
+
+
+def main():
+    tables = {"fanout": fanout, "latency": latency_table, "generator": generator, "idle": idle, "capacity": capacity}
+    if len(sys.argv) != 3 or sys.argv[1] not in tables:
+        sys.exit(f"usage: tables.py {'|'.join(tables)} DIR")
+    tables[sys.argv[1]](Path(sys.argv[2]))
+
+
+if __name__ == "__main__":
+    main()
