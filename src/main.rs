@@ -171,6 +171,10 @@ struct ServerArgs {
     /// Most rooms at once.
     #[arg(long, default_value_t = 10_000)]
     max_rooms: usize,
+    /// Rooms bigger than this do not announce joins, leaves and renames to every member
+    /// (each would cost one delivery per member); `/who` still lists everyone.
+    #[arg(long, default_value_t = 1000, value_name = "MEMBERS")]
+    presence_limit: usize,
     /// Time a new connection has to complete its HTTP request / handshake.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     handshake_timeout: Duration,
@@ -286,6 +290,7 @@ impl ServerArgs {
             max_message_size,
             max_connections: self.max_connections,
             max_rooms: self.max_rooms,
+            presence_limit: self.presence_limit,
             handshake_timeout: self.handshake_timeout,
             shutdown_grace: self.shutdown_grace,
             data_dir: self.data.clone().unwrap_or_else(chorus::server::default_data_dir),

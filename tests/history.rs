@@ -33,6 +33,8 @@ fn sqlite_config(dir: &std::path::Path) -> ServerConfig {
     ServerConfig {
         data_dir: dir.to_path_buf(),
         history: HistoryConfig { durability: Durability::Normal, ..HistoryConfig::sqlite() },
+        // These tests send thousands of messages at once: no rate limit.
+        session: SessionConfig { rate_limit: None, ..common::quick_close().session },
         ..common::quick_close()
     }
 }
@@ -297,6 +299,8 @@ async fn a_reader_too_far_behind_is_still_closed_as_slow() {
             max_queue_items: 256,
             max_queue_bytes: 64 * 1024,
             max_gap: 50,
+            // The talker floods: over the default rate limit, which is not under test here.
+            rate_limit: None,
             ..common::quick_close().session
         },
         ..common::quick_close()

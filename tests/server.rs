@@ -449,3 +449,45 @@ async fn the_ws_path_is_a_websocket_endpoint_too() {
     alice.expect("who").await;
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_room_can_be_chosen_at_the_handshake() {
+    let server = server().await;
+    let mut carol = Client::named(&format!("{}?room=rust", server.url()), "carol").await;
+    let mut alice = Client::connect(&format!("{}?room=rust", server.url())).await;
+    let joined = carol.expect("joined").await;
+    assert_eq!((joined["room"].as_str(), joined["user_id"].as_str()), (Some("rust"), Some(alice.user_id.as_str())));
+    alice.chat("hi rust", "h1").await;
+    assert_eq!(alice.expect("ack").await["recipients"], 1);
+    assert_eq!(carol.expect("chat").await["room"], "rust");
+    // Percent-encoded names work; a bad one is refused before the upgrade.
+    let mut dev = Client::connect(&format!("{}?room=caf%C3%A9", server.url())).await;
+    dev.send_text("/who").await;
+    assert_eq!(dev.expect("who").await["room"], "café");
+    let refused = tokio_tungstenite::connect_async(format!("{}?room=two%20words", server.url())).await.unwrap_err();
+    match refused {
+        tokio_tungstenite::tungstenite::Error::Http(response) => assert_eq!(response.status(), 400),
+        other => panic!("expected HTTP 400, got {other}"),
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn big_rooms_stop_announcing_every_join_and_leave() {
+    let server = server_with(ServerConfig { presence_limit: 2, ..common::quick_close() }).await;
+    let url = server.url();
+    let mut alice = Client::connect(&url).await;
+    let _bob = Client::connect(&url).await;
+    assert_eq!(alice.expect("joined").await["type"], "joined", "within the limit, joins are announced");
+    let mut carol = Client::connect(&url).await;
+    alice.expect_silence(Duration::from_millis(200)).await;
+    carol.send_text("/username carol").await;
+    assert_eq!(carol.expect("renamed").await["new"], "carol", "the renamer is still told");
+    carol.send_text("/who").await;
+    assert_eq!(carol.expect("who").await["users"].as_array().unwrap().len(), 3, "who lists everyone");
+    carol.ws.close(None).await.unwrap();
+    // Back within the limit as carol leaves: the room hears of it.
+    let left = alice.expect("left").await;
+    assert_eq!(left["username"], "carol");
+    server.shutdown().await.unwrap();
+}

@@ -231,7 +231,14 @@ impl Bot {
         let mut options = self.ctx.connect.clone();
         options.bind = self.plan.bind;
         options.recv_buffer = self.group().recv_buffer;
-        let ws = match connect(&self.ctx.url, &options).await {
+        // Ask for the room at the handshake (no detour through the lobby);
+        // a server that ignores `?room=` gets a `join` after the welcome.
+        let url = match self.protocol() {
+            Protocol::Raw => self.ctx.url.clone(),
+            _ if self.plan.room == DEFAULT_ROOM => self.ctx.url.clone(),
+            _ => with_query(&self.ctx.url, "room", &self.plan.room),
+        };
+        let ws = match connect(&url, &options).await {
             Ok(ws) => ws,
             Err(err) => {
                 self.metrics.counters.connects_failed += 1;
@@ -271,16 +278,17 @@ impl Bot {
 
     /// Read `welcome`, then join the bot's room and wait for the confirmation.
     async fn enter_room(&mut self, conn: &mut Conn) -> Result<(), String> {
-        let user_id = loop {
+        let (user_id, welcome_room) = loop {
             let text = next_text(conn).await?;
             let header = EventHeader::decode(&text).map_err(|e| format!("bad welcome: {e}"))?;
             if header.kind == "welcome" {
-                break header.user_id.map(|u| u.into_owned()).unwrap_or_default();
+                let user_id = header.user_id.map(|u| u.into_owned()).unwrap_or_default();
+                break (user_id, header.room.map(|r| r.into_owned()).unwrap_or_default());
             }
         };
         conn.user_id = Some(user_id.clone());
         let room = self.plan.room.clone();
-        if room == DEFAULT_ROOM {
+        if room == welcome_room {
             return Ok(());
         }
         let join = ClientFrame::Join { room: room.as_str().into() }.encode();
@@ -484,6 +492,20 @@ impl Bot {
             self.closed_next = Some(Instant::now() + pause);
         }
     }
+}
+
+/// `url` with `name=value` added to its query, the value percent-encoded.
+fn with_query(url: &str, name: &str, value: &str) -> String {
+    let mut encoded = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}{name}={encoded}")
 }
 
 /// The next text frame (pings answered by tungstenite as we read).

@@ -98,6 +98,7 @@ struct RawServer {
     max_message_size: Option<OneSize>,
     max_connections: Option<usize>,
     max_rooms: Option<usize>,
+    presence_limit: Option<usize>,
     max_queue_bytes: Option<OneSize>,
     max_queue_messages: Option<usize>,
     handshake_timeout: Option<DurationValue>,
@@ -724,6 +725,9 @@ impl Validator<'_> {
         }
         if let Some(n) = raw.max_rooms {
             config.max_rooms = n;
+        }
+        if let Some(n) = raw.presence_limit {
+            config.presence_limit = n;
         }
         if let Some(size) = &raw.max_queue_bytes {
             config.session.max_queue_bytes = self.size("server.max_queue_bytes", size)?;

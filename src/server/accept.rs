@@ -50,8 +50,10 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             return;
         }
     };
+    // Each way on is boxed: a task's future is as big as its biggest
+    // state, and a plain connection should not pay for a TLS one's.
     let Some(tls) = shared.security.tls.clone() else {
-        return http::serve(tcp, Accepted { peer, deadline, refusal }, shared).await;
+        return Box::pin(http::serve(tcp, Accepted { peer, deadline, refusal }, shared)).await;
     };
     let mut first = [0u8; 1];
     match timeout_at(deadline, tcp.peek(&mut first)).await {
@@ -64,10 +66,10 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     }
     if first[0] != TLS_HANDSHAKE_RECORD {
         refusal = Some(EarlyRefusal::PlainOnTlsPort);
-        return http::serve(tcp, Accepted { peer, deadline, refusal }, shared).await;
+        return Box::pin(http::serve(tcp, Accepted { peer, deadline, refusal }, shared)).await;
     }
-    match timeout_at(deadline, tls.acceptor.accept(tcp)).await {
-        Ok(Ok(stream)) => http::serve(stream, Accepted { peer, deadline, refusal }, shared).await,
+    match timeout_at(deadline, Box::pin(tls.acceptor.accept(tcp))).await {
+        Ok(Ok(stream)) => Box::pin(http::serve(stream, Accepted { peer, deadline, refusal }, shared)).await,
         Ok(Err(err)) => tracing::debug!(%peer, "TLS handshake failed: {err}"),
         Err(_) => tracing::debug!(%peer, "TLS handshake not finished before the deadline; closing"),
     }

@@ -133,7 +133,12 @@ pub fn token_from(authorization: Option<&str>, query: &str) -> Option<String> {
             return Some(value[7..].trim().to_string());
         }
     }
-    query.split('&').find_map(|pair| pair.strip_prefix("token=")).map(percent_decode)
+    query_param(query, "token")
+}
+
+/// The decoded value of `name` in a query string (`a=1&room=rust`).
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('=')).map(percent_decode)
 }
 
 /// Decode `%XX` escapes (and `+` as a space) in a query value.
@@ -178,6 +183,8 @@ pub struct Admission {
     pub echo: bool,
     /// The server's accounts, when auth is on (for the name rules).
     pub auth: Option<Arc<Auth>>,
+    /// The room asked for at the handshake (`?room=`), instead of the lobby.
+    pub room: Option<String>,
 }
 
 impl Admission {

@@ -305,7 +305,7 @@ fn check_upgrade(request: &Request, shared: &Shared) -> Result<String, Response>
 }
 
 /// Complete the WebSocket handshake and run the session.
-async fn upgrade<S>(mut stream: S, peer: SocketAddr, request: Request, shared: Arc<Shared>)
+async fn upgrade<S>(mut stream: S, peer: SocketAddr, mut request: Request, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -335,7 +335,10 @@ where
         return;
     }
     bump(&shared.metrics.connections_total);
-    let stream = FrameGuard::new(stream, request.rest, shared.security.max_fragments);
+    // The headers are not needed any more: free them before the session.
+    let rest = std::mem::take(&mut request.rest);
+    drop(request);
+    let stream = FrameGuard::new(stream, rest, shared.security.max_fragments);
     let ws = WebSocketStream::from_raw_socket(stream, Role::Server, Some(shared.ws_config())).await;
     let span = tracing::info_span!("ws", %peer);
     let session = session::run(ws, &shared.hub, &shared.config.session, &shared.shutdown, admission);
@@ -359,6 +362,10 @@ where
     let _ = timeout(shared.config.handshake_timeout, response.send(&mut stream, false)).await;
 }
 
+/// tungstenite's read buffer: allocated (and touched) per connection, grown
+/// on demand for bigger messages. Most of an idle connection's memory.
+const READ_BUFFER: usize = 1024;
+
 /// The tungstenite settings for a server session.
 pub fn ws_config(max_message_size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
@@ -366,7 +373,7 @@ pub fn ws_config(max_message_size: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_message_size))
         // Small buffers: idle connections cost little. Bigger messages grow
         // the read buffer as needed; writes gather up to 16 KiB per syscall.
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(max_message_size.saturating_mul(4).max(1 << 20))
 }

@@ -40,6 +40,10 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Hub {
     /// Most rooms that may exist at once; joining a new room past it is refused.
     max_rooms: usize,
+    /// Rooms with more members than this do not announce joins, leaves and
+    /// renames to everyone (each would cost a delivery per member, so a room
+    /// filling up would cost the square of its size); `who` still lists them.
+    presence_limit: usize,
     ids: IdGen,
     next_conn: AtomicU64,
     /// The room registry, by name. Guards room creation and removal and every
@@ -182,12 +186,30 @@ impl Hub {
         rooms.insert(lobby.name.clone(), lobby);
         Hub {
             max_rooms: max_rooms.max(1),
+            presence_limit: usize::MAX,
             ids: IdGen::new(),
             next_conn: AtomicU64::new(1),
             rooms: Mutex::new(rooms),
             names: Mutex::new(HashMap::new()),
             metrics,
             history,
+        }
+    }
+
+    /// Announce joins, leaves and renames only in rooms of at most `limit` members.
+    pub fn with_presence_limit(mut self, limit: usize) -> Hub {
+        self.presence_limit = limit;
+        self
+    }
+
+    /// Queue a presence notice about `who`: to the whole room (but `who`
+    /// unless `to_self`) while the room is within the presence limit, and
+    /// otherwise to `who` alone when `to_self`.
+    fn announce(&self, members: &[Member], who: ConnId, to_self: bool, item: &Outbound) {
+        if members.len() <= self.presence_limit {
+            fan_out(members, (!to_self).then_some(who), item);
+        } else if to_self && let Some(member) = members.iter().find(|m| m.conn == who) {
+            let _ = member.outbox.push_notice(item.clone());
         }
     }
 
@@ -207,45 +229,69 @@ impl Hub {
     /// Admit a new connection: give it an id and a guest name, send it
     /// `welcome`, put it in the lobby and tell the lobby.
     pub fn connect(&self, outbox: Outbox) -> Presence {
-        self.connect_as(outbox, None)
+        self.connect_as(outbox, None, None)
     }
 
     /// `connect`, for a signed-in user when `account` is given: the account
     /// name is used as is and not claimed in the guest name table, since
     /// several connections of one account share it and the account store
-    /// keeps guests off it (see `auth`).
-    pub fn connect_as(&self, outbox: Outbox, account: Option<&str>) -> Presence {
+    /// keeps guests off it (see `auth`). `room`, asked for at the handshake
+    /// (`?room=`), is where the connection starts instead of the lobby (a
+    /// room that cannot be opened leaves it in the lobby, with an `error`).
+    pub fn connect_as(&self, outbox: Outbox, account: Option<&str>, room: Option<&str>) -> Presence {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let user_id: Arc<str> = Arc::from(self.ids.mint('u'));
         let username: Arc<str> = match account {
             Some(name) => Arc::from(name),
             None => Arc::from(self.claim_guest_name(conn)),
         };
+        let mut rooms = lock(&self.rooms);
+        let (start, refused) = match self.room_named(&mut rooms, room.unwrap_or(DEFAULT_ROOM)) {
+            Ok(start) => (start, None),
+            Err(refusal) => match self.room_named(&mut rooms, DEFAULT_ROOM) {
+                Ok(lobby) => (lobby, Some(refusal)),
+                Err(_) => (Room::new(DEFAULT_ROOM, 0), Some(refusal)),
+            },
+        };
         let welcome = ServerEvent::Welcome {
             user_id: Cow::Borrowed(&user_id),
             username: Cow::Borrowed(&username),
-            room: Cow::Borrowed(DEFAULT_ROOM),
+            room: Cow::Borrowed(start.name()),
             protocol: PROTOCOL_VERSION,
         };
-        // Welcome goes first: nothing can reach this outbox before it joins a room.
+        // Welcome goes first: nothing can reach this outbox before it is in a room.
         let _ = outbox.push_text(welcome.encode());
-        let mut rooms = lock(&self.rooms);
-        let lobby = match rooms.get(DEFAULT_ROOM) {
-            Some(lobby) => lobby.clone(),
-            None => {
-                // The lobby is never dropped; this only guards the invariant.
-                let last_seq = self.history.last_seq(DEFAULT_ROOM).unwrap_or_else(|err| {
-                    tracing::warn!("history: cannot read the lobby's last seq: {err}");
-                    0
-                });
-                let lobby = Room::new(DEFAULT_ROOM, last_seq);
-                rooms.insert(lobby.name.clone(), lobby.clone());
-                lobby
-            }
-        };
-        let presence = Presence { conn, user_id, username, room: lobby, outbox };
+        if let Some(refusal) = refused {
+            let _ = outbox.push_text(ServerEvent::refused(&refusal, None).encode());
+        }
+        let presence = Presence { conn, user_id, username, room: start, outbox };
         self.enter(&presence, false);
         presence
+    }
+
+    /// The room called `name`, opened (its seq read from history) if it is
+    /// not open yet. The caller holds the registry lock.
+    fn room_named(&self, rooms: &mut HashMap<Arc<str>, Arc<Room>>, name: &str) -> Result<Arc<Room>, Refusal> {
+        if let Some(room) = rooms.get(name) {
+            return Ok(room.clone());
+        }
+        if let Some(why) = check_room(name) {
+            return Err(Refusal::new(ErrorCode::InvalidRoom, why));
+        }
+        if rooms.len() >= self.max_rooms {
+            return Err(Refusal::new(
+                ErrorCode::TooManyRooms,
+                format!("this server holds {} rooms already; join an existing one", self.max_rooms),
+            ));
+        }
+        // A primary-key lookup; the registry lock keeps anyone else from
+        // creating the room meanwhile.
+        let last_seq = self.history.last_seq(name).map_err(|err| {
+            Refusal::new(ErrorCode::HistoryFailed, format!("could not read #{name}'s history: {err}; try again"))
+        })?;
+        let room = Room::new(name, last_seq);
+        rooms.insert(room.name.clone(), room.clone());
+        Ok(room)
     }
 
     /// A `guest-xxxx` name nobody holds, claimed for `conn`.
@@ -285,8 +331,7 @@ impl Hub {
             username: Cow::Borrowed(&who.username),
             ts: Cow::Borrowed(&ts),
         };
-        let except = (!confirm).then_some(who.conn);
-        fan_out(&state.members, except, &Outbound::Text(joined.encode().into()));
+        self.announce(&state.members, who.conn, confirm, &Outbound::Text(joined.encode().into()));
     }
 
     /// Take `who` out of its room, announce it with `reason`, and drop the
@@ -304,7 +349,7 @@ impl Hub {
             ts: Cow::Owned(now_ts()),
             reason: Cow::Borrowed(reason),
         };
-        fan_out(&state.members, None, &Outbound::Text(left.encode().into()));
+        self.announce(&state.members, who.conn, false, &Outbound::Text(left.encode().into()));
         if state.members.is_empty() && &*who.room.name != DEFAULT_ROOM {
             rooms.remove(&who.room.name);
         }
@@ -420,7 +465,7 @@ impl Hub {
             new: Cow::Borrowed(&who.username),
             ts: Cow::Owned(now_ts()),
         };
-        fan_out(&state.members, None, &Outbound::Text(renamed.encode().into()));
+        self.announce(&state.members, who.conn, true, &Outbound::Text(renamed.encode().into()));
         Ok(())
     }
 
@@ -442,28 +487,7 @@ impl Hub {
             let _ = who.outbox.push_text(joined.encode());
             return Ok(());
         }
-        let target = match rooms.get(room) {
-            Some(target) => target.clone(),
-            None if rooms.len() >= self.max_rooms => {
-                return Err(Refusal::new(
-                    ErrorCode::TooManyRooms,
-                    format!("this server holds {} rooms already; join an existing one", self.max_rooms),
-                ));
-            }
-            None => {
-                // A primary-key lookup; the registry lock keeps anyone else
-                // from creating the room meanwhile.
-                let last_seq = self.history.last_seq(room).map_err(|err| {
-                    Refusal::new(
-                        ErrorCode::HistoryFailed,
-                        format!("could not read #{room}'s history: {err}; try again"),
-                    )
-                })?;
-                let target = Room::new(room, last_seq);
-                rooms.insert(target.name.clone(), target.clone());
-                target
-            }
-        };
+        let target = self.room_named(&mut rooms, room)?;
         self.exit(&mut rooms, who, "moved");
         who.room = target;
         self.enter(who, true);

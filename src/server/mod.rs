@@ -54,6 +54,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Most rooms at once; joining a new room past it is refused.
     pub max_rooms: usize,
+    /// Rooms with more members than this do not announce joins, leaves and
+    /// renames to all their members (who still see them with `who`).
+    pub presence_limit: usize,
     /// Time a new TCP connection has to send a complete request head.
     pub handshake_timeout: Duration,
     /// How long shutdown waits for connections to finish closing.
@@ -92,6 +95,7 @@ impl Default for ServerConfig {
             max_message_size: 64 * 1024,
             max_connections: 10_000,
             max_rooms: 10_000,
+            presence_limit: 1000,
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
             data_dir: default_data_dir(),
@@ -136,7 +140,8 @@ impl Shared {
         let history = History::open(&config.history, &config.data_dir, metrics.clone());
         let history = history.with_context(|| history_open_failed(&config))?;
         let hub = Hub::with_history(config.max_rooms, metrics.clone(), Arc::new(history));
-        let hub = Arc::new(hub.with_context(|| history_open_failed(&config))?);
+        let hub = hub.with_context(|| history_open_failed(&config))?;
+        let hub = Arc::new(hub.with_presence_limit(config.presence_limit));
         Ok(Shared { config, hub, metrics, shutdown: CancellationToken::new(), security })
     }
 

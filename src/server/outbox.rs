@@ -22,12 +22,13 @@
 //! closes the connection with reason `slow`.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -40,6 +41,8 @@ use crate::protocol::ServerEvent;
 
 /// Items a connection's own answers may queue beyond `max_items`.
 pub const ANSWER_RESERVE_ITEMS: usize = 64;
+/// Items a drained queue keeps room for; a bigger buffer is given back.
+const IDLE_CAPACITY: usize = 8;
 /// Bytes a connection's own answers may queue beyond `max_bytes` (a full
 /// `history` answer fits).
 pub const ANSWER_RESERVE_BYTES: usize = 1 << 20;
@@ -219,12 +222,19 @@ pub struct LagPolicy {
 /// The sending side of a connection's queue; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<Outbound>,
     shared: Arc<OutboxShared>,
 }
 
 #[derive(Debug)]
 struct OutboxShared {
+    /// The queued items. A plain deque behind a short lock (pushes already
+    /// run one at a time under their room's lock): unlike a channel, an idle
+    /// connection's holds no buffer at all.
+    items: Mutex<VecDeque<Outbound>>,
+    /// Wakes the writer when an item is queued.
+    ready: Notify,
+    /// Most items at once: room traffic plus the answers' reserve.
+    max_items: usize,
     /// Bytes pushed but not yet written; pushes add, the writer subtracts.
     queued_bytes: AtomicUsize,
     /// The byte budget of room traffic; answers may use `ANSWER_RESERVE_BYTES` more.
@@ -283,7 +293,6 @@ enum Budget {
 /// The writer's side of the queue.
 #[derive(Debug)]
 pub struct OutboxReceiver {
-    rx: mpsc::Receiver<Outbound>,
     shared: Arc<OutboxShared>,
 }
 
@@ -301,10 +310,22 @@ impl Outbox {
         end: SessionEnd,
         policy: Option<LagPolicy>,
     ) -> (Outbox, OutboxReceiver) {
-        let (tx, rx) = mpsc::channel(max_items.max(1) + ANSWER_RESERVE_ITEMS);
-        let shared =
-            Arc::new(OutboxShared { queued_bytes: AtomicUsize::new(0), max_bytes, end, policy, lag: Mutex::default() });
-        (Outbox { tx, shared: shared.clone() }, OutboxReceiver { rx, shared })
+        let shared = Arc::new(OutboxShared {
+            items: Mutex::default(),
+            ready: Notify::new(),
+            max_items: max_items.max(1) + ANSWER_RESERVE_ITEMS,
+            queued_bytes: AtomicUsize::new(0),
+            max_bytes,
+            end,
+            policy,
+            lag: Mutex::default(),
+        });
+        (Outbox { shared: shared.clone() }, OutboxReceiver { shared })
+    }
+
+    /// Room left in the queue, in items.
+    fn free_items(&self) -> usize {
+        self.shared.max_items.saturating_sub(lock(&self.shared.items).len())
     }
 
     /// Queue an item within `budget` without waiting; gives it back if it does not fit.
@@ -316,14 +337,16 @@ impl Outbox {
         };
         let cost = item.cost();
         let before = shared.queued_bytes.fetch_add(cost, Ordering::Relaxed);
-        if before + cost > max_bytes || self.tx.capacity() <= spare_items {
+        let mut items = lock(&shared.items);
+        if before + cost > max_bytes || items.len() + spare_items >= shared.max_items {
+            drop(items);
             shared.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
             return Err(item);
         }
-        self.tx.try_send(item).map_err(|err| {
-            shared.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
-            err.into_inner()
-        })
+        items.push_back(item);
+        drop(items);
+        shared.ready.notify_one();
+        Ok(())
     }
 
     /// Queue an item within `budget`; on overflow the session is ended as slow.
@@ -370,7 +393,7 @@ impl Outbox {
             // Announce the gap once the queue has room for it and this message
             // (or at once when this message is from another room).
             let fits = shared.queued_bytes.load(Ordering::Relaxed) + notice.cost() + item.cost() <= shared.max_bytes
-                && self.tx.capacity() >= ANSWER_RESERVE_ITEMS + 2;
+                && self.free_items() >= ANSWER_RESERVE_ITEMS + 2;
             if gap.room != *room || fits {
                 self.push_or_end(notice, Budget::Answer)?;
                 bump(&policy.metrics.gaps);
@@ -383,6 +406,8 @@ impl Outbox {
         }
         bump(&policy.metrics.lag_drops);
         lag.gap.get_or_insert_with(|| Missed { room: room.clone(), from: seq, to: seq }).to = seq;
+        // The writer hands the gap out once the queue is drained; make sure it looks.
+        shared.ready.notify_one();
         if lag.caught_up.take().is_some_and(|at| at.elapsed() >= CATCH_UP_GRACE) {
             lag.since = None;
             lag.missed = 0;
@@ -408,19 +433,29 @@ impl Outbox {
 impl OutboxReceiver {
     /// The next item, waiting for one.
     pub async fn recv(&mut self) -> Option<Outbound> {
-        if let Some(item) = self.try_recv() {
-            return Some(item);
+        loop {
+            if let Some(item) = self.try_recv() {
+                return Some(item);
+            }
+            // A push between the check and here leaves a permit: no lost wake-up.
+            self.shared.ready.notified().await;
         }
-        let item = self.rx.recv().await?;
-        self.release(&item);
-        Some(item)
     }
 
     /// The next item if one is ready: what is queued, then, once the queue
     /// is drained, the `gap` of what was dropped. A drained queue without a
     /// gap means the connection has caught up.
     pub fn try_recv(&mut self) -> Option<Outbound> {
-        if let Ok(item) = self.rx.try_recv() {
+        let popped = {
+            let mut items = lock(&self.shared.items);
+            let item = items.pop_front();
+            if items.is_empty() && items.capacity() > IDLE_CAPACITY {
+                // A burst is over: give its buffer back.
+                items.shrink_to(IDLE_CAPACITY);
+            }
+            item
+        };
+        if let Some(item) = popped {
             self.release(&item);
             return Some(item);
         }

@@ -133,7 +133,11 @@ impl Security {
     /// Check a WebSocket handshake's Origin and token.
     pub fn admit(&self, request: &Request) -> Result<Admission, Response> {
         self.check_origin(request.header("origin"))?;
-        let mut admission = Admission { identity: None, echo: self.echo, auth: self.auth.clone() };
+        let room = super::auth::query_param(&request.query, "room").filter(|r| !r.is_empty());
+        if let Some(why) = room.as_deref().and_then(crate::protocol::check_room) {
+            return Err(Response::text(400, format!("?room= {why}")));
+        }
+        let mut admission = Admission { identity: None, echo: self.echo, auth: self.auth.clone(), room };
         if let Some(auth) = &self.auth {
             let token = token_from(request.header("authorization"), &request.query);
             admission.identity = auth.check(token.as_deref()).map_err(|failure| {

@@ -85,7 +85,8 @@ where
     });
     let (outbox, queue) = Outbox::with_lag_policy(config.max_queue_items, config.max_queue_bytes, end.clone(), lag);
     // Echo mode (protocol conformance): no hub, no welcome, frames go back as they came.
-    let presence = (!admission.echo).then(|| hub.connect_as(outbox.clone(), admission.username()));
+    let presence =
+        (!admission.echo).then(|| hub.connect_as(outbox.clone(), admission.username(), admission.room.as_deref()));
     let mut conn = Conn { hub, presence, outbox, admission, limiter: MessageLimiter::new(config.rate_limit) };
     tracing::info!(conn = conn.id(), user = conn.username(), "connected");
     let (sink, stream) = ws.split();
@@ -226,7 +227,12 @@ where
             frame = stream.next() => {
                 last_seen = Instant::now();
                 match frame {
-                    Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => conn.on_data(message, end).await,
+                    Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                        // Boxed: handling a message (a history answer, a wait
+                        // for the history writer) needs more state than an
+                        // idle connection should carry.
+                        Box::pin(conn.on_data(message, end)).await
+                    }
                     Some(Ok(Message::Close(_))) => {
                         end.end(EndReason::Quit);
                         return stream;
