@@ -30,8 +30,8 @@ new_out fanout
 fanout_runs "$OUT"
 
 {
-    echo "Fan-out: $clients clients in one room, texts of 32 bytes (chorus) / 64 bytes (stamped raw and"
-    echo "chorus-plain), Poisson arrivals, ${duration}s steady per run, medians of $runs run(s)."
+    echo "Fan-out: $clients clients in one room, 32-byte texts, Poisson arrivals, ${duration}s steady per run,"
+    echo "medians of $runs run(s)."
     conditions
     echo "chorus started as: RUST_LOG=warn $(server_command chorus PORT "$OUT/chorus/rate-R/run-N")"
     echo

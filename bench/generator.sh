@@ -2,7 +2,7 @@
 # Is the generator the bottleneck? The chorus harness against a tiny
 # independent generator (examples/tinygen.rs: plain tokio-tungstenite clients
 # sending on a timer and counting receipts, no stamps, no histograms) under the
-# same load: the fan-out of bench/fanout.sh (100 clients in one room, 64-byte
+# same load: the fan-out of bench/fanout.sh (100 clients in one room, 32-byte
 # texts) against the minimal relay (examples/relay.rs), relay pinned to one
 # core, generator to the other. Reports each generator's CPU per message
 # (sent + received) and, at the top rate, which is past the harness's
@@ -35,14 +35,14 @@ for run in $(seq "$runs"); do
         run_harness "$limit" "$dir/scenario.toml" --target "$SERVER_URL" --out "$dir/result" > "$dir/harness.log" 2>&1
         stop_pid "$SERVER_PID"
         start_server relay "$dir/tinygen-relay"
-        (pinned harness timeout --kill-after=5 "$limit" "$TINYGEN" "$SERVER_URL" "$clients" "$rate" "$duration" 64) \
+        (pinned harness timeout --kill-after=5 "$limit" "$TINYGEN" "$SERVER_URL" "$clients" "$rate" "$duration" 32) \
             > "$dir/tinygen.json" 2> "$dir/tinygen.log"
         stop_pid "$SERVER_PID"
     done
 done
 
 {
-    echo "Generators side by side: $clients clients in one room of the minimal relay, 64-byte texts, ${duration}s"
+    echo "Generators side by side: $clients clients in one room of the minimal relay, 32-byte texts, ${duration}s"
     echo "of sending per run, medians of $runs run(s); CPU per message = CPU seconds / (sent + received)."
     conditions
     echo

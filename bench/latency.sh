@@ -24,8 +24,8 @@ new_out latency
 fanout_runs "$OUT"
 
 {
-    echo "Latency: $clients clients in one room at ${rates[0]} msg/s each, texts of 32 bytes (chorus) / 64 bytes"
-    echo "(raw, chorus-plain), Poisson arrivals, ${duration}s steady per run, medians of $runs run(s)."
+    echo "Latency: $clients clients in one room at ${rates[0]} msg/s each, 32-byte texts, Poisson arrivals,"
+    echo "${duration}s steady per run, medians of $runs run(s)."
     conditions
     echo "chorus started as: RUST_LOG=warn $(server_command chorus PORT "$OUT/chorus/rate-R/run-N")"
     echo

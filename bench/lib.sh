@@ -243,12 +243,11 @@ conditions() {
 
 # `fanout_scenario SERVER RATE FILE`: bench/scenarios/fanout.toml with this
 # measurement's protocol, rate, clients, text size and phase lengths (from the
-# caller's variables clients, duration, ramp, drain). chorus sends 32-byte
-# texts; the protocols that stamp the text itself need 64 bytes at least.
+# caller's variables clients, duration, ramp, drain). Every protocol sends
+# 32-byte texts (raw and chorus-plain carry the stamp in them).
 fanout_scenario() {
     local server=$1 rate=$2 file=$3 protocol size=32
     protocol=$(server_protocol "$server")
-    [ "$protocol" = chorus ] || size=64
     sed -e "s/^protocol = .*/protocol = \"$protocol\"/" -e "s/^rate = .*/rate = $rate/" \
         -e "s/^clients = .*/clients = $clients/" -e "s/^text_size = .*/text_size = $size/" \
         -e "s/^duration = .*/duration = \"${duration}s\"/" -e "s/^ramp_up = .*/ramp_up = \"${ramp}s\"/" \

@@ -130,6 +130,10 @@ struct RunArgs {
     /// Start at this moment (Unix seconds or RFC 3339), so the shards of a run start together.
     #[arg(long, value_name = "TIME", value_parser = parse_start_at)]
     start_at: Option<std::time::SystemTime>,
+    /// Connect from 127.0.0.1 to 127.0.0.N in turn (loopback targets; about 28,000 connections fit
+    /// per address). Default: only past 25,000 clients, 25,000 per address.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=254))]
+    source_addresses: Option<u8>,
     /// wss:// trust and the access token every simulated client presents.
     #[command(flatten)]
     connect: ConnectArgs,
@@ -430,6 +434,7 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<u8> {
         out: args.out,
         shard: args.shard,
         start_at: args.start_at,
+        source_addresses: args.source_addresses,
         connect: args.connect.options(),
     };
     let outcome = harness::run(scenario, options, stop).await?;

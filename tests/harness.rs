@@ -349,3 +349,13 @@ recv_buffer = "4KiB"
     assert!(outcome.summary.latency.contains_key("recovery"));
     assert!(outcome.report.contains("recovered through history"));
 }
+
+#[tokio::test]
+async fn clients_can_connect_from_several_loopback_addresses() {
+    let results = tempfile::tempdir().unwrap();
+    let text = "name = \"sources\"\nduration = \"1s\"\ndrain = \"300ms\"\n[[group]]\nclients = 6\nrate = 5.0\n";
+    let options = RunOptions { source_addresses: Some(3), ..options(results.path()) };
+    let outcome = harness::run(scenario(text), options, CancellationToken::new()).await.unwrap();
+    assert_eq!(outcome.summary.connections.ok, 6, "{}", outcome.report);
+    assert_eq!(outcome.summary.delivery.ratio, Some(1.0));
+}

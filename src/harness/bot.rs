@@ -181,6 +181,7 @@ impl Bot {
             let outcome = self.session(&mut conn).await;
             self.ctx.connected.fetch_sub(1, Ordering::Relaxed);
             self.metrics.counters.missing += conn.tracker.missing();
+            self.metrics.counters.unacked += self.pending.len() as u64;
             self.pending.clear();
             match outcome {
                 Outcome::Finished => return,

@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::bot::{self, BotPlan, RunContext};
 use super::html::{self, ChartData, Series};
-use super::metrics::{BotMetrics, GroupMetrics};
+use super::metrics::{BotMetrics, GroupMetrics, Metric};
+use super::probe::{self, cpu_time};
 use super::progress::{self, Collected};
 use super::report;
 use super::results::{self, SavedRun};
@@ -66,6 +67,8 @@ pub struct RunOptions {
     pub shard: Option<Shard>,
     /// Wait until then before starting (aligns the shards of a run).
     pub start_at: Option<SystemTime>,
+    /// Connect from 127.0.0.1 ..= 127.0.0.N, round-robin (loopback targets).
+    pub source_addresses: Option<u8>,
     pub connect: ConnectOptions,
 }
 
@@ -77,6 +80,7 @@ impl Default for RunOptions {
             out: None,
             shard: None,
             start_at: None,
+            source_addresses: None,
             connect: ConnectOptions::default(),
         }
     }
@@ -133,7 +137,10 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
         tokio::time::sleep(wait).await;
     }
     let timeline = Timeline::new(&scenario.phases);
-    let plans = plan_bots(&scenario, &timeline, options.shard, &url);
+    if options.source_addresses.is_some() && !url_is_loopback_v4(&url) {
+        bail!("--source-addresses spreads connections over 127.0.0.x: the target must be on loopback (got {url})");
+    }
+    let plans = plan_bots(&scenario, &timeline, options.shard, &url, options.source_addresses);
     let target_clients = plans.len();
     let ctx = Arc::new(RunContext {
         filler: filler(&scenario),
@@ -152,16 +159,25 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
     let cpu_before = cpu_time();
     let (tick_tx, tick_rx) = mpsc::channel(16 * 1024);
     let progress = tokio::spawn(progress::run(tick_rx, ctx.clone(), target_clients));
-    let (total, groups) = run_bots(plans, &ctx, tick_tx).await;
+    let watcher = tokio::spawn(probe::watch(ctx.clone()));
+    let (mut total, groups) = run_bots(plans, &ctx, tick_tx).await;
     let collected = progress.await.unwrap_or_default();
     let elapsed = ctx.epoch.elapsed();
     let cpu = cpu_time().saturating_sub(cpu_before);
+    let observed = watcher.await.ok();
+    if let Some(observed) = &observed {
+        total.set_hist(Metric::LoopLag, observed.loop_lag.clone());
+    }
     if let Some(server) = server {
         server.shutdown().await.context("stopping the embedded server")?;
     }
     let interrupted = stop.is_cancelled();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-    let cpu_percent = cpu.as_secs_f64() / elapsed.as_secs_f64().max(1e-9) * 100.0;
+    // The steady phases are what counts: ramps and drains dilute the average.
+    let cpu_percent = observed
+        .as_ref()
+        .and_then(probe::Observed::steady_cpu_percent)
+        .unwrap_or_else(|| cpu.as_secs_f64() / elapsed.as_secs_f64().max(1e-9) * 100.0);
     let facts = RunFacts {
         planned_clients: target_clients as u64,
         started_at,
@@ -221,7 +237,13 @@ async fn preflight(url: &str, options: &ConnectOptions, protocol: Protocol) -> a
 }
 
 /// Who connects when, from where, to which room.
-fn plan_bots(scenario: &Scenario, timeline: &Timeline, shard: Option<Shard>, url: &str) -> Vec<BotPlan> {
+fn plan_bots(
+    scenario: &Scenario,
+    timeline: &Timeline,
+    shard: Option<Shard>,
+    url: &str,
+    sources: Option<u8>,
+) -> Vec<BotPlan> {
     let total = scenario.total_clients();
     let loopback = url_is_loopback_v4(url);
     let mut plans = Vec::new();
@@ -230,10 +252,16 @@ fn plan_bots(scenario: &Scenario, timeline: &Timeline, shard: Option<Shard>, url
         for i in 0..group.clients {
             let mine = shard.is_none_or(|s| id % s.count as usize == (s.index - 1) as usize);
             if mine {
-                let bind = (loopback && total > PER_SOURCE_ADDRESS).then(|| {
-                    let n = (id / PER_SOURCE_ADDRESS + 1).min(254) as u8;
-                    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)), 0)
-                });
+                // Asked for: round-robin over 127.0.0.1..=N. Otherwise, only
+                // when one address could run out of ports: 25,000 each.
+                let source = match sources {
+                    Some(n) => Some(1 + (id % usize::from(n)) as u8),
+                    None if loopback && total > PER_SOURCE_ADDRESS => {
+                        Some((id / PER_SOURCE_ADDRESS + 1).min(254) as u8)
+                    }
+                    None => None,
+                };
+                let bind = source.map(|n| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)), 0));
                 plans.push(BotPlan {
                     id: id as u32,
                     group: g,
@@ -315,28 +343,23 @@ fn steady_secs(ctx: &RunContext, elapsed: Duration) -> f64 {
         .sum()
 }
 
-/// User plus system CPU time of this process so far.
-fn cpu_time() -> Duration {
-    use nix::sys::resource::{UsageWho, getrusage};
-    getrusage(UsageWho::RUSAGE_SELF)
-        .map(|u| {
-            let t = |tv: nix::sys::time::TimeVal| {
-                Duration::new(tv.tv_sec().max(0) as u64, (tv.tv_usec().max(0) as u32) * 1000)
-            };
-            t(u.user_time()) + t(u.system_time())
-        })
-        .unwrap_or_default()
-}
-
 /// Reasons to distrust the figures: the generator could not keep up.
 fn suspicions(total: &BotMetrics, cpu_percent: f64, cores: u64, embedded: bool) -> Vec<String> {
     let mut reasons = Vec::new();
-    if let Some(lag) = total.hist(super::metrics::Metric::Lag) {
+    if let Some(lag) = total.hist(Metric::Lag) {
         let p99 = lag.value_at_quantile(0.99) as f64 / 1000.0;
         let max = lag.max() as f64 / 1000.0;
         if p99 > 10.0 || max > 1000.0 {
             reasons.push(format!(
                 "the generator fell behind its schedule (scheduler lag p99 {p99:.1}ms, max {max:.1}ms); latencies include that delay"
+            ));
+        }
+    }
+    if let Some(lag) = total.hist(Metric::LoopLag) {
+        let p99 = lag.value_at_quantile(0.99) as f64 / 1000.0;
+        if p99 > 10.0 {
+            reasons.push(format!(
+                "the generator's event loop ran late (p99 {p99:.1}ms): deliveries were read late, and their latencies include that"
             ));
         }
     }
@@ -378,4 +401,31 @@ fn chart_data(total: &BotMetrics, collected: &Collected) -> ChartData {
         points: per_second(&|b| (!b.delivery.is_empty()).then(|| b.delivery.value_at_quantile(0.99) as f64 / 1000.0)),
     }];
     ChartData { percentiles, throughput, p99 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scenario(clients: usize) -> Scenario {
+        let text = format!("duration = \"1s\"\n[[group]]\nclients = {clients}\nrooms = [\"a\", \"b\"]\n");
+        Scenario::parse(&text, "t.toml", "t").unwrap()
+    }
+
+    #[test]
+    fn plans_spread_rooms_shards_and_source_addresses() {
+        let s = scenario(6);
+        let timeline = Timeline::new(&s.phases);
+        let url = "ws://127.0.0.1:9/";
+        let all = plan_bots(&s, &timeline, None, url, Some(3));
+        let sources: Vec<String> = all.iter().map(|p| p.bind.unwrap().ip().to_string()).collect();
+        assert_eq!(sources, ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.1", "127.0.0.2", "127.0.0.3"]);
+        assert_eq!(all.iter().map(|p| p.room.as_str()).collect::<Vec<_>>(), ["a", "b", "a", "b", "a", "b"]);
+        assert!(plan_bots(&s, &timeline, None, url, None).iter().all(|p| p.bind.is_none()), "few clients: no binding");
+        let shard = plan_bots(&s, &timeline, Some(Shard { index: 2, count: 3 }), url, None);
+        assert_eq!(shard.iter().map(|p| p.id).collect::<Vec<_>>(), [1, 4]);
+        let big = scenario(60_000);
+        let plans = plan_bots(&big, &Timeline::new(&big.phases), None, url, None);
+        assert_eq!(plans[30_000].bind.unwrap().ip().to_string(), "127.0.0.2", "25,000 per address past 25,000");
+    }
 }

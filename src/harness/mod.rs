@@ -13,6 +13,7 @@ pub mod bot;
 pub mod driver;
 pub mod html;
 pub mod metrics;
+pub mod probe;
 pub mod progress;
 mod receive;
 pub mod report;

@@ -77,6 +77,11 @@ impl Bot {
 
     /// One JSON event from a chorus server.
     async fn on_event(&mut self, conn: &mut Conn, text: &str) -> Result<(), WsError> {
+        // Nearly every frame is a chat: find its stamp without decoding it all.
+        if let Some(stamp) = quick_chat_stamp(text) {
+            self.deliver(conn, stamp, Kind::Text);
+            return Ok(());
+        }
         let Ok(header) = EventHeader::decode(text) else {
             self.metrics.count_error("undecodable event");
             return Ok(());
@@ -206,5 +211,52 @@ impl Bot {
             conn.recovering[0].0 = last;
         }
         self.request_history(conn).await
+    }
+}
+
+/// The stamp of a chorus `chat` event, found by scanning rather than
+/// decoding: in `client_id`, or at the start of `text` (plain-text senders).
+/// Inside a JSON string a quote is always escaped, so `"client_id":"` can only
+/// be the key itself. Anything unexpected falls back to a full decode.
+fn quick_chat_stamp(text: &str) -> Option<Stamp> {
+    if !text.starts_with("{\"type\":\"chat\"") {
+        return None;
+    }
+    let value = |key: &str| text.find(key).map(|at| &text[at + key.len()..]);
+    if let Some(rest) = value("\"client_id\":\"") {
+        return Stamp::from_text(&rest[..rest.find('"')?]);
+    }
+    let rest = value("\"text\":\"")?;
+    let end = rest.find([' ', '"'])?;
+    Stamp::from_text(&rest[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ServerEvent;
+
+    fn chat(text: &str, client_id: Option<&str>) -> String {
+        ServerEvent::Chat {
+            room: "lobby".into(),
+            seq: 4,
+            msg_id: "m1".into(),
+            from: "bot-\"7\"".into(),
+            user_id: "u1".into(),
+            text: text.into(),
+            ts: "2026-11-28T15:29:58.123Z".into(),
+            client_id: client_id.map(Into::into),
+        }
+        .encode()
+    }
+
+    #[test]
+    fn stamps_are_found_without_a_full_decode() {
+        let stamp = Stamp { tag: 77, bot: 3, seq: 9, intended_us: 1_764_344_998_123_456, lag_us: 12 };
+        let id = stamp.to_text();
+        assert_eq!(quick_chat_stamp(&chat("x \"client_id\":\"fake\" y", Some(&id))), Some(stamp));
+        assert_eq!(quick_chat_stamp(&chat(&stamp.raw_text(40, "zzzzzzzzzzzz"), None)), Some(stamp));
+        assert_eq!(quick_chat_stamp(&chat("no stamp here", None)), None);
+        assert_eq!(quick_chat_stamp("{\"type\":\"ack\",\"client_id\":\"x\"}"), None, "only chats");
     }
 }

@@ -19,6 +19,7 @@ const ROWS: &[&str] = &[
     "connect",
     "lag",
     "recovery",
+    "loop_lag",
 ];
 
 fn ms(value: f64) -> String {
@@ -77,6 +78,13 @@ pub fn text(s: &Summary) -> String {
         "messages     sent {} (text {}, binary {}, rename {})  acked {}  received {}  skipped {}",
         m.sent, m.sent_text, m.sent_binary, m.sent_rename, m.acked, m.received, m.skipped
     );
+    if m.unacked > 0 {
+        let _ = writeln!(
+            out,
+            "             unacknowledged {} (the connection ended before the answer; what they delivered is not in expected)",
+            m.unacked
+        );
+    }
     if m.foreign + m.echoes > 0 {
         let _ = writeln!(out, "             foreign frames {}  echoes of our own {}", m.foreign, m.echoes);
     }

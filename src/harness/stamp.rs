@@ -4,12 +4,14 @@
 //! it in their first bytes. Receivers compute delivery latency from it and
 //! track per-sender sequence numbers.
 
-use std::fmt::Write as _;
-
 /// Bytes a binary stamp takes at the start of a payload.
 pub const BINARY_STAMP_LEN: usize = 30;
-/// Longest text stamp, plus the space after it in raw mode.
-pub const TEXT_STAMP_MAX_LEN: usize = 64;
+/// The smallest text a stamped-text protocol (`raw`, `chorus-plain`) may ask
+/// for. A stamp is usually 25 to 30 characters (at most 36); a text shorter
+/// than its stamp is the stamp and a space.
+pub const TEXT_STAMP_MAX_LEN: usize = 32;
+/// Run tags stay below 36^4, so they take at most 4 base-36 digits.
+const TAG_MODULUS: u32 = 36 * 36 * 36 * 36;
 const MAGIC: &[u8; 2] = b"CH";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,22 +34,35 @@ impl Stamp {
         self.intended_us + i64::from(self.lag_us)
     }
 
-    /// As text: `tag.bot.seq.intended.lag` (at most 55 characters).
+    /// As text: `tag.bot.seq.intended.lag`, each in base 36 (usually 25 to
+    /// 30 characters, at most 36).
     pub fn to_text(&self) -> String {
-        let mut out = String::with_capacity(56);
-        let _ = write!(out, "{:08x}.{}.{}.{}.{}", self.tag, self.bot, self.seq, self.intended_us, self.lag_us);
+        let mut out = String::with_capacity(36);
+        let fields = [
+            u64::from(self.tag),
+            u64::from(self.bot),
+            self.seq,
+            self.intended_us.max(0) as u64,
+            u64::from(self.lag_us),
+        ];
+        for (i, value) in fields.into_iter().enumerate() {
+            if i > 0 {
+                out.push('.');
+            }
+            push_base36(&mut out, value);
+        }
         out
     }
 
     pub fn from_text(text: &str) -> Option<Stamp> {
         let mut parts = text.split('.');
-        let tag = u32::from_str_radix(parts.next()?, 16).ok()?;
+        let mut next = || parts.next().and_then(|p| u64::from_str_radix(p, 36).ok());
         let stamp = Stamp {
-            tag,
-            bot: parts.next()?.parse().ok()?,
-            seq: parts.next()?.parse().ok()?,
-            intended_us: parts.next()?.parse().ok()?,
-            lag_us: parts.next()?.parse().ok()?,
+            tag: u32::try_from(next()?).ok()?,
+            bot: u32::try_from(next()?).ok()?,
+            seq: next()?,
+            intended_us: i64::try_from(next()?).ok()?,
+            lag_us: u32::try_from(next()?).ok()?,
         };
         parts.next().is_none().then_some(stamp)
     }
@@ -100,7 +115,22 @@ pub fn run_tag(name: &str, seed: u64) -> u32 {
         hash ^= u32::from(byte);
         hash = hash.wrapping_mul(0x0100_0193);
     }
-    hash
+    hash % TAG_MODULUS
+}
+
+fn push_base36(out: &mut String, mut value: u64) {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut buf = [0u8; 13];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = DIGITS[(value % 36) as usize];
+        value /= 36;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend(buf[i..].iter().map(|&b| char::from(b)));
 }
 
 #[cfg(test)]
@@ -108,20 +138,17 @@ mod tests {
     use super::*;
 
     fn stamp() -> Stamp {
-        Stamp {
-            tag: 0xdead_beef,
-            bot: 12_345,
-            seq: 9_876_543_210,
-            intended_us: 1_764_344_998_123_456,
-            lag_us: 4_000_000_000,
-        }
+        Stamp { tag: 1_679_615, bot: 999_999, seq: 9_876_543_210, intended_us: 1_764_344_998_123_456, lag_us: u32::MAX }
     }
 
     #[test]
     fn text_roundtrip_fits_a_client_id() {
         let text = stamp().to_text();
-        assert!(text.len() <= 64, "{text}");
+        assert!(text.len() <= 36, "{text}");
         assert_eq!(Stamp::from_text(&text), Some(stamp()));
+        let typical = Stamp { tag: 123_456, bot: 250, seq: 1_000, intended_us: 1_764_344_998_123_456, lag_us: 300 };
+        assert!(typical.to_text().len() <= 27, "{}", typical.to_text());
+        assert_eq!(Stamp::from_text(&typical.to_text()), Some(typical));
         assert_eq!(Stamp::from_text("hello"), None);
         assert_eq!(Stamp::from_text(&format!("{text}.9")), None);
     }

@@ -107,6 +107,9 @@ pub struct Messages {
     pub acked: u64,
     /// Sends skipped while the client was disconnected (churn).
     pub skipped: u64,
+    /// Sends whose answer never came (the connection ended first).
+    #[serde(default)]
+    pub unacked: u64,
     pub received_text: u64,
     pub received_binary: u64,
     pub received: u64,
@@ -233,6 +236,7 @@ pub const REPORTED: &[(&str, &[Metric])] = &[
     ("connect", &[Metric::Connect]),
     ("lag", &[Metric::Lag]),
     ("recovery", &[Metric::Recovery]),
+    ("loop_lag", &[Metric::LoopLag]),
 ];
 
 /// Latency statistics of every metric that has samples.
@@ -293,6 +297,7 @@ impl Summary {
                 sent: c.sent(),
                 acked: c.acked,
                 skipped: c.skipped,
+                unacked: c.unacked,
                 received_text: c.received_text,
                 received_binary: c.received_binary,
                 received: c.received(),

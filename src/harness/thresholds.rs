@@ -19,6 +19,7 @@ pub const LATENCY_METRICS: &[&str] = &[
     "connect",
     "lag",
     "recovery",
+    "loop_lag",
 ];
 
 /// Statistics of a latency metric.
