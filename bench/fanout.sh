@@ -9,6 +9,8 @@
 # highest delivered/s with ratio 1.0 and p99 < 50 ms, and the ratios.
 #
 # Usage: bench/fanout.sh [--tiny] [rates per client...]   (default 10 50 100 200)
+# Before / after a change: BENCH_SERVERS="chorus chorus-baseline" and
+# CHORUS_BASELINE=path/to/the/other/chorus (built from the commit before).
 # Environment: BENCH_RUNS (3), BENCH_SERVERS (all five), BENCH_CLIENTS (100),
 #   BENCH_DURATION (steady seconds, 10), BENCH_TINY=1 (= --tiny: 5 clients, 1 s, 1 run).
 # Raw outputs: bench/out/fanout/<stamp>/<server>/rate-<r>/run-<n>/ (server

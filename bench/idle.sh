@@ -8,37 +8,30 @@
 # time until the last one has the broadcast (delivery max of the shards merged
 # with `chorus report --merge`).
 #
-# Rooms: with IDLE_ROOM_SIZE=0 every connection is in the lobby and one sender
-# sends one message to all of them, the measurement issue 5 asks for. Today
-# chorus announces every arrival to the whole room (`joined`), so N arrivals
-# in one room cost N^2/2 deliveries (180 million at 19,000): the server falls
-# over (slow-consumer closes, GBs of queues; see bench/README.md). So by
-# default (IDLE_ROOM_SIZE=100) the connections sit in rooms of about 100, and
-# the broadcast is one message from each of IDLE_SHARDS senders per room, all
-# sent within the same 10 ms: every connection gets a message at once.
+# All of them are in one room, the lobby, and one of them sends one message:
+# the broadcast reaches every other connection. Past the server's presence
+# limit (1,000 members, `--presence-limit`) arrivals are not announced to the
+# room, so opening 19,000 connections in one room costs 19,000 `welcome`s, not
+# 180 million `joined` notices.
 #
 # Usage: bench/idle.sh [--tiny]
-# Environment: IDLE_CONNS (19000), IDLE_SHARDS (4), IDLE_ROOM_SIZE (100; 0 =
-#   one room), IDLE_RAMP (seconds over which connections open, 30; at 5 the
-#   lobby storm below closes thousands of them),
-#   BENCH_TINY=1 (= --tiny: 40 connections, 2 shards, rooms of 10).
+# Environment: IDLE_CONNS (19000), IDLE_SHARDS (4: harness processes, shard i
+#   connecting from 127.0.0.i), IDLE_RAMP (seconds over which connections
+#   open, 10), BENCH_TINY=1 (= --tiny: 40 connections, 2 shards).
 # Raw outputs: bench/out/idle/<stamp>/ (server command and log, shard-<i>/
-# results and logs, merged/, plan.json, idle.json, table.md).
-# Source addresses: see bench/idle_plan.py (the harness has no option for them).
+# results and logs, merged/, scenario.toml, idle.json, table.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 
 conns=${IDLE_CONNS:-19000}
 shards=${IDLE_SHARDS:-4}
-room_size=${IDLE_ROOM_SIZE:-100}
-ramp=${IDLE_RAMP:-30}
+ramp=${IDLE_RAMP:-10}
 quiet=10
 drain=10
 if [ "$BENCH_TINY" = 1 ]; then
     conns=${IDLE_CONNS:-40}
     shards=${IDLE_SHARDS:-2}
-    room_size=${IDLE_ROOM_SIZE:-10}
     ramp=${IDLE_RAMP:-1}
     quiet=2
     drain=2
@@ -51,9 +44,12 @@ fi
 build_all
 new_out idle
 out=$OUT
-phantom=5
-python3 bench/idle_plan.py bench/scenarios/idle.toml "$out/scenario.toml" "$conns" "$shards" "$phantom" \
-    "$room_size" "$ramp" "$quiet" "$drain" > "$out/plan.json"
+sed -e "s/^duration = \"5s\" # ramp/duration = \"${ramp}s\" # ramp/" \
+    -e "s/^duration = \"10s\" # quiet/duration = \"${quiet}s\" # quiet/" \
+    -e "s/^duration = \"10s\" # drain/duration = \"${drain}s\" # drain/" \
+    -e "s/^clients = 18999 #/clients = $((conns - 1)) #/" bench/scenarios/idle.toml > "$out/scenario.toml"
+printf '{"sources": [%s], "rooms": 1, "senders": 1, "expected_deliveries": %d}\n' \
+    "$(seq -s, -f '"127.0.0.%g"' "$shards")" "$((conns - 1))" > "$out/plan.json"
 
 CHORUS_FLAGS="--max-connections $((conns + 100))" start_server chorus "$out"
 port=${SERVER_URL#ws://127.0.0.1:}
@@ -66,7 +62,8 @@ shard_pids=()
 for i in $(seq "$shards"); do
     mkdir -p "$out/shard-$i"
     start_bg "$out/shard-$i/harness.log" pinned harness timeout --kill-after=5 $((ramp + quiet + drain + 120)) \
-        "$CHORUS" run "$out/scenario.toml" --target "$SERVER_URL" --shard "$i/$((phantom * shards))" \
+        "$CHORUS" run "$out/scenario.toml" --target "$SERVER_URL" --shard "$i/$shards" \
+        --source-addresses "$shards" \
         --start-at "$start" --out "$out/shard-$i/result"
     shard_pids+=("$BG_PID")
 done

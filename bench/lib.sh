@@ -130,17 +130,30 @@ wait_port() {
 # The command line of each server under test, on 127.0.0.1:PORT. chorus runs
 # with its abuse limits off (per-connection rate limit, per-address cap), as
 # a load test from one machine needs. Extra chorus flags: CHORUS_FLAGS.
+# chorus keeps history as it does by default (SQLite in DIR/data, synchronous
+# FULL); bench/history.sh compares that with its other history settings:
+# chorus-sqlite-normal, chorus-memory and chorus-history-off.
+# chorus-baseline is chorus built from another commit, for before / after
+# figures in the same run: CHORUS_BASELINE=path/to/that/chorus.
 server_command() {
-    local name=$1 port=$2 dir=$3
+    local name=$1 port=$2 dir=$3 history=
     case "$name" in
-    chorus | chorus-plain)
-        echo "$CHORUS server --addr 127.0.0.1:$port --rate-limit off --max-connections-per-ip 0 --data $dir/data ${CHORUS_FLAGS:-}"
+    chorus-sqlite-normal) history="--history-sync normal" ;;
+    chorus-memory) history="--history memory" ;;
+    chorus-history-off) history="--history off" ;;
+    esac
+    case "$name" in
+    chorus-baseline)
+        echo "${CHORUS_BASELINE:?chorus-baseline needs CHORUS_BASELINE=path/to/another/chorus} server --addr 127.0.0.1:$port --rate-limit off --max-connections-per-ip 0 --data $dir/data ${CHORUS_FLAGS:-}"
+        ;;
+    chorus | chorus-plain | chorus-sqlite-normal | chorus-memory | chorus-history-off)
+        echo "$CHORUS server --addr 127.0.0.1:$port --rate-limit off --max-connections-per-ip 0 --data $dir/data $history ${CHORUS_FLAGS:-}"
         ;;
     relay) echo "$RELAY 127.0.0.1:$port" ;;
     node-ws) echo "node bench/peers/node-ws/relay.js 127.0.0.1:$port" ;;
     python-websockets) echo "$PYTHON_PEER bench/peers/python-websockets/relay.py 127.0.0.1:$port" ;;
     *)
-        echo "unknown server $name (chorus, chorus-plain, relay, node-ws, python-websockets)" >&2
+        echo "unknown server $name (chorus, chorus-plain, chorus-baseline, chorus-sqlite-normal, chorus-memory, chorus-history-off, relay, node-ws, python-websockets)" >&2
         return 2
         ;;
     esac
@@ -149,7 +162,7 @@ server_command() {
 # The harness protocol each server is driven with.
 server_protocol() {
     case "$1" in
-    chorus) echo chorus ;;
+    chorus | chorus-baseline | chorus-sqlite-normal | chorus-memory | chorus-history-off) echo chorus ;;
     chorus-plain) echo chorus-plain ;;
     *) echo raw ;;
     esac

@@ -2,7 +2,7 @@
 bench/out/<script>/<stamp>/ and print Markdown tables (medians over the
 repeated runs), ready to paste into bench/README.md.
 
-    python3 bench/tables.py fanout|latency|generator|idle|capacity DIR
+    python3 bench/tables.py fanout|latency|history|generator|idle|capacity DIR
 """
 
 import json
@@ -12,8 +12,15 @@ from pathlib import Path
 
 # A rate "holds" when every message arrived and delivery p99 stayed under this.
 P99_LIMIT_MS = 50.0
-SERVERS = ["chorus", "chorus-plain", "relay", "node-ws", "python-websockets"]
-PAIRS = [("chorus", "relay"), ("chorus-plain", "relay"), ("chorus", "node-ws"), ("chorus", "python-websockets")]
+SERVERS = ["chorus", "chorus-baseline", "chorus-plain", "relay", "node-ws", "python-websockets"]
+HISTORY = ["chorus", "chorus-sqlite-normal", "chorus-memory", "chorus-history-off"]
+HISTORY_NAMES = {
+    "chorus": "SQLite, sync FULL (default)",
+    "chorus-sqlite-normal": "SQLite, sync NORMAL",
+    "chorus-memory": "memory",
+    "chorus-history-off": "off",
+}
+PAIRS = [("chorus", "chorus-baseline"), ("chorus", "relay"), ("chorus-plain", "relay"), ("chorus", "node-ws"), ("chorus", "python-websockets")]
 
 
 def load(path):
@@ -75,6 +82,8 @@ def cell(runs):
         "p50": median([latency(s, "p50_ms") for s in runs]),
         "p99": median([latency(s, "p99_ms") for s in runs]),
         "p999": median([latency(s, "p999_ms") for s in runs]),
+        "ack50": median([s["latency"].get("ack", {}).get("p50_ms") for s in runs]),
+        "ack99": median([s["latency"].get("ack", {}).get("p99_ms") for s in runs]),
         "max": median([latency(s, "max_ms") for s in runs]),
         "cpu": median([s["run"]["generator_cpu_percent"] for s in runs]),
         "server_cpu": median([server_cpu_percent(s) for s in runs]),
@@ -144,6 +153,48 @@ def fanout(root):
     for a, b in PAIRS:
         if a in cost and b in cost and cost[b][0] > 0:
             print(f"- {a} / {b}: {cost[a][0] / cost[b][0]:.2f}")
+
+
+def history(root):
+    """Each history setting of bench/history.sh, and its cost against --history off."""
+    settings = [s for s in HISTORY if (root / s).is_dir()]
+    print(
+        "| history | rate/client | delivered/s | ratio | ack p50 ms | ack p99 ms | delivery p99 ms "
+        "| server CPU % | server µs CPU/delivery | suspect |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    cells = {}
+    for setting in settings:
+        for rate, runs in runs_of(root, setting).items():
+            if not runs:
+                continue
+            c = cells[setting, rate] = cell(runs)
+            print(
+                f"| {HISTORY_NAMES[setting]} | {rate:g} | {fmt(c['delivered'])} | {fmt(c['ratio'], 6)} "
+                f"| {fmt(c['ack50'], 2)} | {fmt(c['ack99'], 2)} | {fmt(c['p99'], 2)} | {fmt(c['server_cpu'])} "
+                f"| {fmt(c['server_us'], 2)} | {suspect_cell(c['suspect'], c['n'])} |"
+            )
+    base = "chorus-history-off"
+    print()
+    print(f"Against history off (highest delivered/s with ratio 1.0 and p99 < {P99_LIMIT_MS:g} ms; server CPU")
+    print("per delivery at each rate, where both measured one; above 1: history costs that much more):")
+    print()
+    print("| history | highest delivered/s held | throughput vs off | CPU per delivery vs off, by rate |")
+    print("|---|---:|---:|---|")
+    best = {}
+    for setting in settings:
+        held = [c["delivered"] for (s, _), c in cells.items() if s == setting and holds(c)]
+        best[setting] = max(held) if held else None
+    for setting in settings:
+        throughput = "-"
+        if best[setting] and best.get(base):
+            throughput = f"{best[setting] / best[base]:.3f}"
+        costs = []
+        for (s, rate), c in sorted(cells.items(), key=lambda kv: kv[0][1]):
+            b = cells.get((base, rate))
+            if s == setting and b and c["server_us"] and b["server_us"]:
+                costs.append(f"{rate:g}/s: {c['server_us'] / b['server_us']:.2f}")
+        print(f"| {HISTORY_NAMES[setting]} | {fmt(best[setting])} | {throughput} | {', '.join(costs) or '-'} |")
 
 
 def latency_table(root):
@@ -228,13 +279,9 @@ def idle(root):
     d = merged["latency"].get("delivery", {})
     c = merged["latency"].get("connect", {})
     connect = facts["connect_secs"]
-    rooms = facts["rooms"]
-    layout = "one room (the lobby)" if rooms == 1 else (
-        f"{rooms} rooms of {facts['room_size_min']}-{facts['room_size_max']}"
-    )
     rows = [
         ("connections open (server /healthz)", fmt(conns)),
-        ("rooms", layout),
+        ("rooms", "one (the lobby)"),
         ("harness shards (processes) / source addresses", f"{facts['shards']} / {', '.join(facts['sources'])}"),
         ("server RSS before / after", f"{fmt(facts['rss_before_kib'])} KiB / {fmt(facts['rss_after_kib'])} KiB"),
         ("server RSS per connection", f"**{per_conn:.2f} KiB**"),
@@ -290,7 +337,7 @@ def capacity(root):
 
 
 def main():
-    tables = {"fanout": fanout, "latency": latency_table, "generator": generator, "idle": idle, "capacity": capacity}
+    tables = {"fanout": fanout, "latency": latency_table, "history": history, "generator": generator, "idle": idle, "capacity": capacity}
     if len(sys.argv) != 3 or sys.argv[1] not in tables:
         sys.exit(f"usage: tables.py {'|'.join(tables)} DIR")
     tables[sys.argv[1]](Path(sys.argv[2]))

@@ -14,16 +14,16 @@
 //! the queue has room again, the connection gets `gap` (from_seq, to_seq)
 //! before the next message, or as soon as its writer has drained the queue,
 //! and can fetch the range with `history`. Presence notices dropped meanwhile
-//! are lost. A connection that keeps missing messages (a miss less than
-//! `CATCH_UP_GRACE` after its writer last drained the queue continues the
-//! same stretch) for longer than `max_lag`, or misses more than `max_gap`
+//! are lost. A connection that keeps missing messages (a stretch of lagging
+//! ends only once it has stayed caught up, its queue drained and no gap
+//! pending, for `CATCH_UP_GRACE`) for longer than `max_lag`, or misses more than `max_gap`
 //! messages in one stretch, is closed with reason `slow`, as is one that
 //! cannot take its own answers. With history off, any overflow
 //! closes the connection with reason `slow`.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -195,6 +195,13 @@ impl SessionEnd {
         self.token.is_cancelled()
     }
 
+    /// Ended for a reason of its own (slow, expired, ...): one atomic load,
+    /// for the push paths (`is_ended` takes a lock). A session ended only by
+    /// the server's shutdown is not seen here; pushes to it are harmless.
+    fn is_ending(&self) -> bool {
+        self.reason.get().is_some()
+    }
+
     pub async fn ended(&self) {
         self.token.cancelled().await
     }
@@ -243,9 +250,13 @@ struct OutboxShared {
     /// `None`: history is off, overflow closes the connection.
     policy: Option<LagPolicy>,
     /// What this connection missed. Taken by every message push and by the
-    /// writer when it has drained the queue, so a gap is always announced in
-    /// seq order.
+    /// writer when it has drained the queue while the connection is
+    /// `lagging`, so a gap is always announced in seq order.
     lag: Mutex<Lag>,
+    /// In a stretch of lagging (`lag.since` is set, a gap may be pending):
+    /// set and cleared under the `lag` lock. While it is false a message push
+    /// and a drained queue skip that lock, the common case by far.
+    lagging: AtomicBool,
 }
 
 /// How far behind a connection is.
@@ -257,7 +268,8 @@ struct Lag {
     since: Option<Instant>,
     /// Messages missed in this stretch.
     missed: u64,
-    /// When the writer last found the queue drained (and no gap pending).
+    /// When the writer first found the queue drained (and no gap pending)
+    /// since the last miss.
     caught_up: Option<Instant>,
 }
 
@@ -319,6 +331,7 @@ impl Outbox {
             end,
             policy,
             lag: Mutex::default(),
+            lagging: AtomicBool::new(false),
         });
         (Outbox { shared: shared.clone() }, OutboxReceiver { shared })
     }
@@ -351,7 +364,7 @@ impl Outbox {
 
     /// Queue an item within `budget`; on overflow the session is ended as slow.
     fn push_or_end(&self, item: Outbound, budget: Budget) -> Result<(), Overflow> {
-        if self.shared.end.is_ended() {
+        if self.shared.end.is_ending() {
             return Err(Overflow);
         }
         self.try_push(item, budget).map_err(|_| {
@@ -373,7 +386,7 @@ impl Outbox {
     /// Queue a presence notice (joined, left, renamed). While the connection
     /// is behind, notices that do not fit are dropped.
     pub fn push_notice(&self, item: Outbound) -> Result<(), Overflow> {
-        if self.shared.policy.is_none() || self.shared.end.is_ended() {
+        if self.shared.policy.is_none() || self.shared.end.is_ending() {
             return self.push_or_end(item, Budget::Room);
         }
         self.try_push(item, Budget::Room).map_err(|_| Overflow)
@@ -384,9 +397,20 @@ impl Outbox {
     pub fn push_message(&self, room: &Arc<str>, seq: u64, item: Outbound) -> Result<(), Overflow> {
         let shared = &self.shared;
         let Some(policy) = &shared.policy else { return self.push_or_end(item, Budget::Room) };
-        if shared.end.is_ended() {
+        if shared.end.is_ending() {
             return Err(Overflow);
         }
+        // Not behind: queue it without looking at the lag. (Message pushes to
+        // one connection come one at a time, under its room's lock, so no
+        // other push can start a gap meanwhile.)
+        let item = if shared.lagging.load(Ordering::Acquire) {
+            item
+        } else {
+            match self.try_push(item, Budget::Room) {
+                Ok(()) => return Ok(()),
+                Err(item) => item,
+            }
+        };
         let mut lag = lock(&shared.lag);
         if let Some(gap) = lag.gap.as_ref() {
             let notice = gap.event();
@@ -406,7 +430,9 @@ impl Outbox {
         }
         bump(&policy.metrics.lag_drops);
         lag.gap.get_or_insert_with(|| Missed { room: room.clone(), from: seq, to: seq }).to = seq;
-        // The writer hands the gap out once the queue is drained; make sure it looks.
+        // The writer hands the gap out once the queue is drained; make sure it
+        // looks (the flag first: a writer woken by the notice must see it).
+        shared.lagging.store(true, Ordering::Release);
         shared.ready.notify_one();
         if lag.caught_up.take().is_some_and(|at| at.elapsed() >= CATCH_UP_GRACE) {
             lag.since = None;
@@ -460,6 +486,9 @@ impl OutboxReceiver {
             return Some(item);
         }
         let policy = self.shared.policy.as_ref()?;
+        if !self.shared.lagging.load(Ordering::Acquire) {
+            return None;
+        }
         let mut lag = lock(&self.shared.lag);
         match lag.gap.take() {
             Some(gap) => {
@@ -467,7 +496,17 @@ impl OutboxReceiver {
                 Some(gap.event())
             }
             None => {
-                lag.caught_up = Some(Instant::now());
+                // Caught up: note when first; caught up for a whole grace
+                // period, the stretch of lagging is over.
+                let now = Instant::now();
+                match lag.caught_up {
+                    None => lag.caught_up = Some(now),
+                    Some(at) if now.duration_since(at) >= CATCH_UP_GRACE => {
+                        *lag = Lag::default();
+                        self.shared.lagging.store(false, Ordering::Release);
+                    }
+                    Some(_) => {}
+                }
                 None
             }
         }

@@ -7,12 +7,19 @@
 //! the server: the next batch simply tries again, so storage recovers as soon
 //! as the disk does. The writer also deletes messages past the retention age,
 //! a chunk at a time, at most every `PRUNE_EVERY`.
+//!
+//! Group commit: a store whose commits have a fixed cost (SQLite: an fsync
+//! and the WAL frames of every page touched) gives a commit window. A message
+//! that arrives within that window after the last commit started waits for
+//! the rest of it, so under load the writer commits at most once per window
+//! with everything that came meanwhile, instead of once per handful of
+//! messages; a message arriving after a quiet spell is committed at once.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -52,7 +59,17 @@ pub fn spawn(
     pending: Arc<Mutex<HashMap<Arc<str>, u64>>>,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<()> {
-    let writer = Writer { store, pending, metrics, healthy: true, last_prune: None, prune_more: true };
+    let window = store.commit_window();
+    let writer = Writer {
+        store,
+        pending,
+        metrics,
+        healthy: true,
+        last_prune: None,
+        prune_more: true,
+        window,
+        last_commit: None,
+    };
     std::thread::Builder::new().name("chorus-history".into()).spawn(move || writer.run(rx))?;
     Ok(())
 }
@@ -83,6 +100,9 @@ struct Writer {
     last_prune: Option<Instant>,
     /// The last prune deleted a full chunk: more may be expired.
     prune_more: bool,
+    /// The store's group-commit window, and when the last commit started.
+    window: Duration,
+    last_commit: Option<Instant>,
 }
 
 /// One round's work, taken from the queue.
@@ -113,6 +133,11 @@ impl Round {
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         while let Some(job) = rx.blocking_recv() {
+            if matches!(job, Job::Store(_))
+                && let Some(wait) = self.last_commit.and_then(|at| self.window.checked_sub(at.elapsed()))
+            {
+                std::thread::sleep(wait);
+            }
             let mut round = Round::default();
             round.take(job);
             while round.records.len() < MAX_BATCH {
@@ -159,6 +184,7 @@ impl Writer {
     }
 
     fn commit(&mut self, records: Vec<Record>, acks: Vec<Option<AckTo>>) {
+        self.last_commit = Some(Instant::now());
         let result = self.store.append(&records);
         let count = records.len() as u64;
         match &result {

@@ -42,6 +42,10 @@ const SCHEMA_VERSION: i64 = 1;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle reader connections kept open.
 const MAX_IDLE_READERS: usize = 4;
+/// The group-commit window (see the history writer): under load, one commit
+/// (one fsync with `--history-sync full`) per 2 ms at most. Acks wait up to
+/// that much longer; a lone message is committed at once.
+const COMMIT_WINDOW: Duration = Duration::from_millis(2);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS schema_versions (
@@ -402,6 +406,10 @@ impl Store for SqliteStore {
 
     fn describe(&self) -> String {
         format!("sqlite {}", self.path.display())
+    }
+
+    fn commit_window(&self) -> std::time::Duration {
+        COMMIT_WINDOW
     }
 }
 
