@@ -311,7 +311,7 @@ def capacity(root):
     """tinygen against each server: frames per second, share delivered, server CPU."""
     print("| server | rate/client | sent/s | frames received/s | share of expected | server CPU s | generator CPU s |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for server in [s for s in SERVERS if (root / s).is_dir()]:
+    for server in [s for s in SERVERS + HISTORY[1:] if (root / s).is_dir()]:
         for rate_dir in sorted((root / server).glob("rate-*"), key=lambda p: float(p.name[5:])):
             rows = []
             for run in sorted(rate_dir.glob("run-*")):
