@@ -35,8 +35,13 @@ wait "$perf_pid" || true
 forget_pid "$perf_pid"
 stop_pid "$SERVER_PID"
 
-perf report -i "$OUT/perf.data" --no-children --stdio -g none --percent-limit 0.7 \
-    --sort symbol 2>/dev/null | grep -v '^#' | grep -v '^$' > "$OUT/top.txt" || true
+# Self time by thread and object (kernel, chorus, libc), then by function.
+report() {
+    perf report -i "$OUT/perf.data" --no-children --stdio -g none "$@" 2>/dev/null |
+        grep -v '^#' | grep -v '^$' | sed -E 's/ +(- +)*-? *$//' || true
+}
+report --percent-limit 1 --sort comm,dso > "$OUT/threads.txt"
+report --percent-limit 0.7 --sort symbol > "$OUT/top.txt"
 if command -v inferno-collapse-perf >/dev/null; then
     perf script -i "$OUT/perf.data" 2>/dev/null | inferno-collapse-perf | inferno-flamegraph \
         --title "chorus server, fan-out $clients clients x $rate msg/s" > "$OUT/flamegraph.svg"
@@ -44,7 +49,19 @@ fi
 {
     echo "Profile of $server under the fan-out load: $clients clients in one room at $rate msg/s each, ${duration}s steady."
     conditions
-    grep -E "delivered|ratio" "$OUT/harness.log" | head -3 || true
+    python3 - "$OUT/result/summary.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+d = s["latency"].get("delivery", {})
+print(f"Delivered {s['throughput']['delivered_per_sec']:,.0f}/s, ratio {s['delivery']['ratio']:.6f}, "
+      f"delivery p99 {d.get('p99_ms', 0):.2f} ms, harness SUSPECT: {'yes' if s['run']['suspect'] else 'no'}.")
+PY
+    echo
+    echo "Server samples by thread and object:"
+    echo
+    echo '```'
+    cat "$OUT/threads.txt"
+    echo '```'
     echo
     echo "Hottest functions (self time, share of the server's samples):"
     echo
