@@ -20,7 +20,7 @@ HISTORY_NAMES = {
     "chorus-memory": "memory",
     "chorus-history-off": "off",
 }
-PAIRS = [("chorus", "chorus-baseline"), ("chorus", "relay"), ("chorus-plain", "relay"), ("chorus", "node-ws"), ("chorus", "python-websockets")]
+PAIRS = [("chorus", "chorus-baseline"), ("chorus", "relay"), ("chorus-memory", "relay"), ("chorus-history-off", "relay"), ("chorus-plain", "relay"), ("chorus", "node-ws"), ("chorus", "python-websockets")]
 
 
 def load(path):
@@ -98,7 +98,7 @@ def holds(c):
 
 
 def fanout(root):
-    servers = [s for s in SERVERS if (root / s).is_dir()]
+    servers = [s for s in SERVERS + HISTORY[1:] if (root / s).is_dir()]
     print(
         "| server | rate/client | sent/s | delivered/s | ratio | p50 ms | p99 ms "
         "| server CPU % | server µs CPU/delivery | harness CPU % | suspect |"

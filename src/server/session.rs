@@ -185,10 +185,14 @@ where
     let expiry = conn.admission.expiry();
     let token_expired = tokio::time::sleep_until(expiry.unwrap_or_else(|| last_seen + FOREVER));
     tokio::pin!(token_expired);
+    // One wait for the end, polled by every turn: a fresh one per turn would
+    // register with (and leave) the cancellation token under its lock each time.
+    let ended = end.ended();
+    tokio::pin!(ended);
     loop {
         tokio::select! {
             biased;
-            () = end.ended() => {
+            () = &mut ended => {
                 // Ended elsewhere (shutdown, slow, timeout): the writer sends our
                 // close frame; read until the client's answer so that nothing
                 // in flight turns into a reset.
@@ -372,16 +376,19 @@ async fn write_loop<Si>(mut sink: Si, mut queue: OutboxReceiver, config: &Sessio
 where
     Si: Sink<Message, Error = WsError> + Unpin,
 {
+    // One wait for the end for the whole loop (see the read loop).
+    let ended = end.ended();
+    tokio::pin!(ended);
     loop {
         let item = tokio::select! {
             biased;
-            () = end.ended() => break,
+            () = &mut ended => break,
             item = queue.recv() => item,
         };
         let Some(item) = item else { break };
         let written = tokio::select! {
             biased;
-            () = end.ended() => break,
+            () = &mut ended => break,
             written = write_batch(&mut sink, item, &mut queue) => written,
         };
         if written.is_err() {
