@@ -273,3 +273,79 @@ fn answer(record: &Record, ack: &AckTo, failed: Option<&StoreError>) -> String {
         .encode(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::store::memory::MemoryStore;
+    use crate::server::store::tests::{record, text};
+    use crate::server::store::{Message, Range};
+
+    /// A memory store with a commit window that notes the size of every batch.
+    #[derive(Debug)]
+    struct Batches {
+        inner: MemoryStore,
+        window: Duration,
+        sizes: Mutex<Vec<usize>>,
+    }
+
+    impl Store for Batches {
+        fn append(&self, batch: &[Record]) -> Result<(), StoreError> {
+            lock(&self.sizes).push(batch.len());
+            self.inner.append(batch)
+        }
+        fn last_seq(&self, room: &str) -> Result<u64, StoreError> {
+            self.inner.last_seq(room)
+        }
+        fn query(&self, room: &str, range: Range, now_ms: i64) -> Result<Vec<Message>, StoreError> {
+            self.inner.query(room, range, now_ms)
+        }
+        fn prune(&self, now_ms: i64) -> Result<u64, StoreError> {
+            self.inner.prune(now_ms)
+        }
+        fn close(&self) -> Result<(), StoreError> {
+            self.inner.close()
+        }
+        fn describe(&self) -> String {
+            "batches".into()
+        }
+        fn commit_window(&self) -> Duration {
+            self.window
+        }
+    }
+
+    fn sizes_with_window(window: Duration) -> Vec<usize> {
+        let store = Arc::new(Batches { inner: MemoryStore::new(Default::default()), window, sizes: Mutex::default() });
+        let (tx, rx) = mpsc::channel(16);
+        spawn(store.clone(), rx, Arc::default(), Arc::new(Metrics::default())).unwrap();
+        let store_one = |seq| {
+            let pending = Pending { record: record("r", text(seq, "hi")), ack: None };
+            tx.blocking_send(Job::Store(Box::new(pending))).unwrap();
+        };
+        let committed = |n: usize| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while lock(&store.sizes).iter().sum::<usize>() < n {
+                assert!(Instant::now() < deadline, "the writer stored nothing for 10 s");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        // A lone message, then two more 150 ms apart right after its commit.
+        store_one(1);
+        committed(1);
+        store_one(2);
+        std::thread::sleep(Duration::from_millis(150));
+        store_one(3);
+        committed(3);
+        lock(&store.sizes).clone()
+    }
+
+    #[test]
+    fn messages_within_the_commit_window_share_one_commit() {
+        assert_eq!(
+            sizes_with_window(Duration::from_secs(1)),
+            [1, 2],
+            "the first commits at once, the next two wait out the window together"
+        );
+        assert_eq!(sizes_with_window(Duration::ZERO), [1, 1, 1], "no window: each commits as it comes");
+    }
+}
