@@ -16,11 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 
-rates=("${@:-20 100 300}")
-read -r -a rates <<< "${rates[*]}"
-[ "$BENCH_TINY" = 0 ] || [ $# -gt 0 ] || rates=(10)
-servers=${BENCH_SERVERS:-chorus relay node-ws python-websockets}
-read -r -a servers <<< "$servers"
+set_rates "20 100 300" "10" "$@"
+set_servers "chorus relay node-ws python-websockets"
 load_settings 10
 
 build_all

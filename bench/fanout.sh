@@ -19,11 +19,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 
-rates=("${@:-10 50 100 200}")
-read -r -a rates <<< "${rates[*]}"
-[ "$BENCH_TINY" = 0 ] || [ $# -gt 0 ] || rates=(10 50)
-servers=${BENCH_SERVERS:-chorus chorus-plain relay node-ws python-websockets}
-read -r -a servers <<< "$servers"
+set_rates "10 50 100 200" "10 50" "$@"
+set_servers "chorus chorus-plain relay node-ws python-websockets"
 load_settings 10
 
 build_all
@@ -31,13 +28,6 @@ need_peers "${servers[@]}"
 new_out fanout
 fanout_runs "$OUT"
 
-{
-    echo "Fan-out: $clients clients in one room, 32-byte texts, Poisson arrivals, ${duration}s steady per run,"
-    echo "medians of $runs run(s)."
-    conditions
-    echo "chorus started as: RUST_LOG=warn $(server_command chorus PORT "$OUT/chorus/rate-R/run-N")"
-    echo
-    python3 bench/tables.py fanout "$OUT"
-} | tee "$OUT/table.md"
-echo "raw outputs: $OUT" >&2
-bench_status
+fanout_table fanout \
+    "Fan-out: $clients clients in one room, 32-byte texts, Poisson arrivals, ${duration}s steady per run," \
+    "medians of $runs run(s)."

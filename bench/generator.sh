@@ -17,9 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 
-rates=("${@:-10 20 50 100}")
-read -r -a rates <<< "${rates[*]}"
-[ "$BENCH_TINY" = 0 ] || [ $# -gt 0 ] || rates=(10 50)
+set_rates "10 20 50 100" "10 50" "$@"
 load_settings 10
 
 build_all

@@ -11,13 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 
-rates=("${@:-100 400 1600 6400}")
-read -r -a rates <<< "${rates[*]}"
+set_rates "100 400 1600 6400" "100" "$@"
 duration=8
-if [ "$BENCH_TINY" = 1 ]; then
-    [ $# -gt 0 ] || rates=(100)
-    duration=1
-fi
+[ "$BENCH_TINY" = 0 ] || duration=1
 
 build_all
 new_out ceiling

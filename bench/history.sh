@@ -21,24 +21,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 
-rates=("${@:-50 100 200}")
-read -r -a rates <<< "${rates[*]}"
-[ "$BENCH_TINY" = 0 ] || [ $# -gt 0 ] || rates=(10)
-servers=${BENCH_SERVERS:-chorus chorus-sqlite-normal chorus-memory chorus-history-off}
-read -r -a servers <<< "$servers"
+set_rates "50 100 200" "10" "$@"
+set_servers "chorus chorus-sqlite-normal chorus-memory chorus-history-off"
 load_settings 10
 
 build_all
 new_out history
 fanout_runs "$OUT"
 
-{
-    echo "History on vs off: $clients clients in one room, 32-byte texts, Poisson arrivals, ${duration}s steady"
-    echo "per run, medians of $runs run(s)."
-    conditions
-    echo "chorus started as: RUST_LOG=warn $(server_command chorus PORT "$OUT/chorus/rate-R/run-N")"
-    echo
-    python3 bench/tables.py history "$OUT"
-} | tee "$OUT/table.md"
-echo "raw outputs: $OUT" >&2
-bench_status
+fanout_table history \
+    "History on vs off: $clients clients in one room, 32-byte texts, Poisson arrivals, ${duration}s steady" \
+    "per run, medians of $runs run(s)."

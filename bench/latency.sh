@@ -14,8 +14,7 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 
 rates=("${1:-25}")
-servers=${BENCH_SERVERS:-chorus chorus-plain relay node-ws python-websockets}
-read -r -a servers <<< "$servers"
+set_servers "chorus chorus-plain relay node-ws python-websockets"
 load_settings 20
 
 build_all
@@ -23,13 +22,6 @@ need_peers "${servers[@]}"
 new_out latency
 fanout_runs "$OUT"
 
-{
-    echo "Latency: $clients clients in one room at ${rates[0]} msg/s each, 32-byte texts, Poisson arrivals,"
-    echo "${duration}s steady per run, medians of $runs run(s)."
-    conditions
-    echo "chorus started as: RUST_LOG=warn $(server_command chorus PORT "$OUT/chorus/rate-R/run-N")"
-    echo
-    python3 bench/tables.py latency "$OUT"
-} | tee "$OUT/table.md"
-echo "raw outputs: $OUT" >&2
-bench_status
+fanout_table latency \
+    "Latency: $clients clients in one room at ${rates[0]} msg/s each, 32-byte texts, Poisson arrivals," \
+    "${duration}s steady per run, medians of $runs run(s)."

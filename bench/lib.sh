@@ -241,6 +241,42 @@ load_settings() {
     fi
 }
 
+# `set_rates DEFAULT TINY ARGS...`: the caller's array `rates`: the script's
+# arguments, else DEFAULT, or TINY in the tiny configuration.
+set_rates() {
+    local default=$1 tiny=$2
+    shift 2
+    if [ $# -gt 0 ]; then
+        read -r -a rates <<< "$*"
+    elif [ "$BENCH_TINY" = 1 ]; then
+        read -r -a rates <<< "$tiny"
+    else
+        read -r -a rates <<< "$default"
+    fi
+}
+
+# `set_servers DEFAULT`: the caller's array `servers`, from BENCH_SERVERS or DEFAULT.
+set_servers() {
+    read -r -a servers <<< "${BENCH_SERVERS:-$1}"
+}
+
+# `fanout_table KIND HEADER...`: the HEADER lines, the conditions, chorus's
+# command line and `tables.py KIND` for the runs of `fanout_runs`, on the
+# terminal and in OUT/table.md; then exit 1 if a measurement failed.
+fanout_table() {
+    local kind=$1
+    shift
+    {
+        printf '%s\n' "$@"
+        conditions
+        echo "chorus started as: RUST_LOG=warn $(server_command chorus PORT "$OUT/chorus/rate-R/run-N")"
+        echo
+        python3 bench/tables.py "$kind" "$OUT"
+    } | tee "$OUT/table.md"
+    echo "raw outputs: $OUT" >&2
+    bench_status
+}
+
 # `new_out NAME`: a fresh bench/out/NAME/<stamp>/ holding machine.txt; its path in OUT.
 new_out() {
     OUT=bench/out/$1/$(date +%Y%m%d-%H%M%S)

@@ -30,10 +30,14 @@ perf_pid=$BG_PID
 sleep 1
 run_harness $((duration + 60)) "$OUT/scenario.toml" --target "$SERVER_URL" --out "$OUT/result" \
     > "$OUT/harness.log" 2>&1 || BENCH_FAILED=$((BENCH_FAILED + 1))
-kill -INT "$perf_pid"
+kill -INT "$perf_pid" 2>/dev/null || true
 wait "$perf_pid" || true
 forget_pid "$perf_pid"
 stop_pid "$SERVER_PID"
+if [ ! -s "$OUT/perf.data" ]; then
+    echo "perf record wrote nothing (not permitted here? see $OUT/perf.log)" >&2
+    exit 1
+fi
 
 # Self time by thread and object (kernel, chorus, libc), then by function.
 report() {

@@ -20,6 +20,8 @@ HISTORY_NAMES = {
     "chorus-memory": "memory",
     "chorus-history-off": "off",
 }
+# Every server name a script may use (the history settings are chorus too).
+ALL_SERVERS = SERVERS + HISTORY[1:]
 PAIRS = [("chorus", "chorus-baseline"), ("chorus", "relay"), ("chorus-memory", "relay"), ("chorus-history-off", "relay"), ("chorus-plain", "relay"), ("chorus", "node-ws"), ("chorus", "python-websockets")]
 
 
@@ -98,7 +100,7 @@ def holds(c):
 
 
 def fanout(root):
-    servers = [s for s in SERVERS + HISTORY[1:] if (root / s).is_dir()]
+    servers = [s for s in ALL_SERVERS if (root / s).is_dir()]
     print(
         "| server | rate/client | sent/s | delivered/s | ratio | p50 ms | p99 ms "
         "| server CPU % | server µs CPU/delivery | harness CPU % | suspect |"
@@ -135,9 +137,7 @@ def fanout(root):
     print()
     print("Ratios of the highest sustained delivered/s (above 1: chorus delivers more):")
     print()
-    for a, b in PAIRS:
-        if a in best and b in best and best[b][0] > 0:
-            print(f"- {a} / {b}: {best[a][0] / best[b][0]:.2f}")
+    print_ratios(best)
     print()
     print("Server CPU per delivered message at the lowest rate that held, harness not SUSPECT")
     print("(a cost comparison that holds even where the harness, not the server, is the limit):")
@@ -150,9 +150,14 @@ def fanout(root):
     print()
     print("Ratios of CPU cost per delivery (below 1: chorus spends less):")
     print()
+    print_ratios(cost)
+
+
+def print_ratios(figures):
+    """`- a / b: ratio` for each of PAIRS measured, from {server: (figure, ...)}."""
     for a, b in PAIRS:
-        if a in cost and b in cost and cost[b][0] > 0:
-            print(f"- {a} / {b}: {cost[a][0] / cost[b][0]:.2f}")
+        if a in figures and b in figures and figures[b][0] > 0:
+            print(f"- {a} / {b}: {figures[a][0] / figures[b][0]:.2f}")
 
 
 def history(root):
@@ -311,7 +316,7 @@ def capacity(root):
     """tinygen against each server: frames per second, share delivered, server CPU."""
     print("| server | rate/client | sent/s | frames received/s | share of expected | server CPU s | generator CPU s |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for server in [s for s in SERVERS + HISTORY[1:] if (root / s).is_dir()]:
+    for server in [s for s in ALL_SERVERS if (root / s).is_dir()]:
         for rate_dir in sorted((root / server).glob("rate-*"), key=lambda p: float(p.name[5:])):
             rows = []
             for run in sorted(rate_dir.glob("run-*")):
