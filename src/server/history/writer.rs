@@ -69,6 +69,7 @@ pub fn spawn(
         prune_more: true,
         window,
         last_commit: None,
+        unstored: HashMap::new(),
     };
     std::thread::Builder::new().name("chorus-history".into()).spawn(move || writer.run(rx))?;
     Ok(())
@@ -103,6 +104,11 @@ struct Writer {
     /// The store's group-commit window, and when the last commit started.
     window: Duration,
     last_commit: Option<Instant>,
+    /// Rooms whose latest messages were delivered but not stored (their
+    /// commit failed), with the highest such seq: recorded as the room's last
+    /// seq as soon as the store takes writes again, so that no seq is handed
+    /// out twice, even after a restart.
+    unstored: HashMap<Arc<str>, u64>,
 }
 
 /// One round's work, taken from the queue.
@@ -112,7 +118,6 @@ struct Round {
     acks: Vec<Option<AckTo>>,
     flushes: Vec<oneshot::Sender<()>>,
     close: Option<oneshot::Sender<()>>,
-    prune: bool,
 }
 
 impl Round {
@@ -125,7 +130,8 @@ impl Round {
             }
             Job::Flush(done) => self.flushes.push(done),
             Job::Close(done) => self.close = Some(done),
-            Job::Prune => self.prune = true,
+            // Only wakes an idle writer: `work` prunes when it is due.
+            Job::Prune => {}
         }
     }
 }
@@ -168,7 +174,7 @@ impl Writer {
             self.commit(round.records, round.acks);
         }
         let due = self.last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY);
-        if round.prune || self.prune_more || due {
+        if self.prune_more || due {
             self.prune();
         }
         for done in round.flushes {
@@ -176,7 +182,18 @@ impl Writer {
         }
     }
 
-    fn close(&self) {
+    fn close(&mut self) {
+        self.record_unstored();
+        if !self.unstored.is_empty() {
+            // Left marked as running: the next start moves every room's seq
+            // past what may have been handed out.
+            tracing::warn!(
+                "history: the last seq of {} room(s) could not be recorded; {} is left as after a crash",
+                self.unstored.len(),
+                self.store.describe()
+            );
+            return;
+        }
         match self.store.close() {
             Ok(()) => tracing::info!("history: everything stored; {} closed", self.store.describe()),
             Err(err) => tracing::warn!("history: closing {} failed: {err}", self.store.describe()),
@@ -191,6 +208,7 @@ impl Writer {
             Ok(()) => {
                 self.metrics.history_stored.fetch_add(count, Ordering::Relaxed);
                 self.forget_stored(&records);
+                self.record_unstored();
                 if !self.healthy {
                     tracing::info!("history: storing works again");
                     self.healthy = true;
@@ -198,6 +216,10 @@ impl Writer {
             }
             Err(err) => {
                 self.metrics.history_failed.fetch_add(count, Ordering::Relaxed);
+                for record in &records {
+                    let top = self.unstored.entry(record.room.clone()).or_default();
+                    *top = (*top).max(record.message.seq);
+                }
                 if self.healthy {
                     tracing::warn!(
                         "history: storing {count} message(s) failed: {err}; they were delivered live, their \
@@ -212,6 +234,32 @@ impl Writer {
         for (record, ack) in records.iter().zip(acks) {
             if let Some(ack) = ack {
                 let _ = ack.outbox.push_text(answer(record, &ack, result.as_ref().err()));
+            }
+        }
+    }
+
+    /// Record the seqs of messages that could not be stored as their rooms'
+    /// last seq; those rooms then no longer need their pending entry.
+    fn record_unstored(&mut self) {
+        if self.unstored.is_empty() {
+            return;
+        }
+        let store = &self.store;
+        let mut recorded = Vec::new();
+        self.unstored.retain(|room, seq| match store.raise_last_seq(room, *seq) {
+            Ok(()) => {
+                recorded.push((room.clone(), *seq));
+                false
+            }
+            Err(err) => {
+                tracing::debug!("history: recording the last seq of #{room} failed: {err}");
+                true
+            }
+        });
+        let mut pending = lock(&self.pending);
+        for (room, seq) in recorded {
+            if pending.get(&room).is_some_and(|handed| *handed <= seq) {
+                pending.remove(&room);
             }
         }
     }
@@ -287,15 +335,40 @@ mod tests {
         inner: MemoryStore,
         window: Duration,
         sizes: Mutex<Vec<usize>>,
+        /// Every write fails while set, as on a full disk.
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    impl Batches {
+        fn new(window: Duration) -> Arc<Batches> {
+            Arc::new(Batches {
+                inner: MemoryStore::new(Default::default()),
+                window,
+                sizes: Mutex::default(),
+                failing: Default::default(),
+            })
+        }
+
+        fn check(&self) -> Result<(), StoreError> {
+            match self.failing.load(Ordering::Relaxed) {
+                true => Err(StoreError::Full),
+                false => Ok(()),
+            }
+        }
     }
 
     impl Store for Batches {
         fn append(&self, batch: &[Record]) -> Result<(), StoreError> {
+            self.check()?;
             lock(&self.sizes).push(batch.len());
             self.inner.append(batch)
         }
         fn last_seq(&self, room: &str) -> Result<u64, StoreError> {
             self.inner.last_seq(room)
+        }
+        fn raise_last_seq(&self, room: &str, seq: u64) -> Result<(), StoreError> {
+            self.check()?;
+            self.inner.raise_last_seq(room, seq)
         }
         fn query(&self, room: &str, range: Range, now_ms: i64) -> Result<Vec<Message>, StoreError> {
             self.inner.query(room, range, now_ms)
@@ -315,7 +388,7 @@ mod tests {
     }
 
     fn sizes_with_window(window: Duration) -> Vec<usize> {
-        let store = Arc::new(Batches { inner: MemoryStore::new(Default::default()), window, sizes: Mutex::default() });
+        let store = Batches::new(window);
         let (tx, rx) = mpsc::channel(16);
         spawn(store.clone(), rx, Arc::default(), Arc::new(Metrics::default())).unwrap();
         let store_one = |seq| {
@@ -347,5 +420,45 @@ mod tests {
             "the first commits at once, the next two wait out the window together"
         );
         assert_eq!(sizes_with_window(Duration::ZERO), [1, 1, 1], "no window: each commits as it comes");
+    }
+
+    #[test]
+    fn seqs_delivered_but_not_stored_are_never_handed_out_again() {
+        let store = Batches::new(Duration::ZERO);
+        let (tx, rx) = mpsc::channel(16);
+        let pending: Arc<Mutex<HashMap<Arc<str>, u64>>> = Arc::default();
+        spawn(store.clone(), rx, pending.clone(), Arc::new(Metrics::default())).unwrap();
+        let send = |job| tx.blocking_send(job).unwrap();
+        let store_one = |room: &str, seq| {
+            lock(&pending).insert(Arc::from(room), seq);
+            send(Job::Store(Box::new(Pending { record: record(room, text(seq, "hi")), ack: None })));
+        };
+        let flush = || {
+            let (done, flushed) = oneshot::channel();
+            send(Job::Flush(done));
+            flushed.blocking_recv().unwrap();
+        };
+        // The disk is full: seq 5 of #a and 9 of #b are delivered, not stored.
+        store.failing.store(true, Ordering::Relaxed);
+        store_one("a", 5);
+        store_one("b", 9);
+        flush();
+        assert_eq!(store.last_seq("a").unwrap(), 0);
+        // The disk recovers: the next commit (in another room) records them.
+        store.failing.store(false, Ordering::Relaxed);
+        store_one("c", 1);
+        flush();
+        assert_eq!(store.last_seq("a").unwrap(), 5, "a restart continues after seq 5");
+        assert_eq!(store.last_seq("b").unwrap(), 9);
+        assert!(lock(&pending).is_empty(), "recorded rooms need no pending entry");
+        // Still failing when the server stops: the close records them.
+        store.failing.store(true, Ordering::Relaxed);
+        store_one("d", 3);
+        flush();
+        store.failing.store(false, Ordering::Relaxed);
+        let (done, closed) = oneshot::channel();
+        send(Job::Close(done));
+        closed.blocking_recv().unwrap();
+        assert_eq!(store.last_seq("d").unwrap(), 3);
     }
 }

@@ -60,6 +60,13 @@ impl Store for MemoryStore {
         Ok(lock(&self.rooms).get(room).map_or(0, |log| log.last_seq))
     }
 
+    fn raise_last_seq(&self, room: &str, seq: u64) -> Result<(), StoreError> {
+        let mut rooms = lock(&self.rooms);
+        let log = rooms.entry(room.to_string()).or_default();
+        log.last_seq = log.last_seq.max(seq);
+        Ok(())
+    }
+
     fn query(&self, room: &str, range: Range, now_ms: i64) -> Result<Vec<Message>, StoreError> {
         let rooms = lock(&self.rooms);
         let Some(log) = rooms.get(room) else { return Ok(Vec::new()) };

@@ -152,6 +152,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// retention age at `now_ms`.
     fn query(&self, room: &str, range: Range, now_ms: i64) -> Result<Vec<Message>, StoreError>;
 
+    /// Messages up to `seq` of `room` were delivered but could not be stored
+    /// (their commit failed): raise the room's last seq to `seq` so that it
+    /// is never handed out again, even after a restart.
+    fn raise_last_seq(&self, room: &str, seq: u64) -> Result<(), StoreError>;
+
     /// Delete messages older than the retention age at `now_ms`, a bounded
     /// amount at a time; returns how many were deleted (call again while it
     /// returns a full chunk).

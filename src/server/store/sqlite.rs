@@ -393,6 +393,15 @@ impl Store for SqliteStore {
         Ok(rooms.len() as u64)
     }
 
+    fn raise_last_seq(&self, room: &str, seq: u64) -> Result<(), StoreError> {
+        lock(&self.writer).conn.execute(
+            "INSERT INTO history_rooms (name, last_seq) VALUES (?1, ?2) ON CONFLICT(name) \
+             DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
+            params![room, int(seq)],
+        )?;
+        Ok(())
+    }
+
     fn close(&self) -> Result<(), StoreError> {
         lock(&self.readers).clear();
         let writer = lock(&self.writer);
