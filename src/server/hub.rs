@@ -202,14 +202,15 @@ impl Hub {
         self
     }
 
-    /// Queue a presence notice about `who`: to the whole room (but `who`
-    /// unless `to_self`) while the room is within the presence limit, and
-    /// otherwise to `who` alone when `to_self`.
-    fn announce(&self, members: &[Member], who: ConnId, to_self: bool, item: &Outbound) {
+    /// Queue a presence notice about `who`: to `who` itself when `to_self`
+    /// (the answer to its own join or rename, never dropped), and to the rest
+    /// of the room while the room is within the presence limit.
+    fn announce(&self, members: &[Member], who: &Presence, to_self: bool, item: &Outbound) {
+        if to_self {
+            let _ = who.outbox.push(item.clone());
+        }
         if members.len() <= self.presence_limit {
-            fan_out(members, (!to_self).then_some(who), item);
-        } else if to_self && let Some(member) = members.iter().find(|m| m.conn == who) {
-            let _ = member.outbox.push_notice(item.clone());
+            fan_out(members, Some(who.conn), item);
         }
     }
 
@@ -248,10 +249,8 @@ impl Hub {
         let mut rooms = lock(&self.rooms);
         let (start, refused) = match self.room_named(&mut rooms, room.unwrap_or(DEFAULT_ROOM)) {
             Ok(start) => (start, None),
-            Err(refusal) => match self.room_named(&mut rooms, DEFAULT_ROOM) {
-                Ok(lobby) => (lobby, Some(refusal)),
-                Err(_) => (Room::new(DEFAULT_ROOM, 0), Some(refusal)),
-            },
+            // The lobby is created with the hub and never removed.
+            Err(refusal) => (rooms[DEFAULT_ROOM].clone(), Some(refusal)),
         };
         let welcome = ServerEvent::Welcome {
             user_id: Cow::Borrowed(&user_id),
@@ -331,7 +330,7 @@ impl Hub {
             username: Cow::Borrowed(&who.username),
             ts: Cow::Borrowed(&ts),
         };
-        self.announce(&state.members, who.conn, confirm, &Outbound::Text(joined.encode().into()));
+        self.announce(&state.members, who, confirm, &Outbound::Text(joined.encode().into()));
     }
 
     /// Take `who` out of its room, announce it with `reason`, and drop the
@@ -349,7 +348,7 @@ impl Hub {
             ts: Cow::Owned(now_ts()),
             reason: Cow::Borrowed(reason),
         };
-        self.announce(&state.members, who.conn, false, &Outbound::Text(left.encode().into()));
+        self.announce(&state.members, who, false, &Outbound::Text(left.encode().into()));
         if state.members.is_empty() && &*who.room.name != DEFAULT_ROOM {
             rooms.remove(&who.room.name);
         }
@@ -465,7 +464,7 @@ impl Hub {
             new: Cow::Borrowed(&who.username),
             ts: Cow::Owned(now_ts()),
         };
-        self.announce(&state.members, who.conn, true, &Outbound::Text(renamed.encode().into()));
+        self.announce(&state.members, who, true, &Outbound::Text(renamed.encode().into()));
         Ok(())
     }
 

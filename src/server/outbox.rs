@@ -282,6 +282,12 @@ struct Missed {
 }
 
 impl Missed {
+    /// At least what `event().cost()` is, without encoding it: the room
+    /// name, two seqs of up to 20 digits and the rest of the JSON.
+    fn max_cost(&self) -> usize {
+        Outbound::Text(Utf8Bytes::from_static("")).cost() + self.room.len() + 2 * 20 + 64
+    }
+
     fn event(&self) -> Outbound {
         let gap = ServerEvent::Gap { room: Cow::Borrowed(&self.room), from_seq: self.from, to_seq: self.to };
         Outbound::Text(gap.encode().into())
@@ -325,7 +331,7 @@ impl Outbox {
         let shared = Arc::new(OutboxShared {
             items: Mutex::default(),
             ready: Notify::new(),
-            max_items: max_items.max(1) + ANSWER_RESERVE_ITEMS,
+            max_items: max_items.max(1).saturating_add(ANSWER_RESERVE_ITEMS),
             queued_bytes: AtomicUsize::new(0),
             max_bytes,
             end,
@@ -413,13 +419,13 @@ impl Outbox {
         };
         let mut lag = lock(&shared.lag);
         if let Some(gap) = lag.gap.as_ref() {
-            let notice = gap.event();
             // Announce the gap once the queue has room for it and this message
-            // (or at once when this message is from another room).
-            let fits = shared.queued_bytes.load(Ordering::Relaxed) + notice.cost() + item.cost() <= shared.max_bytes
+            // (or at once when this message is from another room). Encoded
+            // only then: while behind, most pushes find no room.
+            let fits = shared.queued_bytes.load(Ordering::Relaxed) + gap.max_cost() + item.cost() <= shared.max_bytes
                 && self.free_items() >= ANSWER_RESERVE_ITEMS + 2;
             if gap.room != *room || fits {
-                self.push_or_end(notice, Budget::Answer)?;
+                self.push_or_end(gap.event(), Budget::Answer)?;
                 bump(&policy.metrics.gaps);
                 lag.gap = None;
             }

@@ -209,9 +209,19 @@ impl History {
             ));
         };
         if lock(&self.pending).contains_key(room) {
+            // Wait for the writer as long as a sender would (`reserve`), no longer.
             let (done, flushed) = oneshot::channel();
-            if tx.send(writer::Job::Flush(done)).await.is_ok() {
-                let _ = flushed.await;
+            let waited = tokio::time::timeout(RESERVE_WAIT, async {
+                if tx.send(writer::Job::Flush(done)).await.is_ok() {
+                    let _ = flushed.await;
+                }
+            })
+            .await;
+            if waited.is_err() {
+                return Err(Refusal::new(
+                    ErrorCode::HistoryFailed,
+                    format!("the history of #{room} is still being written to disk; try again shortly"),
+                ));
             }
         }
         let store = store.clone();
