@@ -164,6 +164,10 @@ fn every_validation_error_names_the_file_the_key_and_the_fix() {
         ("duration = \"5s\"\n[[group]]\nclients = 1\n[thresholds]\n\"delivery.p99\" = \"fast\"", "must start with <"),
         ("duration = \"5s\"\n[[group]]\nclients = 1\n[server]\nmax_queue_bytes = \"lots\"", "server.max_queue_bytes"),
         ("duration = \"5s\"\n[[group]]\nclients = 1\n[server]\nwarp = true", "unknown field `warp`"),
+        (
+            "duration = 1e20\n[[group]]\nclients = 1",
+            "duration must be a duration from 0 to 1e9 seconds (got 100000000000000000000)",
+        ),
     ];
     for (text, expected) in cases {
         let err = parse(text).expect_err(text);

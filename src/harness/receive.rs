@@ -11,7 +11,7 @@ use super::metrics::{Kind, Live, Metric};
 use super::scenario::Protocol;
 use super::stamp::Stamp;
 use super::tracker::{Arrival, PendingSend};
-use crate::protocol::{ClientFrame, EventHeader, HISTORY_MAX_LIMIT, ServerEvent};
+use crate::protocol::{ClientFrame, ErrorCode, EventHeader, HISTORY_MAX_LIMIT, ServerEvent};
 
 impl Bot {
     /// Handle one frame; an error ends the connection.
@@ -112,7 +112,7 @@ impl Bot {
                     self.acked(Kind::Rename, &pending);
                 }
             }
-            "error" => self.refused(&header),
+            "error" => self.refused(conn, &header),
             "gap" => {
                 self.metrics.counters.gaps += 1;
                 if let (Some(from), Some(to)) = (header.from_seq, header.to_seq)
@@ -146,12 +146,19 @@ impl Bot {
         self.answered();
     }
 
-    /// An `error` event: count it and retire the send it answers.
-    fn refused(&mut self, header: &EventHeader<'_>) {
+    /// An `error` event: count it and retire the send (or the gap fetch) it answers.
+    fn refused(&mut self, conn: &mut Conn, header: &EventHeader<'_>) {
         let code = header.code.as_deref().unwrap_or("unknown");
         self.metrics.count_error(code);
         self.live.count(self.ctx.second(), Live::Error);
+        let history_refused = [ErrorCode::HistoryFailed, ErrorCode::Unsupported].map(ErrorCode::as_str);
         let retired = match header.client_id.as_deref() {
+            // Only a history request gets these: give up on that gap (its
+            // messages stay counted as never recovered).
+            None if history_refused.contains(&code) && !conn.recovering.is_empty() => {
+                conn.recovering.remove(0);
+                return;
+            }
             Some(client_id) => self.pending.take_text(client_id).is_some(),
             None if code.contains("name") => self.pending.rename.pop_front().is_some(),
             None => self.pending.unlabeled.pop_front().is_some(),
@@ -168,7 +175,8 @@ impl Bot {
         let request = ClientFrame::History {
             room: Some(self.plan.room.as_str().into()),
             after_seq: Some(after),
-            before_seq: None,
+            // Only the gap: messages past it were delivered live.
+            before_seq: Some(to + 1),
             limit: Some(limit),
         };
         conn.sink.send(Message::Text(request.encode().into())).await
@@ -205,7 +213,8 @@ impl Bot {
             self.metrics.counters.recovered += 1;
             self.metrics.record(Metric::Recovery, (now - stamp.intended_us).max(0) as u64);
         }
-        if messages.is_empty() || last >= to {
+        // Done, or nothing more to get: retention may have deleted the rest.
+        if messages.is_empty() || last >= to || last == after {
             conn.recovering.remove(0);
         } else {
             conn.recovering[0].0 = last;

@@ -381,8 +381,11 @@ impl Validator<'_> {
     fn duration(&self, key: &str, value: &DurationValue) -> Result<Duration, ScenarioError> {
         match value {
             DurationValue::Text(text) => parse_duration(text).map_err(|why| self.invalid(key, why)),
-            DurationValue::Seconds(secs) if secs.is_finite() && *secs >= 0.0 => Ok(Duration::from_secs_f64(*secs)),
-            DurationValue::Seconds(secs) => Err(self.invalid(key, format!("must be a duration >= 0 (got {secs})"))),
+            // The same bound as the text form (at most 1e9 s, about 31 years).
+            DurationValue::Seconds(secs) if (0.0..=1e9).contains(secs) => Ok(Duration::from_secs_f64(*secs)),
+            DurationValue::Seconds(secs) => {
+                Err(self.invalid(key, format!("must be a duration from 0 to 1e9 seconds (got {secs})")))
+            }
         }
     }
 

@@ -189,7 +189,9 @@ pub struct Delivery {
     pub missing: u64,
     /// `gap` events: a client fell behind and missed messages, announced.
     pub gaps: u64,
-    /// Messages those gaps announced (the sum of their seq ranges).
+    /// Messages those gaps announced (the sum of their seq ranges); absent
+    /// from summaries written before it existed.
+    #[serde(default)]
     pub gap_messages: u64,
     /// Messages fetched back with `history` after a `gap`.
     pub recovered: u64,
@@ -376,7 +378,7 @@ impl Summary {
                 },
                 Quantity::Counter(key) => match key.as_str() {
                     "delivery.ratio" => group.observed_ratio,
-                    "delivery.lost" => Some(group.missing as f64),
+                    "delivery.lost" | "delivery.missing" => Some(group.missing as f64),
                     "errors" => Some(group.errors as f64),
                     "messages.sent" => Some(group.sent as f64),
                     "messages.received" => Some(group.received as f64),
@@ -397,6 +399,7 @@ impl Summary {
                     "delivery.lost" => d.lost as f64,
                     "delivery.duplicated" => d.duplicated as f64,
                     "delivery.reordered" => d.reordered as f64,
+                    "delivery.missing" => d.missing as f64,
                     "delivery.recovered" => d.recovered as f64,
                     "gaps" => d.gaps as f64,
                     "errors" => self.errors.values().sum::<u64>() as f64,

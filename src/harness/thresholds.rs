@@ -31,6 +31,7 @@ pub const COUNTERS: &[&str] = &[
     "delivery.lost",
     "delivery.duplicated",
     "delivery.reordered",
+    "delivery.missing",
     "delivery.recovered",
     "gaps",
     "errors",
