@@ -353,7 +353,9 @@ recv_buffer = "4KiB"
 #[tokio::test]
 async fn clients_can_connect_from_several_loopback_addresses() {
     let results = tempfile::tempdir().unwrap();
-    let text = "name = \"sources\"\nduration = \"1s\"\ndrain = \"300ms\"\n[[group]]\nclients = 6\nrate = 5.0\n";
+    // Two connections per address at most: 6 clients get in only from 3 addresses.
+    let text = "name = \"sources\"\nduration = \"1s\"\ndrain = \"300ms\"\n[server]\nmax_connections_per_ip = 2\n\
+                [[group]]\nclients = 6\nrate = 5.0\n";
     let options = RunOptions { source_addresses: Some(3), ..options(results.path()) };
     let outcome = harness::run(scenario(text), options, CancellationToken::new()).await.unwrap();
     assert_eq!(outcome.summary.connections.ok, 6, "{}", outcome.report);

@@ -37,6 +37,9 @@ struct Restore {
     fetched: bool,
     /// Missed messages shown so far.
     missed: usize,
+    /// Lines sent but not acknowledged before the connection dropped
+    /// (client_id, text); those found in the history were delivered.
+    unconfirmed: Vec<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -150,8 +153,15 @@ impl Conversation {
     /// A new connection is up: once welcomed, restore name and room and
     /// fetch what was missed.
     pub fn reconnected(&mut self) {
-        let room = self.restoring.take().map_or_else(|| self.room.clone(), |r| r.room);
-        self.restoring = Some(Restore { name: self.name.clone(), room, fetched: false, missed: 0 });
+        let mut unconfirmed = std::mem::take(&mut self.unacked);
+        let room = match self.restoring.take() {
+            Some(earlier) => {
+                unconfirmed.splice(0..0, earlier.unconfirmed);
+                earlier.room
+            }
+            None => self.room.clone(),
+        };
+        self.restoring = Some(Restore { name: self.name.clone(), room, fetched: false, missed: 0, unconfirmed });
     }
 
     /// React to one thing received from the server.
@@ -177,10 +187,10 @@ impl Conversation {
                 }
                 return effects;
             }
-            ServerEvent::Welcome { username, .. } => {
-                let username = username.to_string();
+            ServerEvent::Welcome { username, room, .. } => {
+                let (username, room) = (username.to_string(), room.to_string());
                 self.show(&received, &mut effects);
-                self.welcome(username, &mut effects);
+                self.welcome(username, room, &mut effects);
                 return effects;
             }
             ServerEvent::History { room, messages } => {
@@ -270,13 +280,14 @@ impl Conversation {
         }
     }
 
-    fn welcome(&mut self, username: String, effects: &mut Vec<Effect>) {
+    /// `welcome`: the server put us in `room` (the lobby, or `?room=` of the URL).
+    fn welcome(&mut self, username: String, room: String, effects: &mut Vec<Effect>) {
         self.welcomed = true;
         self.name = Some(username.clone());
-        self.room = DEFAULT_ROOM.to_string();
+        self.room = room;
         self.prompt(effects);
         let Some(restore) = &self.restoring else {
-            effects.extend(self.recovery.entered(DEFAULT_ROOM).map(Effect::Send));
+            effects.extend(self.recovery.entered(&self.room).map(Effect::Send));
             return;
         };
         let (name, room) = (restore.name.clone(), restore.room.clone());
@@ -286,7 +297,7 @@ impl Conversation {
             self.restore_answers += 1;
             effects.push(Effect::Send(ClientFrame::Username { name: name.into() }));
         }
-        if room != DEFAULT_ROOM {
+        if room != self.room {
             self.restore_answers += 1;
             effects.push(Effect::Send(ClientFrame::Join { room: room.clone().into() }));
         }
@@ -343,10 +354,10 @@ impl Conversation {
                         effects.push(Effect::Notice(format!("* missed while you were away, in #{room}:")));
                     }
                     restore.missed += answer.fresh.len();
-                }
-                for &i in &answer.fresh {
-                    if let Some(ServerEvent::Chat { client_id: Some(id), .. }) = messages.get(i) {
-                        self.unacked.retain(|(mine, _)| mine != id.as_ref());
+                    for &i in &answer.fresh {
+                        if let Some(ServerEvent::Chat { client_id: Some(id), .. }) = messages.get(i) {
+                            restore.unconfirmed.retain(|(mine, _)| mine != id.as_ref());
+                        }
                     }
                 }
                 self.show_stored(&messages, &answer.fresh, effects);
@@ -407,7 +418,7 @@ impl Conversation {
             (true, true, n) => format!(": {n} missed message(s) above"),
         };
         effects.push(Effect::Notice(format!("* ─── resumed in #{}{missed} ───", restore.room)));
-        for (_, text) in self.unacked.drain(..) {
+        for (_, text) in restore.unconfirmed {
             effects.push(Effect::Notice(format!(
                 "! not confirmed before the connection dropped, and not in the history: {text:?} (send it again if needed)"
             )));
@@ -467,6 +478,39 @@ mod tests {
         for (line, seq) in shown[1..].iter().zip(2..) {
             assert!(line.ends_with(&format!("<alice> text {seq}")), "in seq order: {shown:?}");
         }
+    }
+
+    #[test]
+    fn after_a_reconnect_only_lines_lost_with_the_connection_are_reported() {
+        let mut conversation = Conversation::new(Display::new(false), false);
+        let welcome = json!({"type": "welcome", "user_id": "u1", "username": "me", "room": "lobby", "protocol": 1});
+        conversation.on_received(event(welcome.clone()));
+        conversation.on_received(event(json!({"type": "history", "room": "lobby", "messages": []})));
+        let client_id = |effect: Effect| match effect {
+            Effect::Send(ClientFrame::Chat { client_id, .. }) => client_id.unwrap().to_string(),
+            other => panic!("not a chat: {other:?}"),
+        };
+        conversation.chat("lost line");
+        let delivered = client_id(conversation.chat("delivered line"));
+        conversation.disconnected();
+        conversation.reconnected();
+        let resumed = outcome(conversation.on_received(event(welcome)));
+        assert!(resumed.last().unwrap().contains(r#""after_seq":0"#), "{resumed:?}");
+        // Typed while the history is on its way: sent now, acked later.
+        conversation.chat("typed after the reconnect");
+        let mut stored = chat(1);
+        stored["user_id"] = json!("u1");
+        stored["client_id"] = json!(delivered);
+        let answer = json!({"type": "history", "room": "lobby", "messages": [stored]});
+        let mut notices = outcome(conversation.on_received(event(answer)));
+        // The next page is empty: the client has caught up.
+        notices.extend(outcome(
+            conversation.on_received(event(json!({"type": "history", "room": "lobby", "messages": []}))),
+        ));
+        let notices = notices.join("\n");
+        assert!(notices.contains(r#"not in the history: "lost line""#), "{notices}");
+        assert!(!notices.contains("delivered line"), "found in the history: {notices}");
+        assert!(!notices.contains("typed after the reconnect"), "sent on the new connection: {notices}");
     }
 
     #[test]
