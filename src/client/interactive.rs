@@ -34,6 +34,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// answers, so a fast script never has the server queue more answers for
 /// it than it reads.
 const MAX_IN_FLIGHT: usize = 256;
+/// How long a client whose input has ended (a script) keeps trying to
+/// reconnect to send what it still holds, before it exits with an error.
+const SCRIPT_PATIENCE: Duration = Duration::from_secs(60);
 
 /// What `chorus client` was asked to do.
 #[derive(Debug, Clone)]
@@ -209,8 +212,9 @@ pub async fn run(options: ClientOptions) -> anyhow::Result<()> {
                 }
                 terminal.notice(format!("! connection lost ({why}); reconnecting"));
                 match reconnect(&options, &mut terminal).await {
-                    Some(new) => ws = new,
-                    None => break Ok(()),
+                    Ok(Some(new)) => ws = new,
+                    Ok(None) => break Ok(()),
+                    Err(err) => break Err(err),
                 }
                 conversation.reconnected();
             }
@@ -221,17 +225,27 @@ pub async fn run(options: ClientOptions) -> anyhow::Result<()> {
 }
 
 /// Try to connect again, with jittered exponential backoff, until it works
-/// or the user quits (`None`). Lines typed meanwhile are kept for later.
-async fn reconnect(options: &ClientOptions, terminal: &mut Terminal) -> Option<WsStream> {
+/// or the user quits (`None`). Lines typed meanwhile are kept for later. Once
+/// the input has ended (a script), it gives up after `SCRIPT_PATIENCE`.
+async fn reconnect(options: &ClientOptions, terminal: &mut Terminal) -> anyhow::Result<Option<WsStream>> {
     let mut backoff = Backoff::default();
+    let started = tokio::time::Instant::now();
     loop {
+        if terminal.input_done && started.elapsed() >= SCRIPT_PATIENCE {
+            anyhow::bail!(
+                "gave up reconnecting to {} after {}s; {} line(s) of input were not sent",
+                options.url,
+                SCRIPT_PATIENCE.as_secs(),
+                terminal.backlog.len()
+            );
+        }
         let delay = backoff.next_delay();
         let wake = tokio::time::Instant::now() + delay;
         while tokio::time::Instant::now() < wake {
             tokio::select! {
                 () = tokio::time::sleep_until(wake) => {}
                 input = terminal.input.recv(), if !terminal.input_done => match input {
-                    Some(Input::Line(line)) if parse_command(&line) == Command::Quit => return None,
+                    Some(Input::Line(line)) if parse_command(&line) == Command::Quit => return Ok(None),
                     Some(Input::Line(line)) => {
                         if matches!(parse_command(&line), Command::Chat(_) | Command::Binary(_) | Command::Frame(_)) {
                             terminal.notice("! not connected: it will be sent once reconnected".to_string());
@@ -241,7 +255,7 @@ async fn reconnect(options: &ClientOptions, terminal: &mut Terminal) -> Option<W
                     Some(Input::End) | None => {
                         terminal.input_done = true;
                         if terminal.backlog.is_empty() {
-                            return None;
+                            return Ok(None);
                         }
                     }
                 },
@@ -250,7 +264,7 @@ async fn reconnect(options: &ClientOptions, terminal: &mut Terminal) -> Option<W
         match connect(&options.url, &options.connect).await {
             Ok(ws) => {
                 terminal.notice(format!("* reconnected to {} (attempt {})", options.url, backoff.attempts()));
-                return Some(ws);
+                return Ok(Some(ws));
             }
             Err(err) => {
                 let why = match &err {

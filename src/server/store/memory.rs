@@ -75,14 +75,13 @@ impl Store for MemoryStore {
         let start = log.messages.partition_point(|m| range.after.is_some_and(|after| m.seq <= after));
         let end = log.messages.partition_point(|m| range.before.is_none_or(|before| m.seq < before));
         let window = log.messages.range(start..end.max(start));
-        let mut found: Vec<Message> = if range.after.is_some() {
+        let found: Vec<Message> = if range.after.is_some() {
             window.filter(live).take(range.limit).cloned().collect()
         } else {
             let mut newest: Vec<Message> = window.rev().filter(live).take(range.limit).cloned().collect();
             newest.reverse();
             newest
         };
-        found.shrink_to_fit();
         Ok(found)
     }
 
