@@ -68,7 +68,12 @@ impl RunContext {
 
     /// Seconds since the start of the run.
     pub fn second(&self) -> u32 {
-        self.epoch.elapsed().as_secs() as u32
+        self.second_at(Instant::now())
+    }
+
+    /// The second of the run `instant` falls in (no second clock read).
+    pub fn second_at(&self, instant: Instant) -> u32 {
+        instant.saturating_duration_since(self.epoch).as_secs() as u32
     }
 }
 
@@ -329,6 +334,19 @@ impl Bot {
         let resume_reading_at = self.group().resume_reading_after.map(|d| self.ctx.at(steady + d));
         let mut resumed = false;
         let far = self.end + Duration::from_secs(3600);
+        // The timers live across iterations and are reset only when their
+        // deadline changes: a bot reads up to thousands of frames a second,
+        // and creating, registering and dropping five timers per frame was a
+        // quarter of the harness's CPU.
+        let ctx = Arc::clone(&self.ctx);
+        let cancelled = ctx.stop.cancelled();
+        let end_timer = sleep_until(self.end);
+        let churn_timer = sleep_until(churn_at.unwrap_or(far));
+        let reading_timer = sleep_until(far);
+        let send_timer = sleep_until(far);
+        tokio::pin!(cancelled, end_timer, churn_timer, reading_timer, send_timer);
+        let mut send_armed = None;
+        let mut reading_armed = None;
         loop {
             // Wake a timer tick early: tokio's timer has millisecond
             // granularity, and a send that would always be up to 1ms late
@@ -336,28 +354,41 @@ impl Bot {
             let next_send = self.next_send().map(|at| at.checked_sub(TIMER_SLACK).unwrap_or(at));
             let stop_reading = stop_reading_at.filter(|_| conn.reading && !resumed);
             let resume_reading = resume_reading_at.filter(|_| !conn.reading && !resumed);
+            let reading_change = stop_reading.or(resume_reading);
+            if next_send != send_armed {
+                send_timer.as_mut().reset(next_send.unwrap_or(far));
+                send_armed = next_send;
+            }
+            if reading_change != reading_armed {
+                reading_timer.as_mut().reset(reading_change.unwrap_or(far));
+                reading_armed = reading_change;
+            }
             tokio::select! {
                 biased;
-                () = self.ctx.stop.cancelled(), if !self.stopping => {
+                () = &mut cancelled, if !self.stopping => {
                     self.stopping = true;
                     self.end = self.end.min(Instant::now() + self.ctx.drain_after_stop);
+                    end_timer.as_mut().reset(self.end);
                 }
-                () = sleep_until(self.end) => {
+                () = &mut end_timer => {
                     self.closing(conn).await;
                     return Outcome::Finished;
                 }
-                () = sleep_until(churn_at.unwrap_or(far)), if churn_at.is_some() => {
+                () = &mut churn_timer, if churn_at.is_some() => {
                     self.closing(conn).await;
                     return Outcome::Churn;
                 }
-                () = sleep_until(stop_reading.unwrap_or(far)), if stop_reading.is_some() => {
-                    conn.reading = false;
+                () = &mut reading_timer, if reading_change.is_some() => {
+                    reading_armed = None;
+                    if stop_reading.is_some() {
+                        conn.reading = false;
+                    } else {
+                        conn.reading = true;
+                        resumed = true;
+                    }
                 }
-                () = sleep_until(resume_reading.unwrap_or(far)), if resume_reading.is_some() => {
-                    conn.reading = true;
-                    resumed = true;
-                }
-                () = sleep_until(next_send.unwrap_or(far)), if next_send.is_some() => {
+                () = &mut send_timer, if next_send.is_some() => {
+                    send_armed = None;
                     if let Err(err) = self.send(conn).await {
                         self.note_failure(&err);
                         return Outcome::Dropped;

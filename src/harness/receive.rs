@@ -54,7 +54,9 @@ impl Bot {
             self.metrics.counters.echoes += 1;
             return;
         }
-        let now = self.ctx.now_us();
+        // One clock read per delivery: both latencies and the live second.
+        let instant = tokio::time::Instant::now();
+        let now = self.ctx.wall_us(instant);
         let latency = (now - stamp.intended_us).max(0) as u64;
         let metric = if kind == Kind::Binary { Metric::DeliveryBinary } else { Metric::DeliveryText };
         self.metrics.record(metric, latency);
@@ -72,7 +74,7 @@ impl Bot {
             Kind::Binary => counters.received_binary += 1,
             _ => counters.received_text += 1,
         }
-        self.live.count(self.ctx.second(), Live::Received(latency));
+        self.live.count(self.ctx.second_at(instant), Live::Received(latency));
     }
 
     /// One JSON event from a chorus server.
@@ -138,11 +140,12 @@ impl Bot {
     }
 
     fn acked(&mut self, kind: Kind, pending: &PendingSend) {
-        let now = self.ctx.now_us();
+        let instant = tokio::time::Instant::now();
+        let now = self.ctx.wall_us(instant);
         self.metrics.record(kind.ack_metric(), (now - pending.intended_us).max(0) as u64);
         self.metrics.record(Metric::AckRaw, (now - pending.sent_us).max(0) as u64);
         self.metrics.counters.acked += 1;
-        self.live.count(self.ctx.second(), Live::Acked);
+        self.live.count(self.ctx.second_at(instant), Live::Acked);
         self.answered();
     }
 
@@ -231,6 +234,15 @@ fn quick_chat_stamp(text: &str) -> Option<Stamp> {
     if !text.starts_with("{\"type\":\"chat\"") {
         return None;
     }
+    // chorus writes `client_id` last: read it from the end, in the stamp's
+    // few bytes, without searching the whole event.
+    const LAST: &str = "\"client_id\":\"";
+    if let Some(body) = text.strip_suffix("\"}")
+        && let Some(open) = body.rfind('"')
+        && body[..open + 1].ends_with(LAST)
+    {
+        return Stamp::from_text(&body[open + 1..]);
+    }
     let value = |key: &str| text.find(key).map(|at| &text[at + key.len()..]);
     if let Some(rest) = value("\"client_id\":\"") {
         return Stamp::from_text(&rest[..rest.find('"')?]);
@@ -266,6 +278,11 @@ mod tests {
         assert_eq!(quick_chat_stamp(&chat("x \"client_id\":\"fake\" y", Some(&id))), Some(stamp));
         assert_eq!(quick_chat_stamp(&chat(&stamp.raw_text(40, "zzzzzzzzzzzz"), None)), Some(stamp));
         assert_eq!(quick_chat_stamp(&chat("no stamp here", None)), None);
+        // A text that ends like a client_id is still text (its quotes are escaped).
+        assert_eq!(quick_chat_stamp(&chat(&format!("a \"client_id\":\"{id}"), None)), None);
+        // Another field order (another server) still finds it.
+        let reordered = format!("{{\"type\":\"chat\",\"client_id\":\"{id}\",\"seq\":4}}");
+        assert_eq!(quick_chat_stamp(&reordered), Some(stamp));
         assert_eq!(quick_chat_stamp("{\"type\":\"ack\",\"client_id\":\"x\"}"), None, "only chats");
     }
 }

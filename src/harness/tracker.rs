@@ -3,6 +3,7 @@
 //! reorders and holes).
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use super::metrics::Kind;
 
@@ -75,7 +76,30 @@ pub enum Arrival {
 /// Per-sender sequence tracking for one connection of one receiver.
 #[derive(Debug, Default)]
 pub struct SeqTracker {
-    senders: HashMap<u32, SeqTrack>,
+    senders: HashMap<u32, SeqTrack, BuildHasherDefault<BotIdHasher>>,
+}
+
+/// Bot ids are small dense integers chosen by the harness, not by anyone
+/// who could aim collisions at it: one multiplication hashes them (SipHash,
+/// the default, cost as much as the rest of the bookkeeping of a delivery).
+#[derive(Debug, Default)]
+struct BotIdHasher(u64);
+
+impl Hasher for BotIdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u32(u32::from(byte) ^ (self.0 as u32).rotate_left(8));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        // Fibonacci hashing: the high bits, which the table uses first, mix every input bit.
+        self.0 = (self.0 ^ u64::from(n)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 impl SeqTracker {
