@@ -263,6 +263,10 @@ struct ServerArgs {
     /// SQLite durability: an ack survives a power loss (full) or a server crash (normal, faster).
     #[arg(long, value_enum, default_value_t = SyncArg::Full)]
     history_sync: SyncArg,
+    /// SQLite group commit: under load, one commit (one fsync) per this long at most, with every message
+    /// that came meanwhile; acks wait up to this much longer (0: commit each batch at once).
+    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    history_commit_window: Duration,
 }
 
 /// `--history`.
@@ -312,6 +316,7 @@ impl ServerArgs {
                     SyncArg::Full => Durability::Full,
                     SyncArg::Normal => Durability::Normal,
                 },
+                commit_window: self.history_commit_window,
                 ..HistoryConfig::default()
             },
             session: SessionConfig {

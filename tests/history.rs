@@ -182,6 +182,37 @@ async fn the_ack_waits_for_the_disk_but_delivery_does_not() {
     server.shutdown().await.unwrap();
 }
 
+/// How long alice's second ack takes when she sends two chats back to back
+/// (the first commits at once), with this group-commit window.
+async fn second_ack_after(window: Duration) -> Duration {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = sqlite_config(dir.path());
+    config.history.commit_window = window;
+    let server = server_with(config).await;
+    let mut alice = Client::named(&server.url(), "alice").await;
+    let mut bob = Client::named(&server.url(), "bob").await;
+    alice.settle(Duration::from_millis(100)).await;
+    alice.chat("one", "one").await;
+    alice.expect("ack").await;
+    let sent = std::time::Instant::now();
+    alice.chat("two", "two").await;
+    bob.expect("chat").await;
+    let delivered = sent.elapsed();
+    assert!(delivered < Duration::from_millis(300), "delivery never waits for the window ({delivered:?})");
+    let ack = alice.expect("ack").await;
+    assert_eq!(ack["client_id"], "two");
+    server.shutdown().await.unwrap();
+    sent.elapsed()
+}
+
+#[tokio::test]
+async fn under_load_acks_wait_for_the_commit_window() {
+    let waited = second_ack_after(Duration::from_millis(600)).await;
+    assert!(waited >= Duration::from_millis(450), "the second commit waits out the window ({waited:?})");
+    let waited = second_ack_after(Duration::ZERO).await;
+    assert!(waited < Duration::from_millis(300), "no window: committed at once ({waited:?})");
+}
+
 #[tokio::test]
 async fn retention_keeps_each_rooms_latest_messages() {
     let config = ServerConfig {

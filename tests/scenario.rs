@@ -197,3 +197,17 @@ fn every_shipped_scenario_is_valid() {
     }
     assert!(seen >= 6, "smoke, broadcast-1k, rooms, binary-mix, churn, slow-consumer at least");
 }
+
+#[test]
+fn the_embedded_servers_history_settings_are_read() {
+    let scenario = parse(
+        "duration = \"5s\"\n[[group]]\nclients = 1\n[server]\nhistory = \"sqlite\"\nhistory_sync = \"normal\"\n\
+         history_commit_window = \"25ms\"",
+    )
+    .unwrap();
+    assert_eq!(scenario.server.history.commit_window, Duration::from_millis(25));
+    assert_eq!(parse(MINIMAL).unwrap().server.history.commit_window, Duration::from_millis(10), "the default");
+    let err =
+        parse("duration = \"5s\"\n[[group]]\nclients = 1\n[server]\nhistory_commit_window = \"soon\"").unwrap_err();
+    assert!(err.contains("server.history_commit_window"), "{err}");
+}

@@ -113,6 +113,8 @@ struct RawServer {
     history: Option<String>,
     /// SQLite: "full" (default) or "normal".
     history_sync: Option<String>,
+    /// SQLite: the group-commit window (default 10ms).
+    history_commit_window: Option<DurationValue>,
     /// SQLite: the data directory (default: a temporary one, removed after the run).
     data: Option<String>,
     max_gap: Option<u64>,
@@ -775,7 +777,7 @@ impl Validator<'_> {
         Ok((config, temporary))
     }
 
-    /// The `history`, `history_sync` and `data` keys; true when the data
+    /// The `history`, `history_sync`, `history_commit_window` and `data` keys; true when the data
     /// directory is a temporary one.
     fn history(&self, raw: &RawServer, config: &mut ServerConfig) -> Result<bool, ScenarioError> {
         use crate::server::{Backend, store::sqlite::Durability};
@@ -797,6 +799,9 @@ impl Validator<'_> {
                 );
             }
         };
+        if let Some(window) = &raw.history_commit_window {
+            config.history.commit_window = self.duration("server.history_commit_window", window)?;
+        }
         match &raw.data {
             Some(dir) => {
                 config.data_dir = dir.into();

@@ -64,6 +64,8 @@ pub struct HistoryConfig {
     pub retention: Retention,
     /// SQLite only.
     pub durability: Durability,
+    /// SQLite only: the group-commit window (see `writer`).
+    pub commit_window: Duration,
     /// Most messages waiting for the writer.
     pub queue: usize,
 }
@@ -84,6 +86,7 @@ impl Default for HistoryConfig {
             backend: Backend::Memory,
             retention: Retention::default(),
             durability: Durability::Full,
+            commit_window: crate::server::store::sqlite::COMMIT_WINDOW,
             queue: 4096,
         }
     }
@@ -147,7 +150,8 @@ impl History {
                 // More than the writer can have had in flight at a crash.
                 let crash_margin = (queue + MAX_BATCH) as u64;
                 let path = data_dir.join(DB_FILE);
-                Arc::new(SqliteStore::open(&path, config.retention, config.durability, crash_margin)?)
+                let store = SqliteStore::open(&path, config.retention, config.durability, crash_margin)?;
+                Arc::new(store.with_commit_window(config.commit_window))
             }
         };
         let (tx, rx) = mpsc::channel(queue);
