@@ -55,16 +55,35 @@ impl Stamp {
     }
 
     pub fn from_text(text: &str) -> Option<Stamp> {
-        let mut parts = text.split('.');
-        let mut next = || parts.next().and_then(|p| u64::from_str_radix(p, 36).ok());
-        let stamp = Stamp {
-            tag: u32::try_from(next()?).ok()?,
-            bot: u32::try_from(next()?).ok()?,
-            seq: next()?,
-            intended_us: i64::try_from(next()?).ok()?,
-            lag_us: u32::try_from(next()?).ok()?,
-        };
-        parts.next().is_none().then_some(stamp)
+        // One pass over the bytes (every delivery is parsed: splitting and
+        // `from_str_radix` cost as much as the rest of the bookkeeping).
+        let mut fields = [0u64; 5];
+        let mut field = 0;
+        let mut digits = 0;
+        for &byte in text.as_bytes() {
+            if byte == b'.' {
+                if digits == 0 || field == 4 {
+                    return None;
+                }
+                field += 1;
+                digits = 0;
+                continue;
+            }
+            let digit = char::from(byte).to_digit(36)?;
+            fields[field] = fields[field].checked_mul(36)?.checked_add(u64::from(digit))?;
+            digits += 1;
+        }
+        if digits == 0 || field != 4 {
+            return None;
+        }
+        let [tag, bot, seq, intended_us, lag_us] = fields;
+        Some(Stamp {
+            tag: u32::try_from(tag).ok()?,
+            bot: u32::try_from(bot).ok()?,
+            seq,
+            intended_us: i64::try_from(intended_us).ok()?,
+            lag_us: u32::try_from(lag_us).ok()?,
+        })
     }
 
     /// The first `BINARY_STAMP_LEN` bytes of a binary payload.
@@ -151,6 +170,12 @@ mod tests {
         assert_eq!(Stamp::from_text(&typical.to_text()), Some(typical));
         assert_eq!(Stamp::from_text("hello"), None);
         assert_eq!(Stamp::from_text(&format!("{text}.9")), None);
+        for bad in
+            ["", "1.2.3.4", "1.2.3.4.", ".1.2.3.4", "1..2.3.4", "1.2.3.4.5 ", "1.2.3.4.-5", "zzzzzzzzzzzzzz.1.1.1.1"]
+        {
+            assert_eq!(Stamp::from_text(bad), None, "{bad:?}");
+        }
+        assert_eq!(Stamp::from_text("a.b.c.d.e").map(|s| (s.tag, s.lag_us)), Some((10, 14)));
     }
 
     #[test]
