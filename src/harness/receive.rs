@@ -2,8 +2,11 @@
 //! sequence tracking), acks (ack latency and expected deliveries), errors,
 //! closes, and `gap`s, which it recovers through `history`.
 
+use std::sync::LazyLock;
+
 use base64::Engine as _;
 use futures_util::SinkExt;
+use memchr::memmem::Finder;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::bot::{Bot, Conn};
@@ -243,12 +246,16 @@ fn quick_chat_stamp(text: &str) -> Option<Stamp> {
     {
         return Stamp::from_text(&body[open + 1..]);
     }
-    let value = |key: &str| text.find(key).map(|at| &text[at + key.len()..]);
-    if let Some(rest) = value("\"client_id\":\"") {
+    // Otherwise search (SIMD, finders built once): `client_id` elsewhere, or
+    // the stamp at the start of `text` (plain-text senders get no client_id).
+    static CLIENT_ID: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(LAST));
+    static TEXT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("\"text\":\""));
+    let value = |key: &Finder<'_>| key.find(text.as_bytes()).map(|at| &text[at + key.needle().len()..]);
+    if let Some(rest) = value(&CLIENT_ID) {
         return Stamp::from_text(&rest[..rest.find('"')?]);
     }
-    let rest = value("\"text\":\"")?;
-    let end = rest.find([' ', '"'])?;
+    let rest = value(&TEXT)?;
+    let end = memchr::memchr2(b' ', b'"', rest.as_bytes())?;
     Stamp::from_text(&rest[..end])
 }
 
