@@ -5,7 +5,7 @@
 # last measured run (see bench/README.md), side by side for the same servers.
 # Longer runs than fanout.sh, so the p99.9 rests on many samples.
 #
-# Usage: bench/latency.sh [--tiny] [rate per client]   (default 25: half of the 50 chorus held)
+# Usage: bench/latency.sh [--tiny] [rate per client]   (default 100: half of the 200 chorus held)
 # Environment: BENCH_RUNS (3), BENCH_SERVERS (all five), BENCH_CLIENTS (100),
 #   BENCH_DURATION (steady seconds, 20), BENCH_TINY=1 (= --tiny: 5 clients, 1 s, 1 run).
 # Raw outputs: bench/out/latency/<stamp>/<server>/rate-<r>/run-<n>/ and table.md.
@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 
-rates=("${1:-25}")
+rates=("${1:-100}")
 set_servers "chorus chorus-plain relay node-ws python-websockets"
 load_settings 20
 
