@@ -88,7 +88,7 @@ struct BotIdHasher(u64);
 impl Hasher for BotIdHasher {
     fn write(&mut self, bytes: &[u8]) {
         for &byte in bytes {
-            self.write_u32(u32::from(byte) ^ (self.0 as u32).rotate_left(8));
+            self.write_u32(u32::from(byte));
         }
     }
 

@@ -42,6 +42,14 @@ pub use writer::MAX_BATCH;
 pub const RESERVE_WAIT: Duration = Duration::from_secs(5);
 /// How often the writer deletes messages past the retention age.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// The default group-commit window for SQLite (see `writer`; the server's
+/// `--history-commit-window`): under load, one commit (one fsync with
+/// `--history-sync full`) per 10 ms at most. Acks wait up to that much
+/// longer; a lone message is committed at once. A commit's fixed cost here
+/// (fsync, WAL frames, the senders woken for their acks) made a 2 ms window
+/// cost 26 % more server CPU than no history at 5,000 messages a second,
+/// 10 ms 9 % (bench/README.md, *Before / after*).
+pub const COMMIT_WINDOW: Duration = Duration::from_millis(10);
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "chorus.db";
 
@@ -64,7 +72,7 @@ pub struct HistoryConfig {
     pub retention: Retention,
     /// SQLite only.
     pub durability: Durability,
-    /// SQLite only: the group-commit window (see `writer`).
+    /// SQLite only: the group-commit window (see `writer`, `COMMIT_WINDOW`).
     pub commit_window: Duration,
     /// Most messages waiting for the writer.
     pub queue: usize,
@@ -86,7 +94,7 @@ impl Default for HistoryConfig {
             backend: Backend::Memory,
             retention: Retention::default(),
             durability: Durability::Full,
-            commit_window: crate::server::store::sqlite::COMMIT_WINDOW,
+            commit_window: COMMIT_WINDOW,
             queue: 4096,
         }
     }
@@ -143,20 +151,22 @@ impl History {
     /// Open the configured store and start its writer.
     pub fn open(config: &HistoryConfig, data_dir: &Path, metrics: Arc<Metrics>) -> Result<History, StoreError> {
         let queue = config.queue.max(1);
-        let store: Arc<dyn Store> = match config.backend {
+        // Only SQLite's commits have a fixed cost (an fsync, WAL frames) worth
+        // sharing: memory commits whatever is queued at once.
+        let (store, window): (Arc<dyn Store>, Duration) = match config.backend {
             Backend::Off => return Ok(History::off(metrics)),
-            Backend::Memory => Arc::new(MemoryStore::new(config.retention)),
+            Backend::Memory => (Arc::new(MemoryStore::new(config.retention)), Duration::ZERO),
             Backend::Sqlite => {
                 // More than the writer can have had in flight at a crash.
                 let crash_margin = (queue + MAX_BATCH) as u64;
                 let path = data_dir.join(DB_FILE);
                 let store = SqliteStore::open(&path, config.retention, config.durability, crash_margin)?;
-                Arc::new(store.with_commit_window(config.commit_window))
+                (Arc::new(store), config.commit_window)
             }
         };
         let (tx, rx) = mpsc::channel(queue);
         let pending: Arc<Mutex<HashMap<Arc<str>, u64>>> = Arc::default();
-        writer::spawn(store.clone(), rx, pending.clone(), metrics.clone())?;
+        writer::spawn(store.clone(), window, rx, pending.clone(), metrics.clone())?;
         writer::schedule_pruning(&tx);
         tracing::info!("history: {} (retention {})", store.describe(), describe_retention(&config.retention));
         Ok(History { store: Some(store), tx: Some(tx), pending, metrics })

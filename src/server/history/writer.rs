@@ -8,8 +8,9 @@
 //! as the disk does. The writer also deletes messages past the retention age,
 //! a chunk at a time, at most every `PRUNE_EVERY`.
 //!
-//! Group commit: a store whose commits have a fixed cost (SQLite: an fsync
-//! and the WAL frames of every page touched) gives a commit window. A message
+//! Group commit: for a store whose commits have a fixed cost (SQLite: an
+//! fsync and the WAL frames of every page touched) the writer has a commit
+//! window. A message
 //! that arrives within that window after the last commit started waits for
 //! the rest of it, so under load the writer commits at most once per window
 //! with everything that came meanwhile, instead of once per handful of
@@ -52,14 +53,14 @@ pub enum Job {
     Prune,
 }
 
-/// Start the writer thread.
+/// Start the writer thread, committing at most once per `window` under load.
 pub fn spawn(
     store: Arc<dyn Store>,
+    window: Duration,
     rx: mpsc::Receiver<Job>,
     pending: Arc<Mutex<HashMap<Arc<str>, u64>>>,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<()> {
-    let window = store.commit_window();
     let writer = Writer {
         store,
         pending,
@@ -101,7 +102,7 @@ struct Writer {
     last_prune: Option<Instant>,
     /// The last prune deleted a full chunk: more may be expired.
     prune_more: bool,
-    /// The store's group-commit window, and when the last commit started.
+    /// The group-commit window, and when the last commit started.
     window: Duration,
     last_commit: Option<Instant>,
     /// Rooms whose latest messages were delivered but not stored (their
@@ -329,21 +330,19 @@ mod tests {
     use crate::server::store::tests::{record, text};
     use crate::server::store::{Message, Range};
 
-    /// A memory store with a commit window that notes the size of every batch.
+    /// A memory store that notes the size of every batch.
     #[derive(Debug)]
     struct Batches {
         inner: MemoryStore,
-        window: Duration,
         sizes: Mutex<Vec<usize>>,
         /// Every write fails while set, as on a full disk.
         failing: std::sync::atomic::AtomicBool,
     }
 
     impl Batches {
-        fn new(window: Duration) -> Arc<Batches> {
+        fn new() -> Arc<Batches> {
             Arc::new(Batches {
                 inner: MemoryStore::new(Default::default()),
-                window,
                 sizes: Mutex::default(),
                 failing: Default::default(),
             })
@@ -382,15 +381,12 @@ mod tests {
         fn describe(&self) -> String {
             "batches".into()
         }
-        fn commit_window(&self) -> Duration {
-            self.window
-        }
     }
 
     fn sizes_with_window(window: Duration) -> Vec<usize> {
-        let store = Batches::new(window);
+        let store = Batches::new();
         let (tx, rx) = mpsc::channel(16);
-        spawn(store.clone(), rx, Arc::default(), Arc::new(Metrics::default())).unwrap();
+        spawn(store.clone(), window, rx, Arc::default(), Arc::new(Metrics::default())).unwrap();
         let store_one = |seq| {
             let pending = Pending { record: record("r", text(seq, "hi")), ack: None };
             tx.blocking_send(Job::Store(Box::new(pending))).unwrap();
@@ -424,10 +420,10 @@ mod tests {
 
     #[test]
     fn seqs_delivered_but_not_stored_are_never_handed_out_again() {
-        let store = Batches::new(Duration::ZERO);
+        let store = Batches::new();
         let (tx, rx) = mpsc::channel(16);
         let pending: Arc<Mutex<HashMap<Arc<str>, u64>>> = Arc::default();
-        spawn(store.clone(), rx, pending.clone(), Arc::new(Metrics::default())).unwrap();
+        spawn(store.clone(), Duration::ZERO, rx, pending.clone(), Arc::new(Metrics::default())).unwrap();
         let send = |job| tx.blocking_send(job).unwrap();
         let store_one = |room: &str, seq| {
             lock(&pending).insert(Arc::from(room), seq);

@@ -167,13 +167,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// For logs: `sqlite /path/chorus.db` or `memory`.
     fn describe(&self) -> String;
-
-    /// How long the writer lets messages gather after a commit before the
-    /// next one, when a commit has a fixed cost (an fsync, WAL frames) worth
-    /// sharing: the group-commit window. Zero: commit whatever is queued.
-    fn commit_window(&self) -> std::time::Duration {
-        std::time::Duration::ZERO
-    }
 }
 
 /// Most rows one `prune` call deletes, so a large expiry never stalls the

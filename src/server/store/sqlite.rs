@@ -42,14 +42,6 @@ const SCHEMA_VERSION: i64 = 1;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle reader connections kept open.
 const MAX_IDLE_READERS: usize = 4;
-/// The default group-commit window (see the history writer; the server's
-/// `--history-commit-window`): under load, one commit (one fsync with
-/// `--history-sync full`) per 10 ms at most. Acks wait up to that much
-/// longer; a lone message is committed at once. Each commit costs about
-/// 120 µs of CPU here (fsync, WAL frames, the senders' woken tasks): 2 ms
-/// cost 26 % more server CPU than no history at 5,000 messages a second,
-/// 10 ms costs 9 % (bench/README.md, *History on vs off*).
-pub const COMMIT_WINDOW: Duration = Duration::from_millis(10);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS schema_versions (
@@ -107,12 +99,20 @@ pub struct SqliteStore {
     /// Released by `close`, so a restart in the same process can take it.
     lock: std::fs::File,
     retention: Retention,
-    commit_window: Duration,
     /// The connection that writes, and what it knows; only the history
     /// writer thread takes it.
     writer: Mutex<Writer>,
     /// Idle read-only connections; a reader takes one for one query.
     readers: Mutex<Vec<Connection>>,
+}
+
+/// Create room ?1 with last seq ?2, or raise its last seq to ?2: what every
+/// commit does for its rooms, and what a failed commit leaves to record.
+macro_rules! raise_last_seq_sql {
+    () => {
+        "INSERT INTO history_rooms (name, last_seq) VALUES (?1, ?2) ON CONFLICT(name) \
+         DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)"
+    };
 }
 
 /// SQLite integers are signed; seqs and limits never come near the top.
@@ -153,17 +153,10 @@ impl SqliteStore {
             path: path.to_path_buf(),
             lock: lock_file,
             retention,
-            commit_window: COMMIT_WINDOW,
             writer: Mutex::new(Writer { conn, counts: HashMap::new() }),
             readers: Mutex::new(Vec::new()),
         };
         Ok(store)
-    }
-
-    /// Commit at most once per `window` under load (zero: whatever is queued, at once).
-    pub fn with_commit_window(mut self, window: Duration) -> SqliteStore {
-        self.commit_window = window;
-        self
     }
 
     /// Run `f` on an idle reader connection, opening one if none is idle.
@@ -324,10 +317,7 @@ impl Store for SqliteStore {
         let mut new_counts: Vec<(i64, u64)> = Vec::with_capacity(rooms.len());
         for (room, (top, added)) in &rooms {
             let id: i64 = tx
-                .prepare_cached(
-                    "INSERT INTO history_rooms (name, last_seq) VALUES (?1, ?2) ON CONFLICT(name) \
-                     DO UPDATE SET last_seq = max(last_seq, excluded.last_seq) RETURNING id",
-                )?
+                .prepare_cached(concat!(raise_last_seq_sql!(), " RETURNING id"))?
                 .query_row(params![room, int(*top)], |row| row.get(0))?;
             let stored = match counts.get(&id) {
                 Some(count) => *count,
@@ -406,11 +396,7 @@ impl Store for SqliteStore {
     }
 
     fn raise_last_seq(&self, room: &str, seq: u64) -> Result<(), StoreError> {
-        lock(&self.writer).conn.execute(
-            "INSERT INTO history_rooms (name, last_seq) VALUES (?1, ?2) ON CONFLICT(name) \
-             DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
-            params![room, int(seq)],
-        )?;
+        lock(&self.writer).conn.execute(raise_last_seq_sql!(), params![room, int(seq)])?;
         Ok(())
     }
 
@@ -427,10 +413,6 @@ impl Store for SqliteStore {
 
     fn describe(&self) -> String {
         format!("sqlite {}", self.path.display())
-    }
-
-    fn commit_window(&self) -> std::time::Duration {
-        self.commit_window
     }
 }
 
