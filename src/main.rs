@@ -265,7 +265,7 @@ struct ServerArgs {
     history_sync: SyncArg,
     /// SQLite group commit: under load, one commit (one fsync) per this long at most, with every message
     /// that came meanwhile; acks wait up to this much longer (0: commit each batch at once).
-    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "10ms", value_parser = chorus::server::history::parse_commit_window)]
     history_commit_window: Duration,
 }
 

@@ -141,3 +141,10 @@ async fn server_process_stops_on_sigterm_closing_clients_with_1001() {
     assert!(logs.iter().any(|l| l.contains("shutting down")), "{logs:?}");
     assert!(logs.iter().any(|l| l.contains("history: everything stored")), "history is flushed: {logs:?}");
 }
+
+#[tokio::test]
+async fn a_commit_window_longer_than_a_second_is_refused_at_start() {
+    let (ok, _, stderr) = run(&["server", "--addr", "127.0.0.1:0", "--history-commit-window", "5s"], "").await;
+    assert!(!ok, "the server must not start");
+    assert!(stderr.contains("too long for a commit window: at most 1s"), "{stderr}");
+}

@@ -210,4 +210,7 @@ fn the_embedded_servers_history_settings_are_read() {
     let err =
         parse("duration = \"5s\"\n[[group]]\nclients = 1\n[server]\nhistory_commit_window = \"soon\"").unwrap_err();
     assert!(err.contains("server.history_commit_window"), "{err}");
+    // Longer would hold every ack (and a shutdown) that long.
+    let err = parse("duration = \"5s\"\n[[group]]\nclients = 1\n[server]\nhistory_commit_window = \"2s\"").unwrap_err();
+    assert!(err.contains("server.history_commit_window") && err.contains("at most 1s"), "{err}");
 }

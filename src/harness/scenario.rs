@@ -800,7 +800,10 @@ impl Validator<'_> {
             }
         };
         if let Some(window) = &raw.history_commit_window {
-            config.history.commit_window = self.duration("server.history_commit_window", window)?;
+            let key = "server.history_commit_window";
+            let window = self.duration(key, window)?;
+            config.history.commit_window =
+                crate::server::history::check_commit_window(window).map_err(|why| self.invalid(key, why))?;
         }
         match &raw.data {
             Some(dir) => {

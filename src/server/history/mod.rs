@@ -50,6 +50,24 @@ pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// cost 26 % more server CPU than no history at 5,000 messages a second,
 /// 10 ms 9 % (bench/README.md, *Before / after*).
 pub const COMMIT_WINDOW: Duration = Duration::from_millis(10);
+/// The longest commit window accepted: every ack under load, and a shutdown,
+/// may wait this long.
+pub const MAX_COMMIT_WINDOW: Duration = Duration::from_secs(1);
+
+/// A commit window, if it is at most `MAX_COMMIT_WINDOW`.
+pub fn check_commit_window(window: Duration) -> Result<Duration, String> {
+    if window > MAX_COMMIT_WINDOW {
+        return Err(format!(
+            "{window:?} is too long for a commit window: at most 1s (under load every ack waits up to this long)"
+        ));
+    }
+    Ok(window)
+}
+
+/// Parse a commit window (`"10ms"`, `0`) for the command line.
+pub fn parse_commit_window(text: &str) -> Result<Duration, String> {
+    crate::units::parse_duration(text).and_then(check_commit_window)
+}
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "chorus.db";
 
