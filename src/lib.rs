@@ -25,4 +25,5 @@ pub mod harness;
 pub mod ids;
 pub mod protocol;
 pub mod server;
+pub mod sync;
 pub mod units;

@@ -11,10 +11,10 @@ use chorus::client::connection::{ConnectOptions, DEFAULT_URL};
 use chorus::client::interactive::ClientOptions;
 use chorus::client::tls::TlsOptions;
 use chorus::server::auth::AuthMode;
+use chorus::server::history::store::Retention;
+use chorus::server::history::store::sqlite::Durability;
 use chorus::server::limits::{DEFAULT_API_RATE, RateLimit, parse_rate};
-use chorus::server::store::Retention;
-use chorus::server::store::sqlite::Durability;
-use chorus::server::tls::TlsSource;
+use chorus::server::net::tls::TlsSource;
 use chorus::server::{Backend, HistoryConfig, SecurityConfig, ServerConfig, SessionConfig};
 use chorus::units::{parse_duration, parse_size};
 
@@ -243,7 +243,7 @@ struct ServerArgs {
     rate_burst: u32,
     /// Most open connections from one address (IPv6: one /64); 0 for no limit. Raise it for load tests
     /// from few addresses, and behind a reverse proxy (all clients then share its address).
-    #[arg(long, default_value_t = chorus::server::security::DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    #[arg(long, default_value_t = chorus::server::net::security::DEFAULT_MAX_CONNECTIONS_PER_IP)]
     max_connections_per_ip: usize,
     /// Most frames one message may arrive in. [default: max(1024, message size limit / 64)]
     #[arg(long)]

@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::MaybeTlsStream;
 
-use chorus::server::store::Retention;
-use chorus::server::store::sqlite::Durability;
+use chorus::server::history::store::Retention;
+use chorus::server::history::store::sqlite::Durability;
 use chorus::server::{HistoryConfig, ServerConfig, ServerHandle, SessionConfig};
 
 /// Ask for history and return the answer.

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 use chorus::client::connection::ConnectError;
 use chorus::client::{ConnectOptions, Received, TlsOptions, connect, split};
 use chorus::server::limits::RateLimit;
-use chorus::server::tls::TlsSource;
+use chorus::server::net::tls::TlsSource;
 use chorus::server::{SecurityConfig, ServerConfig, ServerHandle, SessionConfig};
 use common::{Client, WAIT, code, server_with};
 

@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use chorus::client::{ConnectOptions, Received, connect, split};
 use chorus::server::auth::AuthMode;
-use chorus::server::tokens::{Claims, TokenKeys, unix_now};
+use chorus::server::auth::tokens::{Claims, TokenKeys, unix_now};
 use chorus::server::{SecurityConfig, ServerConfig, ServerHandle};
 use common::{Client, code, server_with};
 

@@ -181,7 +181,7 @@ fn fingerprint_of(pem: &Path) -> String {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let cert = CertificateDer::pem_file_iter(pem).unwrap().next().unwrap().unwrap();
-    chorus::server::tls::fingerprint(&cert)
+    chorus::server::net::tls::fingerprint(&cert)
 }
 
 #[tokio::test]

@@ -49,11 +49,11 @@ fn provider() -> Arc<CryptoProvider> {
 pub fn client_config(options: &TlsOptions) -> Result<Arc<ClientConfig>, String> {
     static CONFIGS: OnceLock<Mutex<HashMap<TlsOptions, Arc<ClientConfig>>>> = OnceLock::new();
     let configs = CONFIGS.get_or_init(Default::default);
-    if let Some(config) = crate::server::hub::lock(configs).get(options) {
+    if let Some(config) = crate::sync::lock(configs).get(options) {
         return Ok(config.clone());
     }
     let config = Arc::new(build_config(options)?);
-    crate::server::hub::lock(configs).insert(options.clone(), config.clone());
+    crate::sync::lock(configs).insert(options.clone(), config.clone());
     Ok(config)
 }
 

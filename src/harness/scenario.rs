@@ -780,7 +780,7 @@ impl Validator<'_> {
     /// The `history`, `history_sync`, `history_commit_window` and `data` keys; true when the data
     /// directory is a temporary one.
     fn history(&self, raw: &RawServer, config: &mut ServerConfig) -> Result<bool, ScenarioError> {
-        use crate::server::{Backend, store::sqlite::Durability};
+        use crate::server::{Backend, history::store::sqlite::Durability};
         config.history.backend = match raw.history.as_deref() {
             None | Some("memory") => Backend::Memory,
             Some("sqlite") => Backend::Sqlite,

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::hub::lock;
+use crate::sync::lock;
 
 /// A sustained rate with a burst, as in `--rate-limit 100/s --rate-burst 200`.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -7,7 +7,10 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use super::outbox::EndReason;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use crate::sync::lock;
 
 #[derive(Debug)]
 pub struct Metrics {
@@ -26,8 +29,8 @@ pub struct Metrics {
     pub delivered: AtomicU64,
     /// Requests answered with an `error` event.
     pub errors: AtomicU64,
-    /// Sessions ended, by reason (indexed like `EndReason::ALL`).
-    pub ended: [AtomicU64; EndReason::ALL.len()],
+    /// Sessions ended, by reason; taken once per session end.
+    ended: Mutex<BTreeMap<&'static str, u64>>,
     /// Messages stored in history.
     pub history_stored: AtomicU64,
     /// Messages whose storing failed (their senders got `storage_failed`).
@@ -68,10 +71,9 @@ impl Metrics {
         self.started.elapsed().as_secs()
     }
 
-    pub fn record_end(&self, reason: EndReason) {
-        if let Some(index) = EndReason::ALL.iter().position(|r| *r == reason) {
-            bump(&self.ended[index]);
-        }
+    /// Count a session ended for `reason` (the `left` event's reason).
+    pub fn record_end(&self, reason: &'static str) {
+        *lock(&self.ended).entry(reason).or_default() += 1;
     }
 
     /// The Prometheus text exposition. `rooms` is the number of rooms now.
@@ -125,8 +127,8 @@ impl Metrics {
             out,
             "# HELP chorus_disconnects_total Connections ended, by reason.\n# TYPE chorus_disconnects_total counter"
         );
-        for (reason, counter) in EndReason::ALL.iter().zip(&self.ended) {
-            let _ = writeln!(out, "chorus_disconnects_total{{reason=\"{}\"}} {}", reason.as_str(), get(counter));
+        for (reason, count) in lock(&self.ended).iter() {
+            let _ = writeln!(out, "chorus_disconnects_total{{reason=\"{reason}\"}} {count}");
         }
         out
     }
@@ -140,7 +142,7 @@ mod tests {
     fn render_is_prometheus_text() {
         let metrics = Metrics::default();
         bump(&metrics.chat_in);
-        metrics.record_end(EndReason::Slow);
+        metrics.record_end("slow");
         let text = metrics.render(3);
         assert!(text.contains("chorus_rooms 3\n"));
         assert!(text.contains("chorus_messages_received_total{kind=\"chat\"} 1\n"));

@@ -1,30 +1,31 @@
-//! The chat server: an accept loop that hands each connection to `http`,
-//! which upgrades WebSocket requests into `session`s joined through the `hub`.
+//! The chat server.
+//!
+//! # Layout
+//!
+//! The folders are the layers, each importing only those below it:
+//!
+//! - `net/`: the edge. Accepts connections (per-address caps, TLS), serves
+//!   HTTP, turns a WebSocket handshake into a session. Knows nothing of rooms.
+//! - `auth/`: accounts, tokens and the accounts API; claims account names in
+//!   the hub.
+//! - `history/`: the archive: the writer (group commit), `history` requests,
+//!   and the stores (SQLite, memory).
+//! - `chat/`: the core. Rooms, fan-out, presence and names (`hub`), one
+//!   connection's conversation (`session`), its queue (`outbox`); knows no
+//!   transport, no account store and no storage type.
+//! - `limits`, `metrics`: leaves that every layer may use.
 //!
 //! `run(listener, config, shutdown)` serves until `shutdown` completes, then
 //! stops accepting, closes every connection with 1001, stores the history
 //! still queued and returns. The binary passes ctrl-c / SIGTERM; tests and
 //! the harness pass their own future.
 
-pub mod history;
-pub mod http;
-pub mod hub;
-pub mod metrics;
-pub mod outbox;
-pub mod session;
-pub mod store;
-
-// Security and protection: accounts and tokens, TLS, abuse limits.
-pub mod accept;
-pub mod accounts;
-pub mod api;
 pub mod auth;
-pub mod frames;
+pub mod chat;
+pub mod history;
 pub mod limits;
-pub mod security;
-pub mod tls;
-pub mod tokens;
-pub mod utf8;
+pub mod metrics;
+pub mod net;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -39,11 +40,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use chat::{Hub, SessionConfig};
 pub use history::{Backend, History, HistoryConfig};
-pub use hub::Hub;
 pub use metrics::Metrics;
-pub use security::{Security, SecurityConfig};
-pub use session::SessionConfig;
+pub use net::security::{Security, SecurityConfig};
 
 /// Everything a server can be told. `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
@@ -112,6 +112,8 @@ impl Default for ServerConfig {
 pub struct Shared {
     pub config: ServerConfig,
     pub hub: Arc<Hub>,
+    /// The hub's archive, kept here to flush and close it at shutdown.
+    pub history: Arc<History>,
     pub metrics: Arc<Metrics>,
     /// Cancelled when the server shuts down; every session holds a child.
     pub shutdown: CancellationToken,
@@ -135,14 +137,14 @@ impl Shared {
     /// certificate, unusable data directory...).
     pub fn new(config: ServerConfig, listen: Option<SocketAddr>) -> anyhow::Result<Shared> {
         use anyhow::Context as _;
-        let security = Security::new(&config, listen)?;
         let metrics = Arc::new(Metrics::default());
         let history = History::open(&config.history, &config.data_dir, metrics.clone());
-        let history = history.with_context(|| history_open_failed(&config))?;
-        let hub = Hub::with_history(config.max_rooms, metrics.clone(), Arc::new(history));
+        let history = Arc::new(history.with_context(|| history_open_failed(&config))?);
+        let hub = Hub::with_archive(config.max_rooms, metrics.clone(), history.clone());
         let hub = hub.with_context(|| history_open_failed(&config))?;
         let hub = Arc::new(hub.with_presence_limit(config.presence_limit));
-        Ok(Shared { config, hub, metrics, shutdown: CancellationToken::new(), security })
+        let security = Security::new(&config, listen, &hub)?;
+        Ok(Shared { config, hub, history, metrics, shutdown: CancellationToken::new(), security })
     }
 
     /// Take a connection slot, unless the server is full.
@@ -156,7 +158,7 @@ impl Shared {
     }
 
     pub fn ws_config(&self) -> WebSocketConfig {
-        http::ws_config(self.config.max_message_size)
+        net::http::ws_config(self.config.max_message_size)
     }
 }
 
@@ -188,7 +190,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future
     if let Ok(addr) = listener.local_addr() {
         let (ws, http) = if shared.security.tls.is_some() { ("wss", "https") } else { ("ws", "http") };
         tracing::info!("chorus server listening on {ws}://{addr}/ (web client: {http}://{addr}/)");
-        security::announce(&shared, addr);
+        net::security::announce(&shared, addr);
     }
     loop {
         tokio::select! {
@@ -196,7 +198,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
-                    tracker.spawn(accept::serve(tcp, peer, shared.clone()));
+                    tracker.spawn(net::accept::serve(tcp, peer, shared.clone()));
                 }
                 Err(err) => {
                     // Out of file descriptors, most likely: wait a little
@@ -215,7 +217,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future
     if tokio::time::timeout(shared.config.shutdown_grace, tracker.wait()).await.is_err() {
         tracing::warn!("some connections did not close within {:?}", shared.config.shutdown_grace);
     }
-    shared.hub.history().close().await;
+    shared.history.close().await;
     tracing::info!("server stopped");
     Ok(())
 }

@@ -16,6 +16,7 @@
 //! room re-created before its last messages were stored the right seq.
 
 mod request;
+pub mod store;
 mod writer;
 
 use std::collections::HashMap;
@@ -27,14 +28,14 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::{self, Permit};
 use tokio::sync::oneshot;
 
-use super::hub::lock;
-use super::metrics::Metrics;
-use super::outbox::Outbox;
-use super::store::sqlite::Durability;
-use super::store::{MemoryStore, Range, Record, Retention, SqliteStore, Store, StoreError};
 use crate::protocol::{ErrorCode, Refusal};
+use crate::server::chat::archive::{AckTo, Archive, ArchiveFuture, ArchiveSlot, HistoryRequest, Slot, history_off};
+use crate::server::metrics::Metrics;
+use crate::sync::lock;
+use store::sqlite::Durability;
+use store::{MemoryStore, Record, Retention, SqliteStore, Store, StoreError};
 
-pub use request::{ANSWER_MAX_BYTES, encode_answer, message_event, range_from_request};
+pub use request::{ANSWER_MAX_BYTES, answer, message_event, range_from_request};
 pub use writer::MAX_BATCH;
 
 /// How long a sender waits for room in a full writer queue before its
@@ -140,17 +141,9 @@ pub struct StoreSlot<'a> {
     pending: &'a Mutex<HashMap<Arc<str>, u64>>,
 }
 
-/// Where the writer sends the sender's `ack` (or `error`) once it knows.
-#[derive(Debug)]
-pub struct AckTo {
-    pub outbox: Outbox,
-    pub client_id: Option<String>,
-    pub recipients: usize,
-}
-
-impl StoreSlot<'_> {
+impl ArchiveSlot for StoreSlot<'_> {
     /// Queue `record` for storage; `ack` is answered after the commit.
-    pub fn submit(self, record: Record, ack: Option<AckTo>) {
+    fn submit(self: Box<Self>, record: Record, ack: Option<AckTo>) {
         {
             let mut pending = lock(self.pending);
             let top = pending.entry(record.room.clone()).or_default();
@@ -190,17 +183,13 @@ impl History {
         Ok(History { store: Some(store), tx: Some(tx), pending, metrics })
     }
 
-    pub fn is_on(&self) -> bool {
-        self.tx.is_some()
-    }
-
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
     /// Room in the writer queue for one message; `None` when history is off.
     /// Waits while the queue is full, up to `RESERVE_WAIT`.
-    pub async fn reserve(&self) -> Result<Option<StoreSlot<'_>>, Refusal> {
+    async fn reserve_slot(&self) -> Result<Option<Slot<'_>>, Refusal> {
         let Some(tx) = &self.tx else { return Ok(None) };
         let closed = || Refusal::new(ErrorCode::StorageBusy, "the server is shutting down; your message was not sent");
         let permit = match tx.try_reserve() {
@@ -221,66 +210,51 @@ impl History {
                 }
             },
         };
-        Ok(Some(StoreSlot { permit, pending: &self.pending }))
+        Ok(Some(Box::new(StoreSlot { permit, pending: &self.pending })))
     }
 
-    /// The highest seq `room` has used: its next message gets one more.
-    pub fn last_seq(&self, room: &str) -> Result<u64, StoreError> {
-        let Some(store) = &self.store else { return Ok(0) };
-        let pending = lock(&self.pending).get(room).copied().unwrap_or(0);
-        Ok(pending.max(store.last_seq(room)?))
-    }
-
-    /// Messages of `room` in `range`, oldest first, including every message
-    /// already delivered live (waits for the writer when some are not stored yet).
-    pub async fn query(&self, room: &str, range: Range) -> Result<Vec<super::store::Message>, Refusal> {
-        let (Some(store), Some(tx)) = (&self.store, &self.tx) else {
-            return Err(Refusal::new(
-                ErrorCode::Unsupported,
-                "history is off on this server (it was started with --history off)",
-            ));
-        };
-        if lock(&self.pending).contains_key(room) {
-            // Wait for the writer as long as a sender would (`reserve`), no longer.
-            let (done, flushed) = oneshot::channel();
-            let waited = tokio::time::timeout(RESERVE_WAIT, async {
-                if tx.send(writer::Job::Flush(done)).await.is_ok() {
-                    let _ = flushed.await;
-                }
-            })
-            .await;
-            if waited.is_err() {
-                return Err(Refusal::new(
-                    ErrorCode::HistoryFailed,
-                    format!("the history of #{room} is still being written to disk; try again shortly"),
-                ));
-            }
+    /// Wait until every message of `room` handed to the writer is stored, so
+    /// that an answer includes everything already delivered live; as long as
+    /// a sender would wait (`RESERVE_WAIT`), no longer.
+    async fn wait_for_writer(&self, room: &str, tx: &mpsc::Sender<writer::Job>) -> Result<(), Refusal> {
+        if !lock(&self.pending).contains_key(room) {
+            return Ok(());
         }
+        let (done, flushed) = oneshot::channel();
+        let waited = tokio::time::timeout(RESERVE_WAIT, async {
+            if tx.send(writer::Job::Flush(done)).await.is_ok() {
+                let _ = flushed.await;
+            }
+        })
+        .await;
+        waited.map_err(|_| {
+            Refusal::new(
+                ErrorCode::HistoryFailed,
+                format!("the history of #{room} is still being written to disk; try again shortly"),
+            )
+        })
+    }
+
+    /// The `history` answer for a request, read and encoded on the blocking
+    /// pool, never more than `ANSWER_MAX_BYTES` (see `request::answer`).
+    async fn answer_request(&self, room: &str, request: HistoryRequest) -> Result<String, Refusal> {
+        let range = range_from_request(request.after_seq, request.before_seq, request.limit)?;
+        let (Some(store), Some(tx)) = (&self.store, &self.tx) else { return Err(history_off()) };
+        self.wait_for_writer(room, tx).await?;
         let store = store.clone();
         let owned_room = room.to_string();
         let now = crate::ids::now_millis();
-        let found = tokio::task::spawn_blocking(move || store.query(&owned_room, range, now)).await;
+        let found =
+            tokio::task::spawn_blocking(move || request::answer(&*store, &owned_room, range, now, ANSWER_MAX_BYTES))
+                .await;
         match found {
-            Ok(Ok(messages)) => Ok(messages),
+            Ok(Ok(answer)) => Ok(answer),
             Ok(Err(err)) => {
                 tracing::warn!("history: reading #{room} failed: {err}");
                 Err(Refusal::new(ErrorCode::HistoryFailed, format!("could not read the history of #{room}: {err}")))
             }
             Err(_) => Err(Refusal::new(ErrorCode::HistoryFailed, "reading the history failed; try again")),
         }
-    }
-
-    /// The `history` answer for a request, encoded.
-    pub async fn answer(
-        &self,
-        room: &str,
-        after_seq: Option<u64>,
-        before_seq: Option<u64>,
-        limit: Option<u32>,
-    ) -> Result<String, Refusal> {
-        let range = range_from_request(after_seq, before_seq, limit)?;
-        let messages = self.query(room, range).await?;
-        Ok(encode_answer(room, &messages, &range, ANSWER_MAX_BYTES))
     }
 
     /// Store everything queued, mark the store closed cleanly and stop the
@@ -291,6 +265,25 @@ impl History {
         if tx.send(writer::Job::Close(done)).await.is_ok() {
             let _ = closed.await;
         }
+    }
+}
+
+impl Archive for History {
+    fn is_on(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    fn last_seqs(&self) -> anyhow::Result<Vec<(String, u64)>> {
+        let Some(store) = &self.store else { return Ok(Vec::new()) };
+        Ok(store.last_seqs()?)
+    }
+
+    fn reserve(&self) -> ArchiveFuture<'_, Result<Option<Slot<'_>>, Refusal>> {
+        Box::pin(self.reserve_slot())
+    }
+
+    fn answer<'a>(&'a self, room: &'a str, request: HistoryRequest) -> ArchiveFuture<'a, Result<String, Refusal>> {
+        Box::pin(self.answer_request(room, request))
     }
 }
 

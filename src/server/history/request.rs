@@ -6,9 +6,9 @@ use std::borrow::Cow;
 
 use base64::Engine as _;
 
+use super::store::{Body, Message, Range, Store, StoreError};
 use crate::ids::format_ts_millis;
 use crate::protocol::{ErrorCode, HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, Refusal, ServerEvent};
-use crate::server::store::{Body, Message, Range};
 
 /// An answer stops adding messages past this many bytes (it always holds at
 /// least one), so that it fits a connection's queue and any client's frame
@@ -64,31 +64,43 @@ pub fn message_event<'a>(room: &'a str, message: &'a Message) -> ServerEvent<'a>
     }
 }
 
-/// The `history` event for `messages` (oldest first). Over `max_bytes`, the
-/// messages farthest from the request's anchor are left out: the newest when
-/// paging forward (`after_seq`), the oldest otherwise.
-pub fn encode_answer(room: &str, messages: &[Message], range: &Range, max_bytes: usize) -> String {
-    let encoded: Vec<String> = messages.iter().map(|m| message_event(room, m).encode()).collect();
-    let mut kept = 0;
+/// The `history` event for `room` and `range`, read from `store`: messages
+/// are read and encoded from the range's anchor outward (the oldest first
+/// when paging forward with `after_seq`, the newest first otherwise) until
+/// the next one would take the answer past `max_bytes` (an answer always
+/// holds at least one message); nothing past that is read from the store.
+/// Blocking: run it on the blocking pool.
+pub fn answer(
+    store: &dyn Store,
+    room: &str,
+    range: Range,
+    now_ms: i64,
+    max_bytes: usize,
+) -> Result<String, StoreError> {
+    let mut encoded: Vec<String> = Vec::new();
     let mut size = 0;
-    let order: Box<dyn Iterator<Item = &String>> =
-        if range.after.is_some() { Box::new(encoded.iter()) } else { Box::new(encoded.iter().rev()) };
-    for event in order {
-        if kept > 0 && size + event.len() + 1 > max_bytes {
-            break;
+    store.scan(room, range, now_ms, &mut |message| {
+        let event = message_event(room, &message).encode();
+        if !encoded.is_empty() && size + event.len() + 1 > max_bytes {
+            return false;
         }
         size += event.len() + 1;
-        kept += 1;
+        encoded.push(event);
+        true
+    })?;
+    if range.after.is_none() {
+        encoded.reverse();
     }
-    let parts = if range.after.is_some() { &encoded[..kept] } else { &encoded[encoded.len() - kept..] };
     let room_json = serde_json::to_string(room).unwrap_or_default();
-    format!("{{\"type\":\"history\",\"room\":{room_json},\"messages\":[{}]}}", parts.join(","))
+    Ok(format!("{{\"type\":\"history\",\"room\":{room_json},\"messages\":[{}]}}", encoded.join(",")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::store::tests::text;
+    use crate::server::history::store::tests::{record, text};
+    use crate::server::history::store::{MemoryStore, Record, Retention};
+    use bytes::Bytes;
 
     #[test]
     fn parameters_are_checked() {
@@ -106,11 +118,19 @@ mod tests {
         }
     }
 
+    /// A memory store holding `messages` in room `room`.
+    fn store(room: &str, messages: &[Message]) -> MemoryStore {
+        let store = MemoryStore::new(Retention::FOREVER);
+        let batch: Vec<Record> = messages.iter().map(|m| record(room, m.clone())).collect();
+        store.append(&batch).unwrap();
+        store
+    }
+
     #[test]
     fn answers_decode_as_history_events_with_base64_payloads() {
         let binary = Message { body: Body::Binary(vec![0, 159, 255].into()), ..text(2, "") };
-        let messages = [text(1, "say \"hi\""), binary];
-        let encoded = encode_answer("r\"oom", &messages, &Range::latest(10), ANSWER_MAX_BYTES);
+        let store = store("r\"oom", &[text(1, "say \"hi\""), binary]);
+        let encoded = answer(&store, "r\"oom", Range::latest(10), 2_000, ANSWER_MAX_BYTES).unwrap();
         let event = ServerEvent::decode(&encoded).unwrap();
         let ServerEvent::History { room, messages } = event else { panic!("{encoded}") };
         assert_eq!(room, "r\"oom");
@@ -123,14 +143,73 @@ mod tests {
     #[test]
     fn a_full_answer_keeps_the_messages_next_to_the_anchor() {
         let messages: Vec<Message> = (1..=10).map(|seq| text(seq, &"x".repeat(100))).collect();
-        let seqs = |encoded: String| -> Vec<u64> {
+        let store = store("r", &messages);
+        let seqs = |range: Range, max_bytes: usize| -> Vec<u64> {
+            let encoded = answer(&store, "r", range, 2_000, max_bytes).unwrap();
             let value: serde_json::Value = serde_json::from_str(&encoded).unwrap();
             value["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect()
         };
         let size = messages.iter().map(|m| message_event("r", m).encode().len() + 1).max().unwrap();
         let forward = Range { after: Some(0), before: None, limit: 10 };
-        assert_eq!(seqs(encode_answer("r", &messages, &forward, size * 3)), [1, 2, 3]);
-        assert_eq!(seqs(encode_answer("r", &messages, &Range::latest(10), size * 3)), [8, 9, 10]);
-        assert_eq!(seqs(encode_answer("r", &messages, &Range::latest(10), 10)), [10], "at least one message");
+        assert_eq!(seqs(forward, size * 3), [1, 2, 3]);
+        assert_eq!(seqs(Range::latest(10), size * 3), [8, 9, 10]);
+        assert_eq!(seqs(Range::latest(10), 10), [10], "at least one message");
+    }
+
+    /// A store that counts the messages it hands out.
+    #[derive(Debug)]
+    struct Counting(MemoryStore, std::sync::atomic::AtomicUsize);
+
+    impl Store for Counting {
+        fn append(&self, batch: &[Record]) -> Result<(), StoreError> {
+            self.0.append(batch)
+        }
+        fn last_seq(&self, room: &str) -> Result<u64, StoreError> {
+            self.0.last_seq(room)
+        }
+        fn last_seqs(&self) -> Result<Vec<(String, u64)>, StoreError> {
+            self.0.last_seqs()
+        }
+        fn scan(
+            &self,
+            room: &str,
+            range: Range,
+            now_ms: i64,
+            visit: &mut dyn FnMut(Message) -> bool,
+        ) -> Result<(), StoreError> {
+            self.0.scan(room, range, now_ms, &mut |m| {
+                self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                visit(m)
+            })
+        }
+        fn raise_last_seq(&self, room: &str, seq: u64) -> Result<(), StoreError> {
+            self.0.raise_last_seq(room, seq)
+        }
+        fn prune(&self, now_ms: i64) -> Result<u64, StoreError> {
+            self.0.prune(now_ms)
+        }
+        fn close(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "counting".into()
+        }
+    }
+
+    #[test]
+    fn reading_stops_at_the_byte_budget() {
+        // 500 binary messages of 64 KiB: the answer holds what fits in 512 KiB
+        // (base64 makes each about 87 KiB), and no more is read.
+        let big = Bytes::from(vec![7u8; 64 * 1024]);
+        let messages: Vec<Message> =
+            (1..=500).map(|seq| Message { body: Body::Binary(big.clone()), ..text(seq, "") }).collect();
+        let counting = Counting(store("r", &messages), Default::default());
+        let encoded = answer(&counting, "r", Range::latest(500), 2_000, ANSWER_MAX_BYTES).unwrap();
+        assert!(encoded.len() <= ANSWER_MAX_BYTES, "{} bytes", encoded.len());
+        let read = counting.1.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(read <= 7, "read {read} messages for an answer of {} bytes", encoded.len());
+        let value: serde_json::Value = serde_json::from_str(&encoded).unwrap();
+        let seqs: Vec<u64> = value["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, (501 - seqs.len() as u64..=500).collect::<Vec<_>>(), "the newest, oldest first");
     }
 }

@@ -24,12 +24,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::store::{PRUNE_CHUNK, Record, Store, StoreError};
 use super::{AckTo, PRUNE_EVERY};
 use crate::ids::{format_ts_millis, now_millis};
 use crate::protocol::{ErrorCode, ServerEvent};
-use crate::server::hub::lock;
 use crate::server::metrics::Metrics;
-use crate::server::store::{PRUNE_CHUNK, Record, Store, StoreError};
+use crate::sync::lock;
 
 /// Most messages stored in one transaction.
 pub const MAX_BATCH: usize = 1024;
@@ -326,9 +326,9 @@ fn answer(record: &Record, ack: &AckTo, failed: Option<&StoreError>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::store::memory::MemoryStore;
-    use crate::server::store::tests::{record, text};
-    use crate::server::store::{Message, Range};
+    use crate::server::history::store::memory::MemoryStore;
+    use crate::server::history::store::tests::{record, text};
+    use crate::server::history::store::{Message, Range};
 
     /// A memory store that notes the size of every batch.
     #[derive(Debug)]
@@ -369,8 +369,17 @@ mod tests {
             self.check()?;
             self.inner.raise_last_seq(room, seq)
         }
-        fn query(&self, room: &str, range: Range, now_ms: i64) -> Result<Vec<Message>, StoreError> {
-            self.inner.query(room, range, now_ms)
+        fn last_seqs(&self) -> Result<Vec<(String, u64)>, StoreError> {
+            self.inner.last_seqs()
+        }
+        fn scan(
+            &self,
+            room: &str,
+            range: Range,
+            now_ms: i64,
+            visit: &mut dyn FnMut(Message) -> bool,
+        ) -> Result<(), StoreError> {
+            self.inner.scan(room, range, now_ms, visit)
         }
         fn prune(&self, now_ms: i64) -> Result<u64, StoreError> {
             self.inner.prune(now_ms)

@@ -34,7 +34,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 
 use super::{Body, Message, PRUNE_CHUNK, Range, Record, Retention, Store, StoreError};
-use crate::server::hub::lock;
+use crate::sync::lock;
 
 /// The history part of the schema, as this build writes it.
 const SCHEMA_VERSION: i64 = 1;
@@ -112,6 +112,21 @@ macro_rules! raise_last_seq_sql {
     () => {
         "INSERT INTO history_rooms (name, last_seq) VALUES (?1, ?2) ON CONFLICT(name) \
          DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)"
+    };
+}
+
+/// A room's messages in a range, in one order (`ASC` from `after_seq`,
+/// `DESC` from `before_seq` or the newest).
+macro_rules! scan_sql {
+    ($order:literal) => {
+        concat!(
+            "SELECT m.seq, m.msg_id, m.user_id, m.username, m.ts_ms, m.client_id, m.text, m.data \
+             FROM messages m JOIN history_rooms r ON r.id = m.room_id \
+             WHERE r.name = ?1 AND m.seq > ?2 AND m.seq < ?3 AND m.ts_ms >= ?4 \
+             ORDER BY m.seq ",
+            $order,
+            " LIMIT ?5"
+        )
     };
 }
 
@@ -354,28 +369,39 @@ impl Store for SqliteStore {
         })
     }
 
-    fn query(&self, room: &str, range: Range, now_ms: i64) -> Result<Vec<Message>, StoreError> {
+    fn last_seqs(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare("SELECT name, last_seq FROM history_rooms")?;
+            let rows = statement.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))?;
+            let rows = rows.map(|row| row.map(|(name, seq)| (name, u64::try_from(seq).unwrap_or(0))));
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn scan(
+        &self,
+        room: &str,
+        range: Range,
+        now_ms: i64,
+        visit: &mut dyn FnMut(Message) -> bool,
+    ) -> Result<(), StoreError> {
         let cutoff = self.retention.cutoff_ms(now_ms).unwrap_or(i64::MIN);
         let after = int(range.after.unwrap_or(0));
         let before = int(range.before.unwrap_or(u64::MAX));
-        let order = if range.after.is_some() { "ASC" } else { "DESC" };
-        let sql = format!(
-            "SELECT m.seq, m.msg_id, m.user_id, m.username, m.ts_ms, m.client_id, m.text, m.data \
-             FROM messages m JOIN history_rooms r ON r.id = m.room_id \
-             WHERE r.name = ?1 AND m.seq > ?2 AND m.seq < ?3 AND m.ts_ms >= ?4 \
-             ORDER BY m.seq {order} LIMIT ?5"
-        );
-        let mut messages = self.read(|conn| {
-            let mut statement = conn.prepare_cached(&sql)?;
-            let rows = statement.query_map(params![room, after, before, cutoff, int(range.limit as u64)], |row| {
-                message_from_row(row)
-            })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<Message>>>()?)
-        })?;
-        if range.after.is_none() {
-            messages.reverse();
-        }
-        Ok(messages)
+        // Two fixed statements (not one formatted per call), so both stay in
+        // the statement cache.
+        let sql = if range.after.is_some() { scan_sql!("ASC") } else { scan_sql!("DESC") };
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(sql)?;
+            let mut rows = statement.query(params![room, after, before, cutoff, int(range.limit as u64)])?;
+            // Rows are stepped one at a time: nothing past the stop is read.
+            while let Some(row) = rows.next()? {
+                if !visit(message_from_row(row)?) {
+                    break;
+                }
+            }
+            Ok(())
+        })
     }
 
     fn prune(&self, now_ms: i64) -> Result<u64, StoreError> {

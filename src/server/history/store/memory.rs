@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use super::{Message, PRUNE_CHUNK, Range, Record, Retention, Store, StoreError};
-use crate::server::hub::lock;
+use crate::sync::lock;
 
 #[derive(Debug)]
 pub struct MemoryStore {
@@ -36,6 +36,21 @@ impl RoomLog {
     }
 }
 
+impl RoomLog {
+    /// Return the memory that retention freed: a room whose messages all
+    /// expired keeps only its last seq (as SQLite keeps only its row in
+    /// `history_rooms`), and a log that shrank a lot gives its spare buffer
+    /// back.
+    fn give_back(&mut self) {
+        let len = self.messages.len();
+        if len == 0 {
+            self.messages = VecDeque::new();
+        } else if self.messages.capacity() > 2 * len + 64 {
+            self.messages.shrink_to(len + len / 2);
+        }
+    }
+}
+
 impl MemoryStore {
     pub fn new(retention: Retention) -> MemoryStore {
         MemoryStore { retention, rooms: Mutex::new(HashMap::new()) }
@@ -52,6 +67,7 @@ impl Store for MemoryStore {
                 let excess = (log.messages.len() as u64).saturating_sub(max);
                 log.messages.drain(..excess as usize);
             }
+            log.give_back();
         }
         Ok(())
     }
@@ -67,22 +83,37 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn query(&self, room: &str, range: Range, now_ms: i64) -> Result<Vec<Message>, StoreError> {
+    fn last_seqs(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(lock(&self.rooms).iter().map(|(room, log)| (room.clone(), log.last_seq)).collect())
+    }
+
+    fn scan(
+        &self,
+        room: &str,
+        range: Range,
+        now_ms: i64,
+        visit: &mut dyn FnMut(Message) -> bool,
+    ) -> Result<(), StoreError> {
         let rooms = lock(&self.rooms);
-        let Some(log) = rooms.get(room) else { return Ok(Vec::new()) };
+        let Some(log) = rooms.get(room) else { return Ok(()) };
         let cutoff = self.retention.cutoff_ms(now_ms).unwrap_or(i64::MIN);
         let live = |m: &&Message| range.contains(m.seq) && m.ts_ms >= cutoff;
         let start = log.messages.partition_point(|m| range.after.is_some_and(|after| m.seq <= after));
         let end = log.messages.partition_point(|m| range.before.is_none_or(|before| m.seq < before));
         let window = log.messages.range(start..end.max(start));
-        let found: Vec<Message> = if range.after.is_some() {
-            window.filter(live).take(range.limit).cloned().collect()
-        } else {
-            let mut newest: Vec<Message> = window.rev().filter(live).take(range.limit).cloned().collect();
-            newest.reverse();
-            newest
+        let mut visit_all = |messages: &mut dyn Iterator<Item = &Message>| {
+            for message in messages.filter(live).take(range.limit) {
+                if !visit(message.clone()) {
+                    break;
+                }
+            }
         };
-        Ok(found)
+        if range.after.is_some() {
+            visit_all(&mut window.into_iter());
+        } else {
+            visit_all(&mut window.rev());
+        }
+        Ok(())
     }
 
     fn prune(&self, now_ms: i64) -> Result<u64, StoreError> {
@@ -93,6 +124,7 @@ impl Store for MemoryStore {
                 log.messages.pop_front();
                 deleted += 1;
             }
+            log.give_back();
         }
         Ok(deleted)
     }

@@ -8,7 +8,6 @@
 //! hashing runs on the blocking pool, a few at a time.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -17,12 +16,10 @@ use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout, timeout_at};
 
-use super::Shared;
+use super::Auth;
 use super::accounts::AccountError;
-use super::auth::Auth;
-use super::http::{Request, Response};
-use super::hub::Hub;
-use crate::server::accounts::Accounts;
+use crate::server::Shared;
+use crate::server::net::http::{Request, Response};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 4 * 1024;
@@ -107,14 +104,10 @@ where
         return error(503, "busy", "the server is busy checking passwords; retry in a moment")
             .with_header("Retry-After", "1");
     };
-    let hub = shared.hub.clone();
-    let worker = auth.clone();
-    let outcome = tokio::task::spawn_blocking(move || match action {
-        Action::Register => register(&worker, &hub, &credentials),
-        Action::Login => worker.accounts.login(&credentials.username, &credentials.password),
-    })
-    .await;
-    let result = outcome.unwrap_or_else(|err| Err(AccountError::Store(anyhow::anyhow!("the worker failed: {err}"))));
+    let result = match action {
+        Action::Register => auth.register(&credentials.username, &credentials.password).await,
+        Action::Login => auth.login(&credentials.username, &credentials.password).await,
+    };
     match result {
         Ok(username) => {
             let (token, claims) = auth.mint(&username);
@@ -129,18 +122,6 @@ where
             response
         }
     }
-}
-
-/// Register under the names lock: no connected guest may hold the name.
-fn register(auth: &Arc<Auth>, hub: &Hub, credentials: &Credentials) -> Result<String, AccountError> {
-    let hash = Accounts::prepare(&credentials.username, &credentials.password)?;
-    auth.with_names_locked(|| {
-        if hub.name_in_use(&credentials.username) {
-            return Err(AccountError::NameTaken(credentials.username.clone()));
-        }
-        auth.accounts.insert(&credentials.username, Some(&hash))
-    })?;
-    Ok(credentials.username.clone())
 }
 
 fn token_response(status: u16, username: &str, token: &str, expires_at: SystemTime, auth: &Auth) -> Response {

@@ -19,20 +19,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::utf8::Utf8Stream;
-
-/// Why a stream was failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Violation {
-    #[error("a message arrived in more than {limit} frames")]
-    TooManyFragments { limit: usize },
-    #[error("a text message is not valid UTF-8")]
-    InvalidUtf8,
-}
-
-/// The violation an I/O error carries, if it is one.
-pub fn violation(err: &io::Error) -> Option<Violation> {
-    err.get_ref().and_then(|inner| inner.downcast_ref::<Violation>()).copied()
-}
+pub use crate::server::chat::Violation;
 
 /// Where the parser is within the frame stream.
 #[derive(Debug, Clone, Copy)]
@@ -229,7 +216,7 @@ impl<S> FrameGuard<S> {
     fn check(&mut self, bytes: &[u8]) -> io::Result<()> {
         if let Err(err) = self.inspector.feed(bytes) {
             self.tripped = Some(err);
-            return Err(io::Error::new(io::ErrorKind::InvalidData, err));
+            return Err(err.into_io());
         }
         Ok(())
     }
@@ -239,7 +226,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameGuard<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if let Some(err) = this.tripped {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, err)));
+            return Poll::Ready(Err(err.into_io()));
         }
         if this.prefix_pos < this.prefix.len() {
             let n = (this.prefix.len() - this.prefix_pos).min(buf.remaining());
@@ -262,7 +249,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameGuard<S> {
                 if let Err(err) = result {
                     buf.set_filled(before);
                     this.tripped = Some(err);
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, err)));
+                    return Poll::Ready(Err(err.into_io()));
                 }
                 Poll::Ready(Ok(()))
             }
@@ -416,7 +403,7 @@ mod tests {
         let mut guard = FrameGuard::new(rest, prefix.to_vec(), 4);
         let mut out = Vec::new();
         let err = guard.read_to_end(&mut out).await.unwrap_err();
-        assert_eq!(violation(&err), Some(Violation::TooManyFragments { limit: 4 }), "{err}");
+        assert_eq!(Violation::of(&err), Some(Violation::TooManyFragments { limit: 4 }), "{err}");
         let mut ok = FrameGuard::new(&b""[..], fragmented(4), 4);
         let mut all = Vec::new();
         ok.read_to_end(&mut all).await.unwrap();

@@ -96,7 +96,7 @@ fn ensure_self_signed(data_dir: &Path, listen: Option<IpAddr>) -> anyhow::Result
     if cert_path.exists() && key_path.exists() {
         return Ok((cert_path, key_path));
     }
-    super::tokens::create_private_dir(&dir)?;
+    crate::server::auth::tokens::create_private_dir(&dir)?;
     let names = self_signed_names(listen);
     let generated =
         rcgen::generate_simple_self_signed(names.clone()).context("generating a self-signed certificate")?;

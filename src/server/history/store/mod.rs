@@ -17,42 +17,12 @@
 pub mod memory;
 pub mod sqlite;
 
-use std::sync::Arc;
 use std::time::Duration;
-
-use bytes::Bytes;
 
 pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
 
-/// What a stored message carries.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Body {
-    /// A chat message and the sender's `client_id`, echoed as live.
-    Text { text: String, client_id: Option<String> },
-    /// A binary message, byte-exact.
-    Binary(Bytes),
-}
-
-/// One stored message of a room.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    pub seq: u64,
-    pub msg_id: String,
-    pub user_id: String,
-    /// The sender's name when it sent the message.
-    pub username: String,
-    /// When the server accepted it, in milliseconds since the Unix epoch.
-    pub ts_ms: i64,
-    pub body: Body,
-}
-
-/// A message and its room, as handed to the writer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub room: Arc<str>,
-    pub message: Message,
-}
+pub use crate::server::chat::archive::{Body, Message, Record};
 
 /// Which messages of a room a query asks for. With `after`, the oldest
 /// `limit` messages with `seq > after` (paging forward); without, the newest
@@ -148,9 +118,35 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// if retention has since deleted that message.
     fn last_seq(&self, room: &str) -> Result<u64, StoreError>;
 
-    /// Messages of `room` in `range`, oldest first, none older than the
-    /// retention age at `now_ms`.
-    fn query(&self, room: &str, range: Range, now_ms: i64) -> Result<Vec<Message>, StoreError>;
+    /// Every room's highest seq (see `last_seq`), read once at open.
+    fn last_seqs(&self) -> Result<Vec<(String, u64)>, StoreError>;
+
+    /// Hand the messages of `room` in `range` to `visit`, from the range's
+    /// anchor outward (ascending from `after`, else descending from `before`
+    /// or the newest), at most `range.limit`, none older than the retention
+    /// age at `now_ms`; stop as soon as `visit` returns `false`. Nothing past
+    /// the stop is read, so a caller with a byte budget pays only for what
+    /// fits in it.
+    fn scan(
+        &self,
+        room: &str,
+        range: Range,
+        now_ms: i64,
+        visit: &mut dyn FnMut(Message) -> bool,
+    ) -> Result<(), StoreError>;
+
+    /// Messages of `room` in `range`, oldest first (`scan`, collected).
+    fn query(&self, room: &str, range: Range, now_ms: i64) -> Result<Vec<Message>, StoreError> {
+        let mut messages = Vec::new();
+        self.scan(room, range, now_ms, &mut |message| {
+            messages.push(message);
+            true
+        })?;
+        if range.after.is_none() {
+            messages.reverse();
+        }
+        Ok(messages)
+    }
 
     /// Messages up to `seq` of `room` were delivered but could not be stored
     /// (their commit failed): raise the room's last seq to `seq` so that it
@@ -177,6 +173,8 @@ pub const PRUNE_CHUNK: u64 = 10_000;
 pub(crate) mod tests {
     //! Behaviour every backend shares, run against both.
     use super::*;
+    use bytes::Bytes;
+    use std::sync::Arc;
 
     pub fn text(seq: u64, text: &str) -> Message {
         Message {

@@ -15,13 +15,12 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::Instrument as _;
 
-use super::Shared;
 use super::accept::{Accepted, EarlyRefusal};
-use super::auth::{Admission, redact_query};
 use super::frames::FrameGuard;
-use super::metrics::bump;
-use super::outbox::EndReason;
-use super::{api, session};
+use crate::server::Shared;
+use crate::server::auth::{api, redact_query};
+use crate::server::chat::{Admission, EndReason, session};
+use crate::server::metrics::bump;
 
 /// Longest request head accepted (request line and headers).
 const MAX_HEAD: usize = 16 * 1024;
@@ -35,7 +34,7 @@ const ERROR_LINGER: Duration = Duration::from_secs(1);
 const MAX_DRAIN: u64 = 64 * 1024;
 
 /// The browser client, embedded in the binary.
-const INDEX_HTML: &str = include_str!("../../web/index.html");
+const INDEX_HTML: &str = include_str!("../../../web/index.html");
 
 /// A parsed request head.
 #[derive(Debug)]
@@ -313,7 +312,7 @@ where
         Ok(accept) => accept,
         Err(response) => return refuse(stream, peer, response, &shared).await,
     };
-    let admission: Admission = match shared.security.admit(&request) {
+    let admission: Admission = match shared.security.admit(&request).await {
         Ok(admission) => admission,
         Err(response) => return refuse(stream, peer, response, &shared).await,
     };

@@ -16,10 +16,11 @@ use std::time::Duration;
 
 use anyhow::bail;
 
-use super::auth::{Admission, Auth, AuthMode, token_from};
 use super::http::{Request, Response};
-use super::limits::{DEFAULT_API_RATE, IpLimits, RateLimit};
 use super::tls::{ServerTls, TlsSource};
+use crate::server::auth::{Auth, AuthMode, token_from};
+use crate::server::chat::{Admission, Hub};
+use crate::server::limits::{DEFAULT_API_RATE, IpLimits, RateLimit};
 
 /// Settings for accounts, origins, TLS and abuse limits. `Default` is what
 /// the command line defaults to, except that the defaults here never touch
@@ -101,13 +102,21 @@ fn check_origin_setting(origin: &str) -> anyhow::Result<String> {
 
 impl Security {
     /// Open the account store, load the certificate, check the settings.
-    pub fn new(config: &super::ServerConfig, listen: Option<SocketAddr>) -> anyhow::Result<Security> {
+    pub fn new(
+        config: &crate::server::ServerConfig,
+        listen: Option<SocketAddr>,
+        hub: &Arc<Hub>,
+    ) -> anyhow::Result<Security> {
         let settings = &config.security;
         let auth = match settings.auth {
             AuthMode::Off => None,
-            mode => {
-                Some(Arc::new(Auth::open(mode, settings.auth_secret.as_deref(), &config.data_dir, settings.token_ttl)?))
-            }
+            mode => Some(Arc::new(Auth::open(
+                mode,
+                settings.auth_secret.as_deref(),
+                &config.data_dir,
+                settings.token_ttl,
+                hub.clone(),
+            )?)),
         };
         let tls = match &settings.tls {
             None => None,
@@ -131,16 +140,16 @@ impl Security {
     }
 
     /// Check a WebSocket handshake's Origin and token.
-    pub fn admit(&self, request: &Request) -> Result<Admission, Response> {
+    pub async fn admit(&self, request: &Request) -> Result<Admission, Response> {
         self.check_origin(request.header("origin"))?;
-        let room = super::auth::query_param(&request.query, "room").filter(|r| !r.is_empty());
+        let room = crate::server::auth::query_param(&request.query, "room").filter(|r| !r.is_empty());
         if let Some(why) = room.as_deref().and_then(crate::protocol::check_room) {
             return Err(Response::text(400, format!("?room= {why}")));
         }
-        let mut admission = Admission { identity: None, echo: self.echo, auth: self.auth.clone(), room };
+        let mut admission = Admission { account: None, echo: self.echo, room };
         if let Some(auth) = &self.auth {
             let token = token_from(request.header("authorization"), &request.query);
-            admission.identity = auth.check(token.as_deref()).map_err(|failure| {
+            admission.account = auth.check(token.as_deref()).await.map_err(|failure| {
                 let error = if token.is_some() { "invalid_token" } else { "invalid_request" };
                 Response::text(401, failure.to_string())
                     .with_header("WWW-Authenticate", format!("Bearer realm=\"chorus\", error=\"{error}\""))
@@ -160,7 +169,7 @@ impl Security {
 }
 
 /// Log, once at startup, what protects the server and how clients reach it.
-pub fn announce(shared: &super::Shared, addr: SocketAddr) {
+pub fn announce(shared: &crate::server::Shared, addr: SocketAddr) {
     let security = &shared.security;
     if let Some(tls) = &security.tls {
         tracing::info!("TLS certificate: {} (SHA-256 fingerprint {})", tls.cert_path.display(), tls.fingerprint);
@@ -187,15 +196,19 @@ pub fn announce(shared: &super::Shared, addr: SocketAddr) {
 mod tests {
     use super::*;
 
+    fn test_hub() -> Arc<Hub> {
+        Arc::new(Hub::new(10, Arc::new(crate::server::metrics::Metrics::default())))
+    }
+
     fn security(origins: &[&str]) -> Security {
-        let config = super::super::ServerConfig {
+        let config = crate::server::ServerConfig {
             security: SecurityConfig {
                 allowed_origins: origins.iter().map(|o| o.to_string()).collect(),
                 ..SecurityConfig::default()
             },
-            ..super::super::ServerConfig::default()
+            ..crate::server::ServerConfig::default()
         };
-        Security::new(&config, None).unwrap()
+        Security::new(&config, None, &test_hub()).unwrap()
     }
 
     #[test]
@@ -213,11 +226,11 @@ mod tests {
 
     #[test]
     fn a_malformed_origin_setting_is_an_error() {
-        let config = super::super::ServerConfig {
+        let config = crate::server::ServerConfig {
             security: SecurityConfig { allowed_origins: vec!["chat.example.com".into()], ..SecurityConfig::default() },
-            ..super::super::ServerConfig::default()
+            ..crate::server::ServerConfig::default()
         };
-        let err = Security::new(&config, None).unwrap_err().to_string();
+        let err = Security::new(&config, None, &test_hub()).unwrap_err().to_string();
         assert!(err.contains("https://chat.example.com"), "{err}");
     }
 

@@ -9,23 +9,31 @@
 //! - `required`: a handshake without a valid token is refused with 401.
 //!
 //! A signed-in connection's username is its account name and cannot change.
-//! No guest may take a registered name (`name_reserved`); the check and the
-//! rename happen under one lock that registration takes too, so a name cannot
-//! be registered and taken by a guest at the same moment. A token that expires
-//! during a session closes it with 1008.
+//! No guest may take a registered name (`name_reserved`): every account name
+//! is claimed in the hub's name table at start and when registered, so the
+//! check and the claim are one step under the hub's name lock, and nothing
+//! here touches the disk under a lock. The account names are also kept here
+//! in memory, so a token is checked without a database read; an account made
+//! by `chorus token` while the server runs is looked up once, off the async
+//! workers, and kept. A token that expires during a session closes it with
+//! 1008.
 
+pub mod accounts;
+pub mod api;
+pub mod tokens;
+
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
-use tokio::time::Instant;
 
-use super::accounts::Accounts;
-use super::hub::{Hub, Presence, lock};
-use super::tokens::{Claims, TokenError, TokenKeys, load_secret};
-use crate::protocol::{ErrorCode, Refusal};
+use crate::server::chat::{Account, Hub};
+use crate::sync::lock;
+use accounts::{AccountError, Accounts};
+use tokens::{Claims, TokenError, TokenKeys, load_secret};
 
 /// How the server treats tokens; `--auth off|optional|required`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -48,24 +56,20 @@ impl FromStr for AuthMode {
     }
 }
 
-/// A signed-in connection: its account name and when its token expires.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    pub username: String,
-    pub expires_at: SystemTime,
-}
-
 /// The accounts, the token keys and the rules, for one server.
 #[derive(Debug)]
 pub struct Auth {
     pub mode: AuthMode,
-    pub accounts: Accounts,
+    pub accounts: Arc<Accounts>,
     keys: TokenKeys,
     /// How long a token from `/api/login` or `/api/register` stays valid.
     pub token_ttl: Duration,
-    /// Held while checking that a name is free and taking it, by
-    /// registrations and by guest renames, so the two cannot interleave.
-    names: Mutex<()>,
+    /// Every account's name as registered, by its lowercase form; loaded at
+    /// open and kept current, so that checking a token reads no database.
+    /// Taken for one map operation at a time.
+    known: Mutex<HashMap<String, String>>,
+    /// Where account names are claimed against guests' names.
+    hub: Arc<Hub>,
     /// Password hashes computed at once (argon2 is deliberately costly); more
     /// requests wait their turn instead of starving the chat of CPU.
     pub hashing: Semaphore,
@@ -86,12 +90,22 @@ pub enum AuthFailure {
 }
 
 impl Auth {
-    /// Open the account store in `data_dir` and load (or create) the secret.
-    pub fn open(mode: AuthMode, secret: Option<&str>, data_dir: &Path, token_ttl: Duration) -> anyhow::Result<Auth> {
-        let accounts = Accounts::open(data_dir)?;
+    /// Open the account store in `data_dir`, load (or create) the secret,
+    /// and claim every account's name in `hub`. Blocking: call it at start.
+    pub fn open(
+        mode: AuthMode,
+        secret: Option<&str>,
+        data_dir: &Path,
+        token_ttl: Duration,
+        hub: Arc<Hub>,
+    ) -> anyhow::Result<Auth> {
+        let accounts = Arc::new(Accounts::open(data_dir)?);
         let keys = TokenKeys::new(&load_secret(secret, data_dir)?);
+        let names = accounts.names()?;
+        hub.add_accounts(names.iter().map(String::as_str));
+        let known = names.into_iter().map(|name| (name.to_lowercase(), name)).collect();
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Ok(Auth { mode, accounts, keys, token_ttl, names: Mutex::new(()), hashing: Semaphore::new(cores) })
+        Ok(Auth { mode, accounts, keys, token_ttl, known: Mutex::new(known), hub, hashing: Semaphore::new(cores) })
     }
 
     /// A token for `user` with the server's TTL.
@@ -100,7 +114,7 @@ impl Auth {
     }
 
     /// Decide a handshake from the token it carries, if any.
-    pub fn check(&self, token: Option<&str>) -> Result<Option<Identity>, AuthFailure> {
+    pub async fn check(&self, token: Option<&str>) -> Result<Option<Account>, AuthFailure> {
         let Some(token) = token.filter(|t| !t.is_empty()) else {
             return match self.mode {
                 AuthMode::Required => Err(AuthFailure::Missing),
@@ -111,18 +125,63 @@ impl Auth {
             return Ok(None);
         }
         let claims = self.keys.verify(token)?;
-        // An indexed point lookup: fast enough to run on the connection's task.
-        match self.accounts.lookup(&claims.sub) {
-            Ok(Some(username)) => Ok(Some(Identity { username, expires_at: claims.expires_at() })),
-            _ => Err(AuthFailure::NoSuchAccount(claims.sub)),
+        let known = lock(&self.known).get(&claims.sub.to_lowercase()).cloned();
+        let name = match known {
+            Some(name) => name,
+            // Not registered through this server: made by `chorus token`
+            // since the start, or not an account at all.
+            None => self.look_up(&claims.sub).await.ok_or_else(|| AuthFailure::NoSuchAccount(claims.sub.clone()))?,
+        };
+        Ok(Some(Account { name, expires_at: claims.expires_at() }))
+    }
+
+    /// Find an account the server does not know yet in the store (off the
+    /// async workers) and remember it.
+    async fn look_up(&self, name: &str) -> Option<String> {
+        let accounts = self.accounts.clone();
+        let wanted = name.to_string();
+        let found = tokio::task::spawn_blocking(move || accounts.lookup(&wanted)).await.ok()?.ok()??;
+        lock(&self.known).insert(found.to_lowercase(), found.clone());
+        self.hub.add_accounts([found.as_str()]);
+        Some(found)
+    }
+
+    /// Register a new account: check the name and password, hash it (on the
+    /// blocking pool), claim the name in the hub, then store the account
+    /// outside any lock; the claim is undone if storing fails. Returns the
+    /// account name.
+    pub async fn register(&self, name: &str, password: &str) -> Result<String, AccountError> {
+        let (owned_name, owned_password) = (name.to_string(), password.to_string());
+        let hash = blocking(move || Accounts::prepare(&owned_name, &owned_password)).await?;
+        self.hub.claim_account(name).map_err(|_| AccountError::NameTaken(name.to_string()))?;
+        let (accounts, owned_name) = (self.accounts.clone(), name.to_string());
+        match blocking(move || accounts.insert(&owned_name, Some(&hash))).await {
+            Ok(()) => {
+                lock(&self.known).insert(name.to_lowercase(), name.to_string());
+                Ok(name.to_string())
+            }
+            Err(err) => {
+                // Lost a race with another process, or the disk failed.
+                self.hub.release_account(name);
+                Err(err)
+            }
         }
     }
 
-    /// Run `register` (check the name is free and take it) under the names lock.
-    pub fn with_names_locked<T>(&self, register: impl FnOnce() -> T) -> T {
-        let _names = lock(&self.names);
-        register()
+    /// Check a password (on the blocking pool); the account name on success.
+    pub async fn login(&self, name: &str, password: &str) -> Result<String, AccountError> {
+        let (accounts, name, password) = (self.accounts.clone(), name.to_string(), password.to_string());
+        blocking(move || accounts.login(&name, &password)).await
     }
+}
+
+/// Run an account operation on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, AccountError> + Send + 'static,
+) -> Result<T, AccountError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|err| Err(AccountError::Store(anyhow::anyhow!("the worker failed: {err}"))))
 }
 
 /// The token a handshake carries: `Authorization: Bearer ...`, else `?token=...`.
@@ -174,54 +233,6 @@ pub fn redact_query(query: &str) -> String {
         .join("&")
 }
 
-/// What one connection was admitted as, and what it may do.
-#[derive(Debug, Clone, Default)]
-pub struct Admission {
-    /// The account, for a signed-in connection.
-    pub identity: Option<Identity>,
-    /// Echo mode: every data frame goes back as it came; no chat.
-    pub echo: bool,
-    /// The server's accounts, when auth is on (for the name rules).
-    pub auth: Option<Arc<Auth>>,
-    /// The room asked for at the handshake (`?room=`), instead of the lobby.
-    pub room: Option<String>,
-}
-
-impl Admission {
-    /// The account name, for a signed-in connection.
-    pub fn username(&self) -> Option<&str> {
-        self.identity.as_ref().map(|i| i.username.as_str())
-    }
-
-    /// When the token runs out, on the runtime's clock (`None`: a guest, or
-    /// beyond what the clock can represent).
-    pub fn expiry(&self) -> Option<Instant> {
-        let identity = self.identity.as_ref()?;
-        let left = identity.expires_at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
-        Instant::now().checked_add(left)
-    }
-
-    /// A rename request, under the account rules.
-    pub fn rename(&self, hub: &Hub, presence: &mut Presence, name: &str) -> Result<(), Refusal> {
-        if let Some(me) = self.username() {
-            return Err(Refusal::new(
-                ErrorCode::NameLocked,
-                format!("you are signed in as {me}: your username is your account name"),
-            ));
-        }
-        let Some(auth) = &self.auth else { return hub.rename(presence, name) };
-        auth.with_names_locked(|| {
-            if auth.accounts.exists(name) {
-                return Err(Refusal::new(
-                    ErrorCode::NameReserved,
-                    format!("{name:?} is a registered account; sign in as {name} to use it (POST /api/login)"),
-                ));
-            }
-            hub.rename(presence, name)
-        })
-    }
-}
-
 /// A token minted by `chorus token`.
 #[derive(Debug)]
 pub struct IssuedToken {
@@ -265,34 +276,51 @@ mod tests {
         assert_eq!(redact_query(""), "");
     }
 
-    #[test]
-    fn modes_decide_what_a_missing_or_bad_token_means() {
-        let dir = tempfile::tempdir().unwrap();
-        let secret = "s".repeat(32);
-        let open = |mode| Auth::open(mode, Some(&secret), dir.path(), Duration::from_secs(60)).unwrap();
-        let required = open(AuthMode::Required);
-        assert_eq!(required.check(None), Err(AuthFailure::Missing));
-        let (token, _) = required.mint("nobody");
-        assert_eq!(required.check(Some(&token)), Err(AuthFailure::NoSuchAccount("nobody".into())));
-        required.accounts.insert("Carol", None).unwrap();
-        let (token, _) = required.mint("carol");
-        assert_eq!(required.check(Some(&token)).unwrap().unwrap().username, "Carol");
-        let optional = open(AuthMode::Optional);
-        assert_eq!(optional.check(None), Ok(None));
-        assert!(matches!(optional.check(Some("x.y.z")), Err(AuthFailure::Invalid(_))));
-        assert_eq!(open(AuthMode::Off).check(Some("x.y.z")), Ok(None), "auth off ignores tokens");
+    fn hub() -> Arc<Hub> {
+        Arc::new(Hub::new(10, Arc::new(crate::server::metrics::Metrics::default())))
     }
 
-    #[test]
-    fn chorus_token_creates_a_token_only_account_once() {
+    #[tokio::test]
+    async fn modes_decide_what_a_missing_or_bad_token_means() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = "s".repeat(32);
+        let open = |mode| Auth::open(mode, Some(&secret), dir.path(), Duration::from_secs(60), hub()).unwrap();
+        let required = open(AuthMode::Required);
+        assert_eq!(required.check(None).await, Err(AuthFailure::Missing));
+        let (token, _) = required.mint("nobody");
+        assert_eq!(required.check(Some(&token)).await, Err(AuthFailure::NoSuchAccount("nobody".into())));
+        required.accounts.insert("Carol", None).unwrap();
+        let (token, _) = required.mint("carol");
+        assert_eq!(required.check(Some(&token)).await.unwrap().unwrap().name, "Carol", "found in the store");
+        let optional = open(AuthMode::Optional);
+        assert_eq!(optional.check(None).await, Ok(None));
+        assert!(matches!(optional.check(Some("x.y.z")).await, Err(AuthFailure::Invalid(_))));
+        assert_eq!(open(AuthMode::Off).check(Some("x.y.z")).await, Ok(None), "auth off ignores tokens");
+    }
+
+    #[tokio::test]
+    async fn registering_claims_the_name_and_a_lost_claim_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = hub();
+        let auth = Auth::open(AuthMode::Optional, None, dir.path(), Duration::from_secs(60), hub.clone()).unwrap();
+        assert_eq!(auth.register("Dora", "long enough").await.unwrap(), "Dora");
+        assert!(matches!(auth.register("dora", "long enough").await, Err(AccountError::NameTaken(_))));
+        hub.claim_account("eve").unwrap();
+        assert!(matches!(auth.register("Eve", "long enough").await, Err(AccountError::NameTaken(_))));
+        assert_eq!(auth.accounts.names().unwrap(), ["Dora"], "the refused registration stored nothing");
+        assert_eq!(auth.login("DORA", "long enough").await.unwrap(), "Dora");
+    }
+
+    #[tokio::test]
+    async fn chorus_token_creates_a_token_only_account_once() {
         let dir = tempfile::tempdir().unwrap();
         let first = issue_token(dir.path(), None, "bot-7", Duration::from_secs(3600)).unwrap();
         assert!(first.created);
         let again = issue_token(dir.path(), None, "BOT-7", Duration::from_secs(3600)).unwrap();
         assert!(!again.created);
         assert_eq!(again.claims.sub, "bot-7", "the registered spelling");
-        let auth = Auth::open(AuthMode::Required, None, dir.path(), Duration::from_secs(60)).unwrap();
-        assert_eq!(auth.check(Some(&first.token)).unwrap().unwrap().username, "bot-7");
+        let auth = Auth::open(AuthMode::Required, None, dir.path(), Duration::from_secs(60), hub()).unwrap();
+        assert_eq!(auth.check(Some(&first.token)).await.unwrap().unwrap().name, "bot-7");
         assert!(issue_token(dir.path(), None, "guest-1", Duration::from_secs(60)).is_err());
     }
 }

@@ -7,7 +7,7 @@
 //! without a socket.
 
 use std::borrow::Cow;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::{Instant, timeout};
@@ -15,13 +15,13 @@ use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
-use super::auth::Admission;
-use super::frames::{Violation, violation};
+use super::archive::HistoryRequest;
 use super::hub::{Hub, Payload, Presence};
-use super::limits::{MessageLimiter, RateLimit, Verdict};
-use super::metrics::bump;
-use super::outbox::{EndReason, LagPolicy, Outbound, Outbox, OutboxReceiver, SessionEnd};
+use super::outbox::{LagPolicy, Outbound, Outbox, OutboxReceiver, SessionEnd};
+use super::reasons::{EndReason, Violation};
 use crate::protocol::{ClientFrame, ErrorCode, Refusal, ServerEvent, check_client_id, check_room, decode_client_text};
+use crate::server::limits::{MessageLimiter, RateLimit, Verdict};
+use crate::server::metrics::bump;
 
 /// Per-connection settings, taken from the server's configuration.
 #[derive(Debug, Clone)]
@@ -60,6 +60,52 @@ impl Default for SessionConfig {
     }
 }
 
+/// What one connection was admitted as, decided at the handshake.
+#[derive(Debug, Clone, Default)]
+pub struct Admission {
+    /// The account, for a signed-in connection.
+    pub account: Option<Account>,
+    /// Echo mode: every data frame goes back as it came; no chat.
+    pub echo: bool,
+    /// The room asked for at the handshake (`?room=`), instead of the lobby.
+    pub room: Option<String>,
+}
+
+/// A signed-in connection's account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// The account name, which is the connection's username.
+    pub name: String,
+    /// When its token expires; the session closes then (1008, `expired`).
+    pub expires_at: SystemTime,
+}
+
+impl Admission {
+    /// The account name, for a signed-in connection.
+    pub fn username(&self) -> Option<&str> {
+        self.account.as_ref().map(|a| a.name.as_str())
+    }
+
+    /// When the token runs out, on the runtime's clock (`None`: a guest, or
+    /// beyond what the clock can represent).
+    pub fn expiry(&self) -> Option<Instant> {
+        let account = self.account.as_ref()?;
+        let left = account.expires_at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+        Instant::now().checked_add(left)
+    }
+
+    /// A rename request: a signed-in user's name is its account's.
+    fn rename(&self, hub: &Hub, presence: &mut Presence, name: &str) -> Result<(), Refusal> {
+        if let Some(me) = self.username() {
+            return Err(Refusal::new(
+                ErrorCode::NameLocked,
+                format!("you are signed in as {me}: your username is your account name"),
+            ));
+        }
+        hub.rename(presence, name)
+    }
+}
+
 /// Most queued items written before one flush.
 const MAX_BATCH: usize = 256;
 
@@ -78,7 +124,7 @@ where
 {
     let end = SessionEnd::new(shutdown.child_token());
     // Falling behind is recoverable (gap, then history) only when history is on.
-    let lag = hub.history().is_on().then(|| LagPolicy {
+    let lag = hub.archive().is_on().then(|| LagPolicy {
         max_gap: config.max_gap,
         max_lag: config.max_lag,
         metrics: hub.metrics().clone(),
@@ -94,7 +140,7 @@ where
         tokio::join!(read_loop(stream, &mut conn, config, &end), write_loop(sink, queue, config, &end));
     let reason = end.reason();
     tracing::info!(conn = conn.id(), user = conn.username(), reason = reason.as_str(), "disconnected");
-    hub.metrics().record_end(reason);
+    hub.metrics().record_end(reason.as_str());
     if let Some(presence) = conn.presence {
         hub.disconnect(presence, reason);
     }
@@ -266,11 +312,7 @@ fn classify_read_error(err: &WsError) -> EndReason {
     match err {
         WsError::Capacity(_) => EndReason::TooBig,
         WsError::Utf8(_) => EndReason::BadUtf8,
-        WsError::Io(err) => match violation(err) {
-            Some(Violation::TooManyFragments { .. }) => EndReason::Fragmented,
-            Some(Violation::InvalidUtf8) => EndReason::BadUtf8,
-            None => EndReason::Lost,
-        },
+        WsError::Io(err) => Violation::of(err).map_or(EndReason::Lost, Violation::end_reason),
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => EndReason::Lost,
         WsError::Protocol(_) => EndReason::Protocol,
         WsError::ConnectionClosed | WsError::AlreadyClosed => EndReason::Quit,
@@ -307,9 +349,12 @@ async fn handle_text(hub: &Hub, presence: &mut Presence, text: &str, admission: 
             let room = room.as_deref().unwrap_or(presence.room.name());
             match check_room(room) {
                 Some(why) => Err(Refusal::new(ErrorCode::InvalidRoom, why)),
-                None => hub.history().answer(room, after_seq, before_seq, limit).await.map(|answer| {
-                    let _ = outbox.push_text(answer);
-                }),
+                None => {
+                    let request = HistoryRequest { after_seq, before_seq, limit };
+                    hub.archive().answer(room, request).await.map(|answer| {
+                        let _ = outbox.push_text(answer);
+                    })
+                }
             }
         }
     };
@@ -349,7 +394,7 @@ async fn send(hub: &Hub, presence: &Presence, payload: Payload<'_>) -> Result<()
     let end = presence.outbox.session_end();
     let slot = tokio::select! {
         biased;
-        slot = hub.history().reserve() => slot?,
+        slot = hub.archive().reserve() => slot?,
         () = end.ended() => return Ok(()),
     };
     let acked_later = slot.is_some();

@@ -30,14 +30,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
-use super::hub::lock;
-use super::metrics::{Metrics, bump};
+pub use super::reasons::EndReason;
 use crate::protocol::ServerEvent;
+use crate::server::metrics::{Metrics, bump};
+use crate::sync::lock;
 
 /// Items a connection's own answers may queue beyond `max_items`.
 pub const ANSWER_RESERVE_ITEMS: usize = 64;
@@ -87,86 +86,6 @@ impl Outbound {
             Outbound::Ping => (Message::Ping(Bytes::new()), None),
             Outbound::Bare(data) => (Message::Binary(data), None),
         }
-    }
-}
-
-/// Why a session ended: the `reason` of the `left` event others see, and the
-/// close frame the server sends, if any.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
-    /// The client closed the connection with a close frame.
-    Quit,
-    /// The TCP connection dropped without a close frame.
-    Lost,
-    /// No pong (nor any other frame) within the keepalive timeout.
-    Timeout,
-    /// The client did not read fast enough; its queue overflowed.
-    Slow,
-    /// The server is shutting down.
-    Shutdown,
-    /// A frame over the message size limit (close 1009).
-    TooBig,
-    /// Invalid UTF-8 in a text frame (close 1007).
-    BadUtf8,
-    /// A WebSocket protocol violation (close 1002).
-    Protocol,
-    /// The client kept sending faster than the rate limit allows (close 1008).
-    RateLimited,
-    /// The connection's token expired (close 1008).
-    Expired,
-    /// A message arrived in more frames than the fragment limit (close 1009).
-    Fragmented,
-}
-
-impl EndReason {
-    /// The `reason` field of the `left` event.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EndReason::Quit => "quit",
-            EndReason::Lost => "lost",
-            EndReason::Timeout => "timeout",
-            EndReason::Slow => "slow",
-            EndReason::Shutdown => "shutdown",
-            EndReason::TooBig => "too_big",
-            EndReason::BadUtf8 => "bad_utf8",
-            EndReason::Protocol => "protocol_error",
-            EndReason::RateLimited => "rate_limited",
-            EndReason::Expired => "expired",
-            EndReason::Fragmented => "too_fragmented",
-        }
-    }
-
-    /// Every reason, for metrics.
-    pub const ALL: [EndReason; 11] = [
-        EndReason::Quit,
-        EndReason::Lost,
-        EndReason::Timeout,
-        EndReason::Slow,
-        EndReason::Shutdown,
-        EndReason::TooBig,
-        EndReason::BadUtf8,
-        EndReason::Protocol,
-        EndReason::RateLimited,
-        EndReason::Expired,
-        EndReason::Fragmented,
-    ];
-
-    /// The close frame the server sends for this reason (`None`: the peer
-    /// already closed, or is gone).
-    pub fn close_frame(self) -> Option<CloseFrame> {
-        let (code, reason) = match self {
-            EndReason::Quit | EndReason::Lost => return None,
-            EndReason::Timeout => (CloseCode::Away, "keepalive timeout: no pong received"),
-            EndReason::Slow => (CloseCode::Policy, "slow consumer: too far behind, messages dropped"),
-            EndReason::Shutdown => (CloseCode::Away, "server shutting down"),
-            EndReason::TooBig => (CloseCode::Size, "message too big"),
-            EndReason::BadUtf8 => (CloseCode::Invalid, "invalid UTF-8 in a text frame"),
-            EndReason::Protocol => (CloseCode::Protocol, "WebSocket protocol error"),
-            EndReason::RateLimited => (CloseCode::Policy, "rate limit exceeded repeatedly"),
-            EndReason::Expired => (CloseCode::Policy, "token expired"),
-            EndReason::Fragmented => (CloseCode::Size, "message in too many fragments"),
-        };
-        Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) })
     }
 }
 
@@ -526,6 +445,7 @@ impl OutboxReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
     #[test]
     fn overflow_by_bytes_ends_the_session_as_slow() {

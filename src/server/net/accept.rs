@@ -12,10 +12,10 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 
-use super::Shared;
 use super::http;
-use super::limits::IpAdmission;
-use super::metrics::bump;
+use crate::server::Shared;
+use crate::server::limits::IpAdmission;
+use crate::server::metrics::bump;
 
 /// Why a connection is refused as soon as its request head is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

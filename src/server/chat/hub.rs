@@ -5,36 +5,37 @@
 //! fan-out. When both are needed the registry is taken first. No lock is ever
 //! held across an `.await`: fan-out only pushes to outboxes, which never wait.
 //!
-//! With history on, a room created (or re-created) takes its last seq from
-//! the store, so seq continues across restarts, and each published message
-//! is handed to the history writer, which acknowledges it once stored.
+//! Seq continuity: with history on, the hub knows every room's last seq
+//! without asking storage (the archive's `last_seqs` at start, then the
+//! rooms it drops), so a room re-created later, or after a restart, goes on
+//! where it stopped; each published message is handed to the archive, which
+//! acknowledges it once kept.
+//!
+//! Names: one table holds every name in use, guests' and accounts', keyed by
+//! the name's case-folded form, so that checking a name and claiming it is
+//! one step under one short lock, whoever claims it (a guest renaming, an
+//! account registering).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use rand::Rng;
 
-use super::history::{AckTo, History, StoreSlot};
-use super::metrics::Metrics;
+use super::archive::{AckTo, Archive, Body, Message, NoArchive, Record, Slot};
 use super::outbox::{EndReason, Outbound, Outbox};
-use super::store::{Body, Message, Record, StoreError};
 use crate::ids::{IdGen, format_ts_millis, now_millis, now_ts};
 use crate::protocol::{
     DEFAULT_ROOM, ErrorCode, PROTOCOL_VERSION, Refusal, RoomInfo, ServerEvent, WhoUser, check_room, check_username,
 };
+use crate::server::metrics::Metrics;
+use crate::sync::lock;
 
 /// Identifies one connection inside this process.
 pub type ConnId = u64;
-
-/// Take a mutex even if a panicking thread poisoned it: the data it guards
-/// stays consistent between statements, so there is nothing to recover.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 #[derive(Debug)]
 pub struct Hub {
@@ -46,14 +47,33 @@ pub struct Hub {
     presence_limit: usize,
     ids: IdGen,
     next_conn: AtomicU64,
-    /// The room registry, by name. Guards room creation and removal and every
+    /// The room registry. Guards room creation and removal and every
     /// membership change, so a room is never dropped while someone enters it.
-    rooms: Mutex<HashMap<Arc<str>, Arc<Room>>>,
-    /// Usernames in use, lowercased, and the connection holding each; taken
-    /// only to check and claim a name.
-    names: Mutex<HashMap<String, ConnId>>,
+    rooms: Mutex<Registry>,
+    /// Names in use, by their comparison key, and who holds each; taken only
+    /// to check and claim or free a name.
+    names: Mutex<HashMap<String, Owner>>,
     metrics: Arc<Metrics>,
-    history: Arc<History>,
+    archive: Arc<dyn Archive>,
+}
+
+/// The rooms open now, and the last seq of those that were closed.
+#[derive(Debug, Default)]
+struct Registry {
+    open: HashMap<Arc<str>, Arc<Room>>,
+    /// With history on: the last seq of every room not open now (from the
+    /// archive at start, then from each room dropped), so a room re-created
+    /// goes on from there. Empty with history off.
+    closed_seqs: HashMap<Arc<str>, u64>,
+}
+
+/// Who holds a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// A guest connection.
+    Guest(ConnId),
+    /// A registered account (however many of its connections are open).
+    Account,
 }
 
 #[derive(Debug)]
@@ -170,29 +190,33 @@ fn fan_out_message(members: &[Member], except: ConnId, room: &Arc<str>, seq: u64
 impl Hub {
     /// A hub without history.
     pub fn new(max_rooms: usize, metrics: Arc<Metrics>) -> Hub {
-        let history = Arc::new(History::off(metrics.clone()));
-        Hub::build(max_rooms, metrics, history, 0)
+        Hub::build(max_rooms, metrics, Arc::new(NoArchive), HashMap::new())
     }
 
-    /// A hub whose rooms keep their history in `history`.
-    pub fn with_history(max_rooms: usize, metrics: Arc<Metrics>, history: Arc<History>) -> Result<Hub, StoreError> {
-        let lobby_seq = history.last_seq(DEFAULT_ROOM)?;
-        Ok(Hub::build(max_rooms, metrics, history, lobby_seq))
+    /// A hub whose rooms keep their messages in `archive`; every room's seq
+    /// goes on from what the archive kept. Fails when the archive cannot say.
+    pub fn with_archive(max_rooms: usize, metrics: Arc<Metrics>, archive: Arc<dyn Archive>) -> anyhow::Result<Hub> {
+        let closed_seqs = archive.last_seqs()?.into_iter().map(|(room, seq)| (Arc::from(room), seq)).collect();
+        Ok(Hub::build(max_rooms, metrics, archive, closed_seqs))
     }
 
-    fn build(max_rooms: usize, metrics: Arc<Metrics>, history: Arc<History>, lobby_seq: u64) -> Hub {
-        let mut rooms = HashMap::new();
-        let lobby = Room::new(DEFAULT_ROOM, lobby_seq);
-        rooms.insert(lobby.name.clone(), lobby);
+    fn build(
+        max_rooms: usize,
+        metrics: Arc<Metrics>,
+        archive: Arc<dyn Archive>,
+        mut closed_seqs: HashMap<Arc<str>, u64>,
+    ) -> Hub {
+        let lobby = Room::new(DEFAULT_ROOM, closed_seqs.remove(DEFAULT_ROOM).unwrap_or(0));
+        let open = HashMap::from([(lobby.name.clone(), lobby)]);
         Hub {
             max_rooms: max_rooms.max(1),
             presence_limit: usize::MAX,
             ids: IdGen::new(),
             next_conn: AtomicU64::new(1),
-            rooms: Mutex::new(rooms),
+            rooms: Mutex::new(Registry { open, closed_seqs }),
             names: Mutex::new(HashMap::new()),
             metrics,
-            history,
+            archive,
         }
     }
 
@@ -218,13 +242,13 @@ impl Hub {
         &self.metrics
     }
 
-    pub fn history(&self) -> &Arc<History> {
-        &self.history
+    pub fn archive(&self) -> &Arc<dyn Archive> {
+        &self.archive
     }
 
     /// Rooms that exist now.
     pub fn room_count(&self) -> usize {
-        lock(&self.rooms).len()
+        lock(&self.rooms).open.len()
     }
 
     /// Admit a new connection: give it an id and a guest name, send it
@@ -250,7 +274,7 @@ impl Hub {
         let (start, refused) = match self.room_named(&mut rooms, room.unwrap_or(DEFAULT_ROOM)) {
             Ok(start) => (start, None),
             // The lobby is created with the hub and never removed.
-            Err(refusal) => (rooms[DEFAULT_ROOM].clone(), Some(refusal)),
+            Err(refusal) => (rooms.open[DEFAULT_ROOM].clone(), Some(refusal)),
         };
         let welcome = ServerEvent::Welcome {
             user_id: Cow::Borrowed(&user_id),
@@ -268,28 +292,23 @@ impl Hub {
         presence
     }
 
-    /// The room called `name`, opened (its seq read from history) if it is
-    /// not open yet. The caller holds the registry lock.
-    fn room_named(&self, rooms: &mut HashMap<Arc<str>, Arc<Room>>, name: &str) -> Result<Arc<Room>, Refusal> {
-        if let Some(room) = rooms.get(name) {
+    /// The room called `name`, opened (its seq going on from where it
+    /// stopped) if it is not open yet. The caller holds the registry lock.
+    fn room_named(&self, rooms: &mut Registry, name: &str) -> Result<Arc<Room>, Refusal> {
+        if let Some(room) = rooms.open.get(name) {
             return Ok(room.clone());
         }
         if let Some(why) = check_room(name) {
             return Err(Refusal::new(ErrorCode::InvalidRoom, why));
         }
-        if rooms.len() >= self.max_rooms {
+        if rooms.open.len() >= self.max_rooms {
             return Err(Refusal::new(
                 ErrorCode::TooManyRooms,
                 format!("this server holds {} rooms already; join an existing one", self.max_rooms),
             ));
         }
-        // A primary-key lookup; the registry lock keeps anyone else from
-        // creating the room meanwhile.
-        let last_seq = self.history.last_seq(name).map_err(|err| {
-            Refusal::new(ErrorCode::HistoryFailed, format!("could not read #{name}'s history: {err}; try again"))
-        })?;
-        let room = Room::new(name, last_seq);
-        rooms.insert(room.name.clone(), room.clone());
+        let room = Room::new(name, rooms.closed_seqs.remove(name).unwrap_or(0));
+        rooms.open.insert(room.name.clone(), room.clone());
         Ok(room)
     }
 
@@ -304,8 +323,8 @@ impl Hub {
             } else {
                 format!("guest-{:08x}", rng.random::<u32>())
             };
-            if let Entry::Vacant(slot) = names.entry(name.clone()) {
-                slot.insert(conn);
+            if let Entry::Vacant(slot) = names.entry(name_key(&name)) {
+                slot.insert(Owner::Guest(conn));
                 return name;
             }
         }
@@ -336,7 +355,7 @@ impl Hub {
     /// Take `who` out of its room, announce it with `reason`, and drop the
     /// room if it is now empty (the lobby always stays). The caller holds the
     /// registry lock and passes it in.
-    fn exit(&self, rooms: &mut HashMap<Arc<str>, Arc<Room>>, who: &Presence, reason: &str) {
+    fn exit(&self, rooms: &mut Registry, who: &Presence, reason: &str) {
         let mut state = lock(&who.room.state);
         if let Some(index) = state.members.iter().position(|m| m.conn == who.conn) {
             state.members.swap_remove(index);
@@ -350,7 +369,10 @@ impl Hub {
         };
         self.announce(&state.members, who, false, &Outbound::Text(left.encode().into()));
         if state.members.is_empty() && &*who.room.name != DEFAULT_ROOM {
-            rooms.remove(&who.room.name);
+            rooms.open.remove(&who.room.name);
+            if self.archive.is_on() {
+                rooms.closed_seqs.insert(who.room.name.clone(), state.last_seq);
+            }
         }
     }
 
@@ -361,21 +383,49 @@ impl Hub {
             self.exit(&mut rooms, &who, reason.as_str());
         }
         let mut names = lock(&self.names);
-        let key = who.username.to_lowercase();
-        if names.get(&key) == Some(&who.conn) {
+        let key = name_key(&who.username);
+        if names.get(&key) == Some(&Owner::Guest(who.conn)) {
             names.remove(&key);
         }
     }
 
-    /// Does a connected guest hold `name` (any case)?
-    pub fn name_in_use(&self, name: &str) -> bool {
-        lock(&self.names).contains_key(&name.to_lowercase())
+    /// Reserve `name` for accounts (registered earlier, loaded at start).
+    pub fn add_accounts<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        let mut table = lock(&self.names);
+        for name in names {
+            table.insert(name_key(name), Owner::Account);
+        }
+    }
+
+    /// Claim `name` for a new account, unless a guest or another account
+    /// holds it (or a name that compares equal). The caller stores the
+    /// account, then calls `release_account` if that fails.
+    pub fn claim_account(&self, name: &str) -> Result<(), Refusal> {
+        match lock(&self.names).entry(name_key(name)) {
+            Entry::Occupied(_) => Err(Refusal::new(
+                ErrorCode::NameTaken,
+                format!("the name {name:?} is taken (by an account or a connected guest); pick another"),
+            )),
+            Entry::Vacant(slot) => {
+                slot.insert(Owner::Account);
+                Ok(())
+            }
+        }
+    }
+
+    /// Undo `claim_account` (the account could not be stored).
+    pub fn release_account(&self, name: &str) {
+        let mut names = lock(&self.names);
+        let key = name_key(name);
+        if names.get(&key) == Some(&Owner::Account) {
+            names.remove(&key);
+        }
     }
 
     /// Send a message to everyone else in the sender's room. With a `slot`,
     /// the message is then handed to the history writer, which sends the
     /// sender's ack once it is stored; without, the caller acks.
-    pub fn publish(&self, who: &Presence, payload: Payload<'_>, slot: Option<StoreSlot<'_>>) -> Published {
+    pub fn publish(&self, who: &Presence, payload: Payload<'_>, slot: Option<Slot<'_>>) -> Published {
         let msg_id = self.ids.mint('m');
         let ts_ms = now_millis();
         let ts = format_ts_millis(ts_ms);
@@ -438,19 +488,27 @@ impl Hub {
         if let Some(why) = check_username(new) {
             return Err(Refusal::new(ErrorCode::InvalidName, why));
         }
-        let key = new.to_lowercase();
-        let old_key = who.username.to_lowercase();
+        let key = name_key(new);
+        let old_key = name_key(&who.username);
+        let me = Owner::Guest(who.conn);
         {
             let mut names = lock(&self.names);
-            if let Some(&owner) = names.get(&key)
-                && owner != who.conn
-            {
-                return Err(Refusal::new(ErrorCode::NameTaken, format!("the name {new:?} is taken; pick another")));
+            match names.get(&key) {
+                Some(Owner::Account) => {
+                    return Err(Refusal::new(
+                        ErrorCode::NameReserved,
+                        format!("{new:?} is a registered account; sign in as {new} to use it (POST /api/login)"),
+                    ));
+                }
+                Some(&owner) if owner != me => {
+                    return Err(Refusal::new(ErrorCode::NameTaken, format!("the name {new:?} is taken; pick another")));
+                }
+                _ => {}
             }
-            if key != old_key && names.get(&old_key) == Some(&who.conn) {
+            if key != old_key && names.get(&old_key) == Some(&me) {
                 names.remove(&old_key);
             }
-            names.insert(key, who.conn);
+            names.insert(key, me);
         }
         let old = std::mem::replace(&mut who.username, Arc::from(new));
         let mut state = lock(&who.room.state);
@@ -510,7 +568,7 @@ impl Hub {
 
     /// The `rooms` event: every room and its member count, by name.
     pub fn rooms(&self) -> String {
-        let rooms: Vec<Arc<Room>> = lock(&self.rooms).values().cloned().collect();
+        let rooms: Vec<Arc<Room>> = lock(&self.rooms).open.values().cloned().collect();
         let mut list: Vec<RoomInfo<'_>> = rooms
             .iter()
             .map(|room| RoomInfo { room: Cow::Borrowed(&*room.name), members: room.member_count() })
@@ -520,10 +578,16 @@ impl Hub {
     }
 }
 
+/// The form of a name that names are compared by: two names with the same
+/// key are the same name.
+fn name_key(name: &str) -> String {
+    name.to_lowercase()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::outbox::{OutboxReceiver, SessionEnd};
+    use crate::server::chat::outbox::{OutboxReceiver, SessionEnd};
     use tokio_util::sync::CancellationToken;
 
     fn hub() -> Hub {

@@ -1,13 +1,15 @@
-//! Accounts: names and argon2id password hashes in the `accounts` table of
-//! `<data dir>/chorus.db` (SQLite, WAL mode, shared with the history store,
-//! which uses its own connection and tables).
+//! Accounts: names and argon2id password hashes in `<data dir>/accounts.db`
+//! (SQLite, WAL mode). A file of its own, not a table of the history
+//! database: the history writer holds that database's write lock for each
+//! group commit, and an account operation must never wait behind it.
 //!
 //! Names are unique case-insensitively, like chat usernames, and follow the
 //! same rules; `guest-...` names are left to guests. An account made by
 //! `chorus token` for a bot has no password: it signs in with tokens only.
 //!
 //! Every method here blocks (SQLite, argon2): the server calls them from
-//! `spawn_blocking`, except `exists`, an indexed point lookup.
+//! `spawn_blocking`, and keeps the names it needs on the hot path in memory
+//! (see `auth`).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -18,12 +20,15 @@ use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::hub::lock;
 use crate::ids::now_ts;
 use crate::protocol::check_username;
+use crate::sync::lock;
 
-/// The database file, in the data directory.
-pub const DB_FILE: &str = "chorus.db";
+/// The accounts database, in the data directory.
+pub const DB_FILE: &str = "accounts.db";
+/// Where accounts were kept before they had a file of their own: a table of
+/// the history database, copied into `DB_FILE` when that does not exist yet.
+const OLD_DB_FILE: &str = "chorus.db";
 /// Shortest password accepted, in characters.
 pub const MIN_PASSWORD_CHARS: usize = 8;
 /// Longest password accepted, in bytes (hashing cost stays bounded).
@@ -105,10 +110,12 @@ fn decoy_hash() -> &'static str {
 }
 
 impl Accounts {
-    /// Open (creating if needed) the store in `data_dir`.
+    /// Open (creating if needed) the store in `data_dir`. Accounts kept by
+    /// an older version in the history database are copied over once.
     pub fn open(data_dir: &Path) -> anyhow::Result<Accounts> {
         super::tokens::create_private_dir(data_dir)?;
         let path = data_dir.join(DB_FILE);
+        let fresh = !path.exists();
         let db = Connection::open(&path).with_context(|| format!("cannot open the database {}", path.display()))?;
         db.busy_timeout(std::time::Duration::from_secs(5))?;
         db.pragma_update(None, "journal_mode", "WAL")?;
@@ -123,7 +130,20 @@ impl Accounts {
             );",
         )
         .with_context(|| format!("cannot create the accounts table in {}", path.display()))?;
+        let old = data_dir.join(OLD_DB_FILE);
+        if fresh && old.exists() {
+            copy_old_accounts(&db, &old)
+                .with_context(|| format!("cannot copy the accounts of {} into {}", old.display(), path.display()))?;
+        }
         Ok(Accounts { path, db: Mutex::new(db) })
+    }
+
+    /// Every account's name as registered (loaded by the server at start).
+    pub fn names(&self) -> Result<Vec<String>, AccountError> {
+        let db = lock(&self.db);
+        let mut statement = db.prepare("SELECT username FROM accounts")?;
+        let names = statement.query_map([], |row| row.get(0))?;
+        Ok(names.collect::<rusqlite::Result<Vec<String>>>()?)
     }
 
     pub fn path(&self) -> &Path {
@@ -166,12 +186,6 @@ impl Accounts {
         Ok(statement.query_row(params![name.to_lowercase()], |row| row.get(0)).optional()?)
     }
 
-    /// Is `name` (any case) a registered account? A store error counts as yes:
-    /// better to refuse a guest a name than to give away an account's.
-    pub fn exists(&self, name: &str) -> bool {
-        self.lookup(name).map_or(true, |found| found.is_some())
-    }
-
     /// Check a password; the account's name as registered on success.
     pub fn login(&self, name: &str, password: &str) -> Result<String, AccountError> {
         let row: Option<(String, Option<String>)> = {
@@ -192,6 +206,31 @@ impl Accounts {
     }
 }
 
+/// Copy the `accounts` table of an older version's history database, if it
+/// has one, into the new accounts database.
+fn copy_old_accounts(db: &Connection, old: &Path) -> rusqlite::Result<()> {
+    db.execute("ATTACH DATABASE ?1 AS old", params![old.to_string_lossy()])?;
+    let has_table: bool = db.query_row(
+        "SELECT EXISTS (SELECT 1 FROM old.sqlite_master WHERE type = 'table' AND name = 'accounts')",
+        [],
+        |row| row.get(0),
+    )?;
+    let copied = if has_table {
+        db.execute(
+            "INSERT OR IGNORE INTO main.accounts (username, username_key, password_hash, created_at)
+             SELECT username, username_key, password_hash, created_at FROM old.accounts",
+            [],
+        )?
+    } else {
+        0
+    };
+    db.execute("DETACH DATABASE old", [])?;
+    if copied > 0 {
+        tracing::info!("copied {copied} account(s) from {} into their own database", old.display());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,7 +249,8 @@ mod tests {
         assert!(matches!(Accounts::prepare("bob", "short"), Err(AccountError::WeakPassword(_))));
         assert!(matches!(Accounts::prepare("two words", "long enough"), Err(AccountError::InvalidName(_))));
         assert!(matches!(Accounts::prepare("Guest-1234", "long enough"), Err(AccountError::InvalidName(_))));
-        assert!(accounts.exists("aLiCe") && !accounts.exists("bob"));
+        assert_eq!(accounts.lookup("aLiCe").unwrap().as_deref(), Some("Alice"));
+        assert_eq!(accounts.names().unwrap(), ["Alice"]);
     }
 
     #[test]
@@ -222,5 +262,23 @@ mod tests {
         assert!(matches!(reopened.login("bot-1", "anything at all"), Err(AccountError::InvalidCredentials)));
         let mode: String = lock(&reopened.db).query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn accounts_of_an_older_version_are_copied_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = Connection::open(dir.path().join(OLD_DB_FILE)).unwrap();
+        old.execute_batch(
+            "CREATE TABLE accounts (id INTEGER PRIMARY KEY, username TEXT NOT NULL, username_key TEXT NOT NULL \
+             UNIQUE, password_hash TEXT, created_at TEXT NOT NULL);
+             INSERT INTO accounts (username, username_key, password_hash, created_at)
+             VALUES ('Carol', 'carol', NULL, '2026-01-01T00:00:00Z');",
+        )
+        .unwrap();
+        drop(old);
+        let accounts = Accounts::open(dir.path()).unwrap();
+        assert_eq!(accounts.names().unwrap(), ["Carol"]);
+        accounts.remove("carol").unwrap();
+        assert!(Accounts::open(dir.path()).unwrap().names().unwrap().is_empty(), "copied only when new");
     }
 }
