@@ -8,15 +8,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::sync::lock;
 
 #[derive(Debug)]
 pub struct Metrics {
     started: Instant,
-    /// WebSocket sessions open right now.
-    pub connections: AtomicU64,
+    /// WebSocket sessions open right now (see `session_opened`).
+    connections: Arc<AtomicU64>,
     /// WebSocket sessions opened since start.
     pub connections_total: AtomicU64,
     /// Handshakes refused (server full, bad request, bad origin, no token...).
@@ -45,7 +45,7 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             started: Instant::now(),
-            connections: AtomicU64::new(0),
+            connections: Arc::default(),
             connections_total: AtomicU64::new(0),
             handshakes_refused: AtomicU64::new(0),
             chat_in: AtomicU64::new(0),
@@ -66,7 +66,31 @@ pub fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+/// One open WebSocket session, counted until dropped.
+#[derive(Debug)]
+pub struct SessionGauge(Arc<AtomicU64>);
+
+impl Drop for SessionGauge {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Metrics {
+    /// Count a session open until the returned guard is dropped.
+    pub fn session_opened(&self) -> SessionGauge {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        SessionGauge(self.connections.clone())
+    }
+
+    /// WebSocket sessions open now.
+    pub fn sessions(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// How long a WebSocket handshake took, from its request to the 101.
+    pub fn observe_handshake(&self, _took: std::time::Duration) {}
+
     pub fn uptime_secs(&self) -> u64 {
         self.started.elapsed().as_secs()
     }

@@ -31,7 +31,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -110,6 +110,11 @@ impl Default for ServerConfig {
 /// State shared by every connection of one server.
 #[derive(Debug)]
 pub struct Shared {
+    /// Every task serving a connection, so that shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// TCP connections open now, from accept to close (what
+    /// `--max-connections` bounds).
+    open: Arc<AtomicU64>,
     pub config: ServerConfig,
     pub hub: Arc<Hub>,
     /// The hub's archive, kept here to flush and close it at shutdown.
@@ -121,13 +126,13 @@ pub struct Shared {
     pub security: Security,
 }
 
-/// A WebSocket connection's claim on one of `max_connections`; released on drop.
+/// A connection's claim on one of `max_connections`; released on drop.
 #[derive(Debug)]
-pub struct Slot<'a>(&'a Metrics);
+pub struct Slot(Arc<AtomicU64>);
 
-impl Drop for Slot<'_> {
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -144,21 +149,31 @@ impl Shared {
         let hub = hub.with_context(|| history_open_failed(&config))?;
         let hub = Arc::new(hub.with_presence_limit(config.presence_limit));
         let security = Security::new(&config, listen, &hub)?;
-        Ok(Shared { config, hub, history, metrics, shutdown: CancellationToken::new(), security })
+        let open = Arc::new(AtomicU64::new(0));
+        let tasks = TaskTracker::new();
+        Ok(Shared { tasks, open, config, hub, history, metrics, shutdown: CancellationToken::new(), security })
     }
 
-    /// Take a connection slot, unless the server is full.
-    pub fn admit(&self) -> Option<Slot<'_>> {
+    /// Count a new connection: its slot, and whether the server was full
+    /// already (the connection is then only told so). `None` when it is more
+    /// than `slack` past full: close it at once.
+    pub fn admit(&self, slack: u64) -> Option<(Slot, bool)> {
         let max = self.config.max_connections as u64;
-        self.metrics
-            .connections
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < max).then_some(n + 1))
-            .ok()
-            .map(|_| Slot(&self.metrics))
+        let before = self.open.fetch_add(1, Ordering::Relaxed);
+        let slot = Slot(self.open.clone());
+        if before >= max.saturating_add(slack) {
+            return None;
+        }
+        Some((slot, before >= max))
+    }
+
+    /// TCP connections open now.
+    pub fn open_connections(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
     }
 
     pub fn ws_config(&self) -> WebSocketConfig {
-        net::http::ws_config(self.config.max_message_size)
+        net::upgrade::ws_config(self.config.max_message_size)
     }
 }
 
@@ -185,7 +200,8 @@ pub async fn run(
 
 /// `run`, with the server's state already built.
 async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let tracker = TaskTracker::new();
+    let tracker = shared.tasks.clone();
+    let edge = net::http::Edge::new(shared.clone());
     tokio::pin!(shutdown);
     if let Ok(addr) = listener.local_addr() {
         let (ws, http) = if shared.security.tls.is_some() { ("wss", "https") } else { ("ws", "http") };
@@ -198,7 +214,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
-                    tracker.spawn(net::accept::serve(tcp, peer, shared.clone()));
+                    tracker.spawn(net::accept::serve(tcp, peer, edge.clone()));
                 }
                 Err(err) => {
                     // Out of file descriptors, most likely: wait a little
@@ -210,7 +226,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future
         }
     }
     drop(listener);
-    let open = shared.metrics.connections.load(Ordering::Relaxed);
+    let open = shared.metrics.sessions();
     tracing::info!("shutting down: closing {open} connection(s)");
     shared.shutdown.cancel();
     tracker.close();

@@ -28,6 +28,9 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use headers::authorization::Bearer;
+use headers::{Authorization, HeaderMapExt as _};
+use http::header::{AUTHORIZATION, HeaderMap};
 use tokio::sync::Semaphore;
 
 use crate::server::chat::{Account, Hub};
@@ -87,6 +90,8 @@ pub enum AuthFailure {
     Invalid(#[from] TokenError),
     #[error("the token names an account that does not exist here (\"{0}\"); log in again")]
     NoSuchAccount(String),
+    #[error("the Authorization header must be one \"Bearer <token>\"")]
+    NotBearer,
 }
 
 impl Auth {
@@ -184,53 +189,18 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|err| Err(AccountError::Store(anyhow::anyhow!("the worker failed: {err}"))))
 }
 
-/// The token a handshake carries: `Authorization: Bearer ...`, else `?token=...`.
-pub fn token_from(authorization: Option<&str>, query: &str) -> Option<String> {
-    if let Some(value) = authorization {
-        let value = value.trim();
-        if value.len() > 7 && value[..7].eq_ignore_ascii_case("bearer ") {
-            return Some(value[7..].trim().to_string());
-        }
+/// The token a handshake carries: `Authorization: Bearer <token>` (parsed by
+/// the `headers` crate, scheme case-insensitive), else `?token=`. An
+/// `Authorization` header that is not one Bearer token is an error, so a
+/// client that meant to sign in learns that it did not.
+pub fn token_from(headers: &HeaderMap, query: &[(String, String)]) -> Result<Option<String>, AuthFailure> {
+    let lines = headers.get_all(AUTHORIZATION).iter().count();
+    if lines > 0 {
+        let bearer = headers.typed_get::<Authorization<Bearer>>().filter(|_| lines == 1);
+        let token = bearer.ok_or(AuthFailure::NotBearer)?;
+        return Ok(Some(token.token().trim().to_string()));
     }
-    query_param(query, "token")
-}
-
-/// The decoded value of `name` in a query string (`a=1&room=rust`).
-pub fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('=')).map(percent_decode)
-}
-
-/// Decode `%XX` escapes (and `+` as a space) in a query value.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = text
-            .get(i + 1..i + 3)
-            .filter(|hex| bytes[i] == b'%' && hex.bytes().all(|c| c.is_ascii_hexdigit()))
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match (escaped, bytes[i]) {
-            (Some(byte), _) => {
-                out.push(byte);
-                i += 3;
-                continue;
-            }
-            (None, b'+') => out.push(b' '),
-            (None, byte) => out.push(byte),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A query string with the value of `token` replaced, for logs.
-pub fn redact_query(query: &str) -> String {
-    query
-        .split('&')
-        .map(|pair| if pair.starts_with("token=") { "token=<redacted>" } else { pair })
-        .collect::<Vec<_>>()
-        .join("&")
+    Ok(query.iter().find(|(name, _)| name == "token").map(|(_, value)| value.clone()))
 }
 
 /// A token minted by `chorus token`.
@@ -263,17 +233,23 @@ mod tests {
 
     #[test]
     fn tokens_come_from_the_header_or_the_query() {
-        assert_eq!(token_from(Some("Bearer abc.def.ghi"), ""), Some("abc.def.ghi".into()));
-        assert_eq!(token_from(Some("bearer  x "), "token=y"), Some("x".into()));
-        assert_eq!(token_from(None, "room=a&token=a%2Eb.c"), Some("a.b.c".into()));
-        assert_eq!(token_from(Some("Basic Zm9v"), "x=1"), None);
-        assert_eq!(token_from(None, "token=%zz%4"), Some("%zz%4".into()));
-    }
-
-    #[test]
-    fn redaction_hides_only_the_token() {
-        assert_eq!(redact_query("a=1&token=secret.jwt.here&b=2"), "a=1&token=<redacted>&b=2");
-        assert_eq!(redact_query(""), "");
+        let header = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(AUTHORIZATION, http::HeaderValue::from_static(value));
+            headers
+        };
+        let query = |q: &str| crate::server::net::http::query_pairs(q).unwrap();
+        let none = HeaderMap::new();
+        assert_eq!(token_from(&header("Bearer abc.def.ghi"), &[]), Ok(Some("abc.def.ghi".into())));
+        assert_eq!(token_from(&header("bearer  x "), &query("token=y")), Ok(Some("x".into())));
+        assert_eq!(token_from(&none, &query("room=a&token=a%2Eb.c")), Ok(Some("a.b.c".into())));
+        assert_eq!(token_from(&header("Basic Zm9v"), &[]), Err(AuthFailure::NotBearer));
+        assert_eq!(token_from(&header("Bearer"), &[]), Err(AuthFailure::NotBearer));
+        assert_eq!(token_from(&none, &query("token=%zz%4")), Ok(Some("%zz%4".into())));
+        assert_eq!(token_from(&none, &[]), Ok(None));
+        let mut odd = HeaderMap::new();
+        odd.insert(AUTHORIZATION, http::HeaderValue::from_bytes("abcdeféxyz".as_bytes()).unwrap());
+        assert_eq!(token_from(&odd, &[]), Err(AuthFailure::NotBearer), "a multi-byte character across byte 7");
     }
 
     fn hub() -> Arc<Hub> {

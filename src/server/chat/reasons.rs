@@ -77,6 +77,9 @@ pub enum Violation {
     /// Invalid UTF-8 in a text message (close 1007).
     #[error("a text message is not valid UTF-8")]
     InvalidUtf8,
+    /// A frame, or a message so far, over the message size limit (close 1009).
+    #[error("a message over the size limit")]
+    TooBig,
     /// A frame header breaks RFC 6455 section 5.2 (close 1002): reserved bits
     /// set, no mask, a reserved opcode, a fragmented or oversized control
     /// frame, a 64-bit length with its top bit set.
@@ -90,6 +93,7 @@ impl Violation {
         match self {
             Violation::TooManyFragments { .. } => EndReason::Fragmented,
             Violation::InvalidUtf8 => EndReason::BadUtf8,
+            Violation::TooBig => EndReason::TooBig,
             Violation::Protocol(_) => EndReason::Protocol,
         }
     }

@@ -1,16 +1,29 @@
 //! Frame inspection in front of tungstenite: a byte-stream wrapper that reads
-//! WebSocket frame headers as they go by, enforces the fragment limit, and
-//! checks text as it arrives.
+//! WebSocket frame headers as they go by and checks them, in the order RFC
+//! 6455 gives, before tungstenite sees them.
 //!
 //! tungstenite reassembles fragmented messages itself and bounds their total
-//! size, but not how many frames they come in: a message of a million
-//! zero-length continuation frames never grows and never completes. And it
-//! checks a text frame's UTF-8 only once the whole frame is in. This wrapper
-//! sits between the socket (or the TLS stream) and tungstenite, parses frame
-//! headers (2 to 14 bytes), unmasks and checks the payload of text frames
-//! piece by piece (binary payloads are skipped without a look), and turns a
-//! violation into an I/O error carrying a [`Violation`]: too many fragments
-//! closes with 1009, invalid UTF-8 with 1007, at the first bad byte.
+//! size, but not how many frames they come in (a message of a million
+//! zero-length continuation frames never grows and never completes); it
+//! checks a text frame's UTF-8 only once the whole frame is in; and it checks
+//! a frame's size before some header rules, so a 64-bit length with its top
+//! bit set closed with 1009 instead of 1002. This wrapper sits between the
+//! socket (or the TLS stream) and tungstenite, parses each frame header (2 to
+//! 14 bytes) and checks, in this order:
+//!
+//! 1. the header itself (RFC 6455 section 5.2, close 1002): no reserved bit
+//!    set (no extension is negotiated), the client's mask bit set (section
+//!    5.3), no reserved opcode, control frames unfragmented and at most 125
+//!    bytes (section 5.5), a 64-bit length with its top bit clear, and
+//!    continuation frames only inside a fragmented message (section 5.4);
+//! 2. the size (close 1009): the frame, and the message so far, within the
+//!    message limit, in at most `max_fragments` frames;
+//! 3. the payload of text messages (close 1007), unmasked and checked piece
+//!    by piece as it arrives, so invalid UTF-8 is refused at the first bad
+//!    byte. Binary payloads are skipped without a look.
+//!
+//! A violation fails the read with an I/O error carrying a [`Violation`],
+//! which the session turns into its close code.
 
 use std::io;
 use std::pin::Pin;
@@ -41,15 +54,26 @@ struct Current {
     offset: u64,
 }
 
-/// Follows the frame stream: counts the frames of the message in progress
-/// and checks its text.
+/// The limits a stream is held to.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most frames one message may arrive in.
+    pub max_fragments: usize,
+    /// Largest message (and frame), in bytes.
+    pub max_message: u64,
+}
+
+/// Follows the frame stream: checks each header, counts the frames and bytes
+/// of the message in progress and checks its text.
 #[derive(Debug, Clone)]
 pub struct FrameInspector {
     state: State,
     current: Current,
     /// Frames of the data message in progress (0: none in progress).
     fragments: usize,
-    limit: usize,
+    /// Payload bytes of the data message in progress.
+    message_len: u64,
+    limits: Limits,
     /// The data message in progress is text.
     in_text: bool,
     utf8: Utf8Stream,
@@ -68,41 +92,109 @@ fn header_len(b0_b1: [u8; 2]) -> usize {
 
 const NEW_HEADER: State = State::Header { buf: [0; 14], have: 0 };
 
+/// A frame header, decoded.
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    fin: bool,
+    rsv: u8,
+    opcode: u8,
+    masked: bool,
+    length: u64,
+    mask: [u8; 4],
+}
+
+impl Header {
+    fn parse(bytes: &[u8; 14]) -> Header {
+        let extended = match bytes[1] & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let length = match extended {
+            2 => u64::from(u16::from_be_bytes([bytes[2], bytes[3]])),
+            8 => u64::from_be_bytes([bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7], bytes[8], bytes[9]]),
+            _ => u64::from(bytes[1] & 0x7f),
+        };
+        let masked = bytes[1] & 0x80 != 0;
+        let mut mask = [0; 4];
+        if masked {
+            mask.copy_from_slice(&bytes[2 + extended..6 + extended]);
+        }
+        Header { fin: bytes[0] & 0x80 != 0, rsv: bytes[0] & 0x70, opcode: bytes[0] & 0x0f, masked, length, mask }
+    }
+
+    /// RFC 6455 section 5.2's rules for a header on its own (close 1002).
+    fn check(&self) -> Result<(), Violation> {
+        let broken = if self.rsv != 0 {
+            "a reserved bit is set, and no extension was negotiated"
+        } else if !self.masked {
+            "client frames must be masked (RFC 6455 section 5.3)"
+        } else if matches!(self.opcode, 0x3..=0x7 | 0xB..=0xF) {
+            "reserved opcode"
+        } else if self.opcode >= 0x8 && !self.fin {
+            "a control frame must not be fragmented"
+        } else if self.opcode >= 0x8 && self.length > 125 {
+            "a control frame must carry at most 125 bytes"
+        } else if self.length >> 63 != 0 {
+            "a 64-bit length must have its most significant bit clear"
+        } else {
+            return Ok(());
+        };
+        Err(Violation::Protocol(broken))
+    }
+}
+
 impl FrameInspector {
-    pub fn new(limit: usize) -> Self {
+    pub fn new(limits: Limits) -> Self {
         FrameInspector {
             state: NEW_HEADER,
             current: Current::default(),
             fragments: 0,
-            limit: limit.max(1),
+            message_len: 0,
+            limits: Limits { max_fragments: limits.max_fragments.max(1), ..limits },
             in_text: false,
             utf8: Utf8Stream::default(),
         }
     }
 
     /// Feed bytes read from the peer; fails at the first violation.
-    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), Violation> {
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<(), Violation> {
+        self.feed_until(bytes).map_err(|(violation, _)| violation)
+    }
+
+    /// `feed`, and on a violation, how many of `bytes` came before the
+    /// offending frame began: those belong to frames that broke no rule, and
+    /// the peer's earlier messages are still handled before the close.
+    fn feed_until(&mut self, mut bytes: &[u8]) -> Result<(), (Violation, usize)> {
+        let total = bytes.len();
+        // Where, in this call's bytes, the frame in progress began (0 when it
+        // began in an earlier call).
+        let mut frame_start = 0;
         while !bytes.is_empty() {
+            let at = total - bytes.len();
             match &mut self.state {
                 State::Payload { remaining } => {
                     let take = (*remaining).min(bytes.len() as u64) as usize;
                     *remaining -= take as u64;
                     let done = *remaining == 0;
-                    self.payload(&bytes[..take])?;
+                    self.payload(&bytes[..take]).map_err(|v| (v, frame_start))?;
                     bytes = &bytes[take..];
                     if done {
-                        self.end_of_frame()?;
+                        self.end_of_frame().map_err(|v| (v, frame_start))?;
                     }
                 }
                 State::Header { buf, have } => {
+                    if *have == 0 {
+                        frame_start = at;
+                    }
                     let needed = if *have < 2 { 2 } else { header_len([buf[0], buf[1]]) };
                     let take = (needed - *have).min(bytes.len());
                     buf[*have..*have + take].copy_from_slice(&bytes[..take]);
                     *have += take;
                     bytes = &bytes[take..];
                     if *have >= 2 && *have == header_len([buf[0], buf[1]]) {
-                        let header = *buf;
-                        self.on_header(&header)?;
+                        let header = Header::parse(buf);
+                        self.on_header(header).map_err(|v| (v, frame_start))?;
                     }
                 }
             }
@@ -110,53 +202,48 @@ impl FrameInspector {
         Ok(())
     }
 
-    /// A complete header: count it, then follow its payload.
-    fn on_header(&mut self, header: &[u8; 14]) -> Result<(), Violation> {
-        let fin = header[0] & 0x80 != 0;
-        let opcode = header[0] & 0x0f;
-        let extended = match header[1] & 0x7f {
-            126 => 2,
-            127 => 8,
-            _ => 0,
-        };
-        let length = match extended {
-            2 => u64::from(u16::from_be_bytes([header[2], header[3]])),
-            8 => u64::from_be_bytes([
-                header[2], header[3], header[4], header[5], header[6], header[7], header[8], header[9],
-            ]),
-            _ => u64::from(header[1] & 0x7f),
-        };
-        let mut mask = [0; 4];
-        if header[1] & 0x80 != 0 {
-            mask.copy_from_slice(&header[2 + extended..6 + extended]);
-        }
-        match opcode {
+    /// A complete header: check it, count it, then follow its payload.
+    fn on_header(&mut self, header: Header) -> Result<(), Violation> {
+        header.check()?;
+        match header.opcode {
             // Text or binary: a new message, complete unless FIN is clear.
             0x1 | 0x2 => {
-                self.fragments = if fin { 0 } else { 1 };
-                self.in_text = opcode == 0x1;
+                if self.fragments > 0 {
+                    return Err(Violation::Protocol("a new message began before the last one's final frame"));
+                }
+                self.fragments = if header.fin { 0 } else { 1 };
+                self.message_len = 0;
+                self.in_text = header.opcode == 0x1;
                 self.utf8 = Utf8Stream::default();
             }
-            // Continuation.
             0x0 => {
-                self.fragments += 1;
-                if self.fragments > self.limit {
-                    return Err(Violation::TooManyFragments { limit: self.limit });
+                if self.fragments == 0 {
+                    return Err(Violation::Protocol("a continuation frame outside a fragmented message"));
                 }
-                if fin {
+                self.fragments += 1;
+                if self.fragments > self.limits.max_fragments {
+                    return Err(Violation::TooManyFragments { limit: self.limits.max_fragments });
+                }
+                if header.fin {
                     self.fragments = 0;
                 }
             }
             // Control frames may come between fragments and do not count.
             _ => {}
         }
-        let text = self.in_text && opcode <= 0x1;
-        self.current = Current { fin, text, mask, offset: 0 };
-        if length == 0 {
+        if header.opcode <= 0x2 {
+            self.message_len = self.message_len.saturating_add(header.length);
+            if header.length > self.limits.max_message || self.message_len > self.limits.max_message {
+                return Err(Violation::TooBig);
+            }
+        }
+        let text = self.in_text && header.opcode <= 0x1;
+        self.current = Current { fin: header.fin, text, mask: header.mask, offset: 0 };
+        if header.length == 0 {
             self.state = NEW_HEADER;
             return self.end_of_frame();
         }
-        self.state = State::Payload { remaining: length };
+        self.state = State::Payload { remaining: header.length };
         Ok(())
     }
 
@@ -192,33 +279,22 @@ impl FrameInspector {
     }
 }
 
-/// A stream whose incoming bytes go through a [`FrameInspector`]. Bytes read
-/// past the HTTP request head (`prefix`) are replayed first, inspected too.
+/// A stream whose incoming bytes go through a [`FrameInspector`].
 #[derive(Debug)]
 pub struct FrameGuard<S> {
     inner: S,
-    prefix: Vec<u8>,
-    prefix_pos: usize,
     inspector: FrameInspector,
     tripped: Option<Violation>,
 }
 
 impl<S> FrameGuard<S> {
-    pub fn new(inner: S, prefix: Vec<u8>, max_fragments: usize) -> Self {
-        FrameGuard { inner, prefix, prefix_pos: 0, inspector: FrameInspector::new(max_fragments), tripped: None }
+    pub fn new(inner: S, limits: Limits) -> Self {
+        FrameGuard { inner, inspector: FrameInspector::new(limits), tripped: None }
     }
 
-    /// The wrapped stream, bypassing the counter (to drain it after a close).
+    /// The wrapped stream, bypassing the inspector (to drain it after a close).
     pub fn inner_mut(&mut self) -> &mut S {
         &mut self.inner
-    }
-
-    fn check(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if let Err(err) = self.inspector.feed(bytes) {
-            self.tripped = Some(err);
-            return Err(err.into_io());
-        }
-        Ok(())
     }
 }
 
@@ -228,30 +304,18 @@ impl<S: AsyncRead + Unpin> AsyncRead for FrameGuard<S> {
         if let Some(err) = this.tripped {
             return Poll::Ready(Err(err.into_io()));
         }
-        if this.prefix_pos < this.prefix.len() {
-            let n = (this.prefix.len() - this.prefix_pos).min(buf.remaining());
-            let start = this.prefix_pos;
-            this.prefix_pos += n;
-            let chunk = this.prefix[start..start + n].to_vec();
-            if this.prefix_pos == this.prefix.len() {
-                this.prefix = Vec::new();
-                this.prefix_pos = 0;
-            }
-            // Check first: a failed read must not fill the buffer.
-            this.check(&chunk)?;
-            buf.put_slice(&chunk);
-            return Poll::Ready(Ok(()));
-        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                let result = this.inspector.feed(&buf.filled()[before..]);
-                if let Err(err) = result {
-                    buf.set_filled(before);
-                    this.tripped = Some(err);
-                    return Poll::Ready(Err(err.into_io()));
-                }
-                Poll::Ready(Ok(()))
+                let Err((err, valid)) = this.inspector.feed_until(&buf.filled()[before..]) else {
+                    return Poll::Ready(Ok(()));
+                };
+                // Hand over the frames before the offending one (tungstenite
+                // handles them first, as RFC 6455 expects), never the
+                // offending frame; fail the next read.
+                buf.set_filled(before + valid);
+                this.tripped = Some(err);
+                if valid > 0 { Poll::Ready(Ok(())) } else { Poll::Ready(Err(err.into_io())) }
             }
             other => other,
         }
@@ -288,6 +352,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FrameGuard<S> {
 mod tests {
     use super::*;
 
+    fn inspector(max_fragments: usize) -> FrameInspector {
+        FrameInspector::new(Limits { max_fragments, max_message: 1 << 20 })
+    }
+
     /// A masked client frame header (mask key zero) and its payload.
     fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
         let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
@@ -317,13 +385,13 @@ mod tests {
 
     #[test]
     fn a_message_at_the_limit_passes_one_over_fails() {
-        assert!(FrameInspector::new(4).feed(&fragmented(4)).is_ok());
-        assert!(FrameInspector::new(4).feed(&fragmented(5)).is_err());
+        assert!(inspector(4).feed(&fragmented(4)).is_ok());
+        assert!(inspector(4).feed(&fragmented(5)).is_err());
     }
 
     #[test]
     fn counting_starts_over_with_each_message_and_ignores_control_frames() {
-        let mut counter = FrameInspector::new(3);
+        let mut counter = inspector(3);
         for _ in 0..10 {
             counter.feed(&fragmented(3)).unwrap();
             counter.feed(&frame(true, 0x9, b"ping")).unwrap();
@@ -339,7 +407,7 @@ mod tests {
 
     #[test]
     fn byte_at_a_time_and_long_lengths_parse_the_same() {
-        let mut counter = FrameInspector::new(2);
+        let mut counter = inspector(2);
         let mut bytes = frame(true, 0x2, &vec![1; 70_000]);
         bytes.extend(fragmented(3));
         let result: Result<Vec<()>, _> = bytes.chunks(1).map(|b| counter.feed(b)).collect();
@@ -347,14 +415,57 @@ mod tests {
     }
 
     #[test]
-    fn a_huge_claimed_length_is_just_skipped() {
-        let mut counter = FrameInspector::new(2);
+    fn a_long_frame_within_the_limit_is_just_skipped() {
+        let mut counter = inspector(2);
         let mut header = vec![0x82, 0x80 | 127];
-        header.extend_from_slice(&(1u64 << 63).to_be_bytes());
+        header.extend_from_slice(&(1u64 << 19).to_be_bytes());
         header.extend_from_slice(&[0; 4]);
         counter.feed(&header).unwrap();
         counter.feed(&[0; 4096]).unwrap();
-        assert!(matches!(counter.state, State::Payload { remaining } if remaining == (1u64 << 63) - 4096));
+        assert!(matches!(counter.state, State::Payload { remaining } if remaining == (1u64 << 19) - 4096));
+    }
+
+    /// The violation `bytes` trip first, if any.
+    fn first_violation(bytes: &[u8]) -> Option<Violation> {
+        inspector(16).feed(bytes).err()
+    }
+
+    #[test]
+    fn header_rules_come_before_payload_and_size_checks() {
+        let protocol = |bytes: &[u8]| matches!(first_violation(bytes), Some(Violation::Protocol(_)));
+        // An unmasked text frame carrying invalid UTF-8: 1002, not 1007.
+        assert!(protocol(&[0x81, 0x02, 0xff, 0xfe]));
+        // Reserved bits, reserved opcodes.
+        let mut rsv = frame(true, 0x1, b"ok");
+        rsv[0] |= 0x40;
+        assert!(protocol(&rsv));
+        assert!(protocol(&frame(true, 0x3, b"")));
+        assert!(protocol(&frame(true, 0xB, b"")));
+        // Control frames: fragmented, or over 125 bytes.
+        assert!(protocol(&frame(false, 0x9, b"ping")));
+        assert!(protocol(&frame(true, 0x9, &[0; 126])));
+        // A 64-bit length with its top bit set: 1002, not 1009.
+        let mut huge = vec![0x82, 0x80 | 127];
+        huge.extend_from_slice(&(1u64 << 63).to_be_bytes());
+        huge.extend_from_slice(&[0; 4]);
+        assert!(protocol(&huge));
+        // Continuations outside a message; a new message inside one.
+        assert!(protocol(&frame(true, 0x0, b"x")));
+        let mut interleaved = frame(false, 0x1, b"a");
+        interleaved.extend(frame(true, 0x2, b"b"));
+        assert!(protocol(&interleaved));
+    }
+
+    #[test]
+    fn size_comes_before_the_payload_check() {
+        let mut limited = FrameInspector::new(Limits { max_fragments: 16, max_message: 8 });
+        let mut bytes = frame(true, 0x1, &[0xff; 9]);
+        bytes.truncate(2 + 4 + 2);
+        assert_eq!(limited.feed(&bytes), Err(Violation::TooBig), "1009 before the invalid text is looked at");
+        let mut limited = FrameInspector::new(Limits { max_fragments: 16, max_message: 8 });
+        let mut message = frame(false, 0x2, &[1; 5]);
+        message.extend(frame(true, 0x0, &[1; 5]));
+        assert_eq!(limited.feed(&message), Err(Violation::TooBig), "the message, not only the frame");
     }
 
     /// A frame masked with a real key, as browsers send them.
@@ -375,7 +486,7 @@ mod tests {
         bytes.extend(masked(true, 0x0, b));
         bytes.extend(masked(true, 0x2, &[0xff, 0xfe])); // binary is not text
         for read in [1, 3, 7, bytes.len()] {
-            let mut inspector = FrameInspector::new(16);
+            let mut inspector = inspector(16);
             for piece in bytes.chunks(read) {
                 inspector.feed(piece).unwrap();
             }
@@ -384,29 +495,47 @@ mod tests {
 
     #[test]
     fn invalid_text_fails_before_its_frame_is_complete() {
-        let mut inspector = FrameInspector::new(16);
+        let mut early = inspector(16);
         let mut bytes = masked(true, 0x1, &[b'o', b'k', 0xf4, 0x90, 0x80, 0x80, b'm', b'o', b'r', b'e']);
         bytes.truncate(2 + 4 + 4); // the header and the first four payload bytes only
-        assert_eq!(inspector.feed(&bytes), Err(Violation::InvalidUtf8));
+        assert_eq!(early.feed(&bytes), Err(Violation::InvalidUtf8));
         // A character cut at the end of the message.
-        let mut inspector = FrameInspector::new(16);
+        let mut cut = inspector(16);
         let mut bytes = masked(false, 0x1, b"a");
         bytes.extend(masked(true, 0x0, &[0xe2, 0x82]));
-        assert_eq!(inspector.feed(&bytes), Err(Violation::InvalidUtf8));
+        assert_eq!(cut.feed(&bytes), Err(Violation::InvalidUtf8));
     }
 
     #[tokio::test]
-    async fn the_guard_fails_the_stream_and_replays_the_prefix() {
+    async fn frames_before_the_offending_one_are_handed_over_first() {
         use tokio::io::AsyncReadExt;
+        let limits = Limits { max_fragments: 4, max_message: 1 << 20 };
+        let good = frame(true, 0x1, b"first");
+        let mut bytes = good.clone();
+        let mut bad = frame(true, 0x1, b"second");
+        bad[0] |= 0x20; // RSV2
+        bytes.extend(&bad);
+        let mut guard = FrameGuard::new(&bytes[..], limits);
+        let mut buf = vec![0u8; 1024];
+        let n = guard.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], &good[..], "the valid frame, and nothing of the bad one");
+        let err = guard.read(&mut buf).await.unwrap_err();
+        assert!(matches!(Violation::of(&err), Some(Violation::Protocol(_))), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_guard_fails_the_stream_and_passes_what_is_valid() {
+        use tokio::io::AsyncReadExt;
+        let limits = Limits { max_fragments: 4, max_message: 1 << 20 };
         let bytes = fragmented(5);
-        let (prefix, rest) = bytes.split_at(3);
-        let mut guard = FrameGuard::new(rest, prefix.to_vec(), 4);
+        let mut guard = FrameGuard::new(&bytes[..], limits);
         let mut out = Vec::new();
         let err = guard.read_to_end(&mut out).await.unwrap_err();
         assert_eq!(Violation::of(&err), Some(Violation::TooManyFragments { limit: 4 }), "{err}");
-        let mut ok = FrameGuard::new(&b""[..], fragmented(4), 4);
+        let good = fragmented(4);
+        let mut ok = FrameGuard::new(&good[..], limits);
         let mut all = Vec::new();
         ok.read_to_end(&mut all).await.unwrap();
-        assert_eq!(all, fragmented(4));
+        assert_eq!(all, good);
     }
 }

@@ -7,6 +7,8 @@
 pub mod accept;
 pub mod frames;
 pub mod http;
+pub mod routes;
 pub mod security;
 pub mod tls;
+pub mod upgrade;
 pub mod utf8;

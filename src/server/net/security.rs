@@ -16,9 +16,12 @@ use std::time::Duration;
 
 use anyhow::bail;
 
-use super::http::{Request, Response};
+use http::StatusCode;
+use http::header::{HeaderMap, ORIGIN, WWW_AUTHENTICATE};
+
 use super::tls::{ServerTls, TlsSource};
-use crate::server::auth::{Auth, AuthMode, token_from};
+use super::upgrade::Refused;
+use crate::server::auth::{Auth, AuthFailure, AuthMode, token_from};
 use crate::server::chat::{Admission, Hub};
 use crate::server::limits::{DEFAULT_API_RATE, IpLimits, RateLimit};
 
@@ -75,7 +78,7 @@ pub fn default_max_fragments(max_message_size: usize) -> usize {
 pub struct Security {
     pub auth: Option<Arc<Auth>>,
     pub tls: Option<ServerTls>,
-    pub ip: IpLimits,
+    pub ip: Arc<IpLimits>,
     /// Normalized allowed origins; empty: any.
     origins: Vec<String>,
     pub max_fragments: usize,
@@ -132,39 +135,52 @@ impl Security {
         Ok(Security {
             auth,
             tls,
-            ip: IpLimits::new(settings.max_connections_per_ip, settings.api_rate_limit),
+            ip: Arc::new(IpLimits::new(settings.max_connections_per_ip, settings.api_rate_limit)),
             origins,
             max_fragments: settings.max_fragments.unwrap_or_else(|| default_max_fragments(config.max_message_size)),
             echo: config.echo,
         })
     }
 
-    /// Check a WebSocket handshake's Origin and token.
-    pub async fn admit(&self, request: &Request) -> Result<Admission, Response> {
-        self.check_origin(request.header("origin"))?;
-        let room = crate::server::auth::query_param(&request.query, "room").filter(|r| !r.is_empty());
+    /// Check a WebSocket handshake's Origin, room and token (`query`: its
+    /// decoded query parameters). The handshake rules (`upgrade::check`)
+    /// have passed: `Origin` appears at most once.
+    pub async fn admit(&self, headers: &HeaderMap, query: &[(String, String)]) -> Result<Admission, Refused> {
+        self.check_origin(headers.get(ORIGIN).and_then(|v| v.to_str().ok()))?;
+        let room = query.iter().find(|(name, _)| name == "room").map(|(_, room)| room.clone());
+        let room = room.filter(|r| !r.is_empty());
         if let Some(why) = room.as_deref().and_then(crate::protocol::check_room) {
-            return Err(Response::text(400, format!("?room= {why}")));
+            return Err(Refused::new(StatusCode::BAD_REQUEST, format!("?room= {why}")));
         }
         let mut admission = Admission { account: None, echo: self.echo, room };
         if let Some(auth) = &self.auth {
-            let token = token_from(request.header("authorization"), &request.query);
-            admission.account = auth.check(token.as_deref()).await.map_err(|failure| {
-                let error = if token.is_some() { "invalid_token" } else { "invalid_request" };
-                Response::text(401, failure.to_string())
-                    .with_header("WWW-Authenticate", format!("Bearer realm=\"chorus\", error=\"{error}\""))
-            })?;
+            let unauthorized = |failure: AuthFailure, error: &'static str| {
+                let mut refused = Refused::new(StatusCode::UNAUTHORIZED, failure.to_string());
+                refused.headers.push((WWW_AUTHENTICATE, bearer_challenge(error)));
+                refused
+            };
+            let token = token_from(headers, query).map_err(|failure| unauthorized(failure, "invalid_request"))?;
+            let error = if token.is_some() { "invalid_token" } else { "invalid_request" };
+            admission.account = auth.check(token.as_deref()).await.map_err(|failure| unauthorized(failure, error))?;
         }
         Ok(admission)
     }
 
-    fn check_origin(&self, origin: Option<&str>) -> Result<(), Response> {
+    fn check_origin(&self, origin: Option<&str>) -> Result<(), Refused> {
         let Some(origin) = origin else { return Ok(()) };
         if self.origins.is_empty() || self.origins.contains(&normalize_origin(origin)) {
             return Ok(());
         }
         let listed = self.origins.join(", ");
-        Err(Response::text(403, format!("origin {origin:?} is not allowed here (allowed: {listed})")))
+        Err(Refused::new(StatusCode::FORBIDDEN, format!("origin {origin:?} is not allowed here (allowed: {listed})")))
+    }
+}
+
+/// The `WWW-Authenticate` challenge of a 401 (RFC 6750 section 3).
+fn bearer_challenge(error: &'static str) -> &'static str {
+    match error {
+        "invalid_token" => "Bearer realm=\"chorus\", error=\"invalid_token\"",
+        _ => "Bearer realm=\"chorus\", error=\"invalid_request\"",
     }
 }
 

@@ -1,0 +1,86 @@
+//! The plain HTTP routes, one axum `Router`: the web client (`GET /`), the
+//! health check (`/healthz`), the metrics (`/metrics`), `/ws` for a request
+//! that is not a WebSocket handshake (426), and the accounts API
+//! (`auth::api`). Every response says `Cache-Control: no-store` and
+//! `X-Content-Type-Options: nosniff` unless its route says otherwise; GET
+//! routes answer HEAD too (axum drops the body).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::header::{self, HeaderValue};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+
+use super::http::text;
+use crate::server::Shared;
+use crate::server::auth::api::{self, ApiState};
+
+/// The browser client, embedded in the binary.
+const INDEX_HTML: &str = include_str!("../../../web/index.html");
+
+/// Every plain route, with the server as state.
+pub fn router(shared: Arc<Shared>) -> Router {
+    let api = ApiState { auth: shared.security.auth.clone(), limits: shared.security.ip.clone() };
+    Router::new()
+        .route("/", get(index))
+        .route("/index.html", get(index))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/ws", any(not_a_handshake))
+        .with_state(shared)
+        .merge(api::routes(api))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::map_response(default_headers))
+}
+
+/// `Cache-Control: no-store` and `nosniff`, unless the route set them.
+async fn default_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    headers.entry(header::X_CONTENT_TYPE_OPTIONS).or_insert(HeaderValue::from_static("nosniff"));
+    response
+}
+
+async fn index() -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], INDEX_HTML).into_response()
+}
+
+/// `{"status":"ok"|"shutting_down","connections","rooms","uptime_secs","version"}`;
+/// 503 while shutting down, so a load balancer stops sending clients.
+async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    let shutting_down = shared.shutdown.is_cancelled();
+    let body = serde_json::json!({
+        "status": if shutting_down { "shutting_down" } else { "ok" },
+        "connections": shared.metrics.sessions(),
+        "rooms": shared.hub.room_count(),
+        "uptime_secs": shared.metrics.uptime_secs(),
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    let status = if shutting_down { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let body = shared.metrics.render(shared.hub.room_count());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+async fn not_a_handshake() -> Response {
+    let mut response =
+        text(StatusCode::UPGRADE_REQUIRED, "this is a WebSocket endpoint; connect with a WebSocket client");
+    response.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    response
+}
+
+async fn not_found(request: Request) -> Response {
+    let path = request.uri().path();
+    text(StatusCode::NOT_FOUND, format!("nothing at {path}; try / (web client), /healthz or /metrics"))
+}
+
+async fn method_not_allowed(method: Method) -> Response {
+    text(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not supported here; use GET"))
+}
