@@ -90,7 +90,7 @@ async fn refused_status(request: impl IntoClientRequest + Unpin) -> (u16, String
 }
 
 fn keys() -> TokenKeys {
-    TokenKeys::new(SECRET.as_bytes())
+    TokenKeys::new(SECRET.as_bytes()).unwrap()
 }
 
 #[tokio::test]
@@ -103,7 +103,8 @@ async fn required_auth_refuses_missing_forged_and_expired_tokens_with_401() {
     assert_eq!(status, 401);
     assert!(body.contains("requires a token") && body.contains("/api/login"), "{body}");
 
-    let forged = TokenKeys::new(b"someone else's secret, also long enough").mint("alice", Duration::from_secs(60)).0;
+    let forged =
+        TokenKeys::new(b"someone else's secret, also long enough").unwrap().mint("alice", Duration::from_secs(60)).0;
     let (status, body) = refused_status(format!("{url}?token={forged}")).await;
     assert_eq!((status, body.contains("signature does not match")), (401, true), "{body}");
 

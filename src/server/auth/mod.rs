@@ -105,7 +105,7 @@ impl Auth {
         hub: Arc<Hub>,
     ) -> anyhow::Result<Auth> {
         let accounts = Arc::new(Accounts::open(data_dir)?);
-        let keys = TokenKeys::new(&load_secret(secret, data_dir)?);
+        let keys = TokenKeys::new(&load_secret(secret, data_dir)?)?;
         let names = accounts.names()?;
         hub.add_accounts(names.iter().map(String::as_str));
         let known = names.into_iter().map(|name| (name.to_lowercase(), name)).collect();
@@ -215,7 +215,7 @@ pub struct IssuedToken {
 /// Mint a token for `user`, creating a token-only account if there is none.
 pub fn issue_token(data_dir: &Path, secret: Option<&str>, user: &str, ttl: Duration) -> anyhow::Result<IssuedToken> {
     let accounts = Accounts::open(data_dir)?;
-    let keys = TokenKeys::new(&load_secret(secret, data_dir)?);
+    let keys = TokenKeys::new(&load_secret(secret, data_dir)?)?;
     let (name, created) = match accounts.lookup(user)? {
         Some(name) => (name, false),
         None => {

@@ -1,10 +1,11 @@
 //! Signed access tokens: standard JWTs (RFC 7519) signed with HMAC-SHA256
 //! (`HS256`), carrying the account name (`sub`), when they were issued (`iat`)
-//! and when they expire (`exp`).
+//! and when they expire (`exp`), issued by `chorus` (`iss`). Signing and
+//! checking are the `jsonwebtoken` crate's.
 //!
 //! Only `HS256` is accepted on the way in: a token whose header names another
-//! algorithm (`none` included) is refused before anything else is looked at.
-//! The signature is checked in constant time (`ring::hmac::verify`).
+//! algorithm (`none` included) is refused. `exp` and `iss` are required and
+//! checked, with `LEEWAY` seconds of clock skew allowed on `exp`.
 //!
 //! The secret comes from `--auth-secret` / `CHORUS_AUTH_SECRET`; otherwise
 //! it is generated once and kept in `<data dir>/auth-secret` (mode 0600), so
@@ -16,10 +17,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::Rng as _;
-use ring::hmac;
 use serde::{Deserialize, Serialize};
 
 /// The file, in the data directory, that holds a generated secret.
@@ -28,8 +28,8 @@ pub const SECRET_FILE: &str = "auth-secret";
 pub const MIN_SECRET_LEN: usize = 32;
 /// Who issues the tokens (the `iss` claim).
 const ISSUER: &str = "chorus";
-/// The only header this server emits and accepts.
-const HEADER: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
+/// Seconds of clock difference allowed when checking `exp`.
+pub const LEEWAY: u64 = 5;
 
 /// What a token says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,7 +71,9 @@ pub enum TokenError {
 
 /// Signs and checks tokens with one secret.
 pub struct TokenKeys {
-    key: hmac::Key,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
 }
 
 impl std::fmt::Debug for TokenKeys {
@@ -86,8 +88,16 @@ pub fn unix_now() -> u64 {
 }
 
 impl TokenKeys {
-    pub fn new(secret: &[u8]) -> Self {
-        TokenKeys { key: hmac::Key::new(hmac::HMAC_SHA256, secret) }
+    /// Keys for `secret`; fails only on an empty secret (`load_secret`
+    /// never gives one).
+    pub fn new(secret: &[u8]) -> anyhow::Result<Self> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = LEEWAY;
+        validation.set_issuer(&[ISSUER]);
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        let encoding = EncodingKey::from_secret(secret).context("the auth secret is empty")?;
+        let decoding = DecodingKey::from_secret(secret).context("the auth secret is empty")?;
+        Ok(TokenKeys { encoding, decoding, validation })
     }
 
     /// A token for `user`, valid for `ttl` from now.
@@ -100,48 +110,22 @@ impl TokenKeys {
     /// The signed token for `claims`, whatever they say (tests use it for
     /// tokens that expire at a chosen second).
     pub fn sign(&self, claims: &Claims) -> String {
-        let payload = serde_json::to_vec(claims).unwrap_or_default();
-        let signing_input = format!("{}.{}", B64.encode(HEADER), B64.encode(payload));
-        let tag = hmac::sign(&self.key, signing_input.as_bytes());
-        format!("{signing_input}.{}", B64.encode(tag.as_ref()))
+        // HS256 over serializable claims cannot fail.
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding).unwrap_or_default()
     }
 
-    /// Check a token's header, signature, issuer and expiry.
+    /// Check a token's algorithm, signature, issuer and expiry.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        let token = token.trim();
-        let mut parts = token.split('.');
-        let (Some(header), Some(payload), Some(signature), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(TokenError::Malformed);
-        };
-        #[derive(Deserialize)]
-        struct Header {
-            alg: String,
+        match jsonwebtoken::decode::<Claims>(token.trim(), &self.decoding, &self.validation) {
+            Ok(data) => Ok(data.claims),
+            Err(err) => Err(match err.kind() {
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => TokenError::WrongAlgorithm,
+                ErrorKind::InvalidSignature => TokenError::BadSignature,
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+                _ => TokenError::Malformed,
+            }),
         }
-        let header: Header = B64
-            .decode(header)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .ok_or(TokenError::Malformed)?;
-        if header.alg != "HS256" {
-            return Err(TokenError::WrongAlgorithm);
-        }
-        let signature = B64.decode(signature).map_err(|_| TokenError::Malformed)?;
-        let (signing_input, _) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
-        hmac::verify(&self.key, signing_input.as_bytes(), &signature).map_err(|_| TokenError::BadSignature)?;
-        let claims: Claims = B64
-            .decode(payload)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .ok_or(TokenError::Malformed)?;
-        if claims.iss != ISSUER {
-            return Err(TokenError::WrongIssuer);
-        }
-        if claims.exp <= unix_now() {
-            return Err(TokenError::Expired);
-        }
-        Ok(claims)
     }
 }
 
@@ -211,9 +195,10 @@ pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
 
     fn keys() -> TokenKeys {
-        TokenKeys::new(b"0123456789abcdef0123456789abcdef")
+        TokenKeys::new(b"0123456789abcdef0123456789abcdef").unwrap()
     }
 
     #[test]
@@ -229,18 +214,32 @@ mod tests {
     #[test]
     fn forged_tampered_and_expired_tokens_are_refused() {
         let (token, _) = keys().mint("alice", Duration::from_secs(60));
-        let other = TokenKeys::new(b"another secret, just as long as the first");
+        let other = TokenKeys::new(b"another secret, just as long as the first").unwrap();
         assert_eq!(other.verify(&token), Err(TokenError::BadSignature));
+        let b64 = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
         let parts: Vec<&str> = token.split('.').collect();
-        let evil = B64.encode(r#"{"sub":"admin","iat":0,"exp":99999999999,"iss":"chorus"}"#);
+        let evil = b64(r#"{"sub":"admin","iat":0,"exp":99999999999,"iss":"chorus"}"#);
         assert_eq!(keys().verify(&format!("{}.{evil}.{}", parts[0], parts[2])), Err(TokenError::BadSignature));
-        let none = B64.encode(r#"{"alg":"none","typ":"JWT"}"#);
-        assert_eq!(keys().verify(&format!("{none}.{evil}.")), Err(TokenError::WrongAlgorithm));
+        // alg "none" is not even an algorithm jsonwebtoken knows; HS512 is one
+        // this server does not accept.
+        let none = b64(r#"{"alg":"none","typ":"JWT"}"#);
+        assert!(keys().verify(&format!("{none}.{evil}.")).is_err());
+        let hs512 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS512),
+            &Claims::new("alice", unix_now(), unix_now() + 60),
+            &EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(keys().verify(&hs512), Err(TokenError::WrongAlgorithm));
         assert_eq!(keys().verify("not a token"), Err(TokenError::Malformed));
         assert_eq!(keys().verify("a.b.c.d"), Err(TokenError::Malformed));
-        // An expired token, signed correctly.
+        // An expired token, signed correctly; within the leeway it still passes.
         let expired = keys().sign(&Claims::new("alice", 1, 2));
         assert_eq!(keys().verify(&expired), Err(TokenError::Expired));
+        let now = unix_now();
+        assert!(keys().verify(&keys().sign(&Claims::new("alice", now - 60, now - 2))).is_ok(), "within the leeway");
+        let other_issuer = Claims { iss: "someone-else".into(), ..Claims::new("alice", now, now + 60) };
+        assert_eq!(keys().verify(&keys().sign(&other_issuer)), Err(TokenError::WrongIssuer));
     }
 
     #[test]
