@@ -23,6 +23,7 @@ pub mod client;
 pub mod demo;
 pub mod harness;
 pub mod ids;
+pub mod names;
 pub mod protocol;
 pub mod server;
 pub mod sync;

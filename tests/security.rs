@@ -169,7 +169,8 @@ async fn account_names_belong_to_their_accounts() {
     let (server, _dir) = server_with_auth(AuthMode::Optional).await;
     let token = register(server.addr(), "Dana", "correct horse").await;
     let mut guest = Client::connect(&server.url()).await;
-    for name in ["Dana", "dana", "DANA"] {
+    // Any case, and look-alikes (Cyrillic а, full-width letters).
+    for name in ["Dana", "dana", "DANA", "D\u{430}na", "Ｄａｎａ"] {
         guest.send_json(json!({"type": "username", "name": name})).await;
         let error = guest.expect("error").await;
         assert_eq!(error["code"], "name_reserved", "{name}: {error}");
@@ -182,9 +183,17 @@ async fn account_names_belong_to_their_accounts() {
     // A connected guest's name cannot be registered from under it.
     guest.send_json(json!({"type": "username", "name": "erin"})).await;
     guest.expect_where("renamed", |e| e["new"] == "erin").await;
-    let (status, body) =
-        api(server.addr(), "/api/register", &json!({"username": "Erin", "password": "long enough"})).await;
-    assert_eq!((status, body["error"].as_str()), (409, Some("name_taken")), "{body}");
+    for taken in ["Erin", "\u{415}rin"] {
+        let (status, body) =
+            api(server.addr(), "/api/register", &json!({"username": taken, "password": "long enough"})).await;
+        assert_eq!((status, body["error"].as_str()), (409, Some("name_taken")), "{taken}: {body}");
+    }
+    // Names that look blank or hide characters are no account names either.
+    for invisible in ["\u{200B}", "\u{3164}", "fred\u{200B}", "\u{202E}derf"] {
+        let (status, body) =
+            api(server.addr(), "/api/register", &json!({"username": invisible, "password": "long enough"})).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("invalid_name")), "{invisible:?}: {body}");
+    }
     server.shutdown().await.unwrap();
 }
 

@@ -491,3 +491,32 @@ async fn big_rooms_stop_announcing_every_join_and_leave() {
     assert_eq!(left["username"], "carol");
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_look_alike_or_invisible_variant_of_a_present_name_is_refused() {
+    let server = server().await;
+    let url = server.url();
+    let mut alice = Client::named(&url, "alice").await;
+    let mut other = Client::connect(&url).await;
+    for (name, code) in [
+        ("alice\u{200B}", "invalid_name"),
+        ("\u{430}lice", "name_taken"),
+        ("ALICE", "name_taken"),
+        ("\u{3164}", "invalid_name"),
+        ("\u{2800}", "invalid_name"),
+    ] {
+        other.send_json(json!({"type": "username", "name": name})).await;
+        let error = other.expect("error").await;
+        assert_eq!(error["code"], code, "{name:?}: {error}");
+        assert!(!error["message"].as_str().unwrap().is_empty());
+    }
+    // 20 accented letters written with combining marks: 20 characters.
+    let marked = "q\u{303}".repeat(20);
+    other.send_json(json!({"type": "username", "name": marked})).await;
+    other.expect_where("renamed", |e| e["new"] == marked.as_str()).await;
+    alice.send_text("/who").await;
+    let who = alice.expect("who").await;
+    let names: Vec<&str> = who["users"].as_array().unwrap().iter().map(|u| u["username"].as_str().unwrap()).collect();
+    assert_eq!(names.iter().filter(|n| n.contains("lice")).count(), 1, "{names:?}");
+    server.shutdown().await.unwrap();
+}

@@ -9,7 +9,6 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::thresholds::Threshold;
-use crate::protocol::check_room;
 use crate::server::{ServerConfig, SessionConfig};
 use crate::units::{parse_duration, parse_size};
 
@@ -584,11 +583,11 @@ impl Validator<'_> {
             (None, Some(rooms)) => rooms.clone(),
             (None, None) => vec![crate::protocol::DEFAULT_ROOM.to_string()],
         };
-        for room in &rooms {
-            if let Some(why) = check_room(room) {
-                return Err(self.invalid(key("rooms"), why));
-            }
-        }
+        // Rooms in the form the server uses (NFKC), so events match them.
+        let rooms = rooms
+            .iter()
+            .map(|room| crate::names::room(room).map_err(|why| self.invalid(key("rooms"), why)))
+            .collect::<Result<Vec<String>, ScenarioError>>()?;
         if protocol == Protocol::Raw && rooms.len() > 1 {
             return Err(self.invalid(key("rooms"), "raw servers have no rooms: use one room (or none)"));
         }

@@ -21,7 +21,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::ids::now_ts;
-use crate::protocol::check_username;
+use crate::names;
 use crate::sync::lock;
 
 /// The accounts database, in the data directory.
@@ -65,15 +65,19 @@ pub struct Accounts {
     db: Mutex<Connection>,
 }
 
-/// Check a name for registration: a valid username, not a guest's.
-pub fn check_account_name(name: &str) -> Result<(), AccountError> {
-    if let Some(why) = check_username(name) {
-        return Err(AccountError::InvalidName(why));
-    }
-    if name.to_lowercase().starts_with(GUEST_PREFIX) {
+/// Check a name for registration: a valid username (see `names`), not one
+/// that looks like a guest's; the name in its normalized form.
+pub fn check_account_name(name: &str) -> Result<String, AccountError> {
+    let name = names::username(name).map_err(AccountError::InvalidName)?;
+    if names::key(&name).starts_with(&names::key(GUEST_PREFIX)) {
         return Err(AccountError::InvalidName(format!("names starting with {GUEST_PREFIX:?} are for guests")));
     }
-    Ok(())
+    Ok(name)
+}
+
+/// The key an account is looked up by: its normalized name, lowercased.
+fn lookup_key(name: &str) -> String {
+    names::username(name).unwrap_or_else(|_| name.to_string()).to_lowercase()
 }
 
 fn check_password(password: &str) -> Result<(), AccountError> {
@@ -151,16 +155,18 @@ impl Accounts {
     }
 
     /// Check the name and password and hash the password; the slow part of
-    /// registering, done before `insert` and outside any lock.
-    pub fn prepare(name: &str, password: &str) -> Result<String, AccountError> {
-        check_account_name(name)?;
+    /// registering, done before `insert` and outside any lock. Returns the
+    /// name in its normalized form and the hash.
+    pub fn prepare(name: &str, password: &str) -> Result<(String, String), AccountError> {
+        let name = check_account_name(name)?;
         check_password(password)?;
-        hash_password(password)
+        Ok((name, hash_password(password)?))
     }
 
-    /// Add an account (`hash` None: token-only).
-    pub fn insert(&self, name: &str, hash: Option<&str>) -> Result<(), AccountError> {
-        check_account_name(name)?;
+    /// Add an account (`hash` None: token-only) under its normalized name,
+    /// which it returns.
+    pub fn insert(&self, name: &str, hash: Option<&str>) -> Result<String, AccountError> {
+        let name = check_account_name(name)?;
         let db = lock(&self.db);
         let inserted = db.execute(
             "INSERT INTO accounts (username, username_key, password_hash, created_at) VALUES (?1, ?2, ?3, ?4)
@@ -168,22 +174,23 @@ impl Accounts {
             params![name, name.to_lowercase(), hash, now_ts()],
         )?;
         if inserted == 0 {
-            return Err(AccountError::NameTaken(name.to_string()));
+            return Err(AccountError::NameTaken(name));
         }
-        Ok(())
+        Ok(name)
     }
 
-    /// Remove an account (used to undo a registration that lost a race).
+    /// Remove an account.
     pub fn remove(&self, name: &str) -> Result<(), AccountError> {
-        lock(&self.db).execute("DELETE FROM accounts WHERE username_key = ?1", params![name.to_lowercase()])?;
+        lock(&self.db).execute("DELETE FROM accounts WHERE username_key = ?1", params![lookup_key(name)])?;
         Ok(())
     }
 
-    /// The account's name as registered, if `name` (any case) is one.
+    /// The account's name as registered, if `name` (any case, any
+    /// normalization) is one.
     pub fn lookup(&self, name: &str) -> Result<Option<String>, AccountError> {
         let db = lock(&self.db);
         let mut statement = db.prepare_cached("SELECT username FROM accounts WHERE username_key = ?1")?;
-        Ok(statement.query_row(params![name.to_lowercase()], |row| row.get(0)).optional()?)
+        Ok(statement.query_row(params![lookup_key(name)], |row| row.get(0)).optional()?)
     }
 
     /// Check a password; the account's name as registered on success.
@@ -192,7 +199,7 @@ impl Accounts {
             let db = lock(&self.db);
             let mut statement =
                 db.prepare_cached("SELECT username, password_hash FROM accounts WHERE username_key = ?1")?;
-            statement.query_row(params![name.to_lowercase()], |row| Ok((row.get(0)?, row.get(1)?))).optional()?
+            statement.query_row(params![lookup_key(name)], |row| Ok((row.get(0)?, row.get(1)?))).optional()?
         };
         match row {
             Some((username, Some(hash))) if password_matches(password, &hash) => Ok(username),
@@ -239,7 +246,7 @@ mod tests {
     fn register_login_and_the_errors() {
         let dir = tempfile::tempdir().unwrap();
         let accounts = Accounts::open(dir.path()).unwrap();
-        let hash = Accounts::prepare("Alice", "correct horse").unwrap();
+        let (_, hash) = Accounts::prepare("Alice", "correct horse").unwrap();
         assert!(hash.starts_with("$argon2id$"), "{hash}");
         accounts.insert("Alice", Some(&hash)).unwrap();
         assert!(matches!(accounts.insert("alice", Some(&hash)), Err(AccountError::NameTaken(_))));

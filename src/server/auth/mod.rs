@@ -157,17 +157,17 @@ impl Auth {
     /// account name.
     pub async fn register(&self, name: &str, password: &str) -> Result<String, AccountError> {
         let (owned_name, owned_password) = (name.to_string(), password.to_string());
-        let hash = blocking(move || Accounts::prepare(&owned_name, &owned_password)).await?;
-        self.hub.claim_account(name).map_err(|_| AccountError::NameTaken(name.to_string()))?;
-        let (accounts, owned_name) = (self.accounts.clone(), name.to_string());
+        let (name, hash) = blocking(move || Accounts::prepare(&owned_name, &owned_password)).await?;
+        self.hub.claim_account(&name).map_err(|_| AccountError::NameTaken(name.clone()))?;
+        let (accounts, owned_name) = (self.accounts.clone(), name.clone());
         match blocking(move || accounts.insert(&owned_name, Some(&hash))).await {
-            Ok(()) => {
-                lock(&self.known).insert(name.to_lowercase(), name.to_string());
-                Ok(name.to_string())
+            Ok(name) => {
+                lock(&self.known).insert(name.to_lowercase(), name.clone());
+                Ok(name)
             }
             Err(err) => {
                 // Lost a race with another process, or the disk failed.
-                self.hub.release_account(name);
+                self.hub.release_account(&name);
                 Err(err)
             }
         }
@@ -218,10 +218,7 @@ pub fn issue_token(data_dir: &Path, secret: Option<&str>, user: &str, ttl: Durat
     let keys = TokenKeys::new(&load_secret(secret, data_dir)?)?;
     let (name, created) = match accounts.lookup(user)? {
         Some(name) => (name, false),
-        None => {
-            accounts.insert(user, None)?;
-            (user.to_string(), true)
-        }
+        None => (accounts.insert(user, None)?, true),
     };
     let (token, claims) = keys.mint(&name, ttl);
     Ok(IssuedToken { token, claims, created })

@@ -28,9 +28,8 @@ use rand::Rng;
 use super::archive::{AckTo, Archive, Body, Message, NoArchive, Record, Slot};
 use super::outbox::{EndReason, Outbound, Outbox};
 use crate::ids::{IdGen, format_ts_millis, now_millis, now_ts};
-use crate::protocol::{
-    DEFAULT_ROOM, ErrorCode, PROTOCOL_VERSION, Refusal, RoomInfo, ServerEvent, WhoUser, check_room, check_username,
-};
+use crate::names;
+use crate::protocol::{DEFAULT_ROOM, ErrorCode, PROTOCOL_VERSION, Refusal, RoomInfo, ServerEvent, WhoUser};
 use crate::server::metrics::Metrics;
 use crate::sync::lock;
 
@@ -61,6 +60,9 @@ pub struct Hub {
 #[derive(Debug, Default)]
 struct Registry {
     open: HashMap<Arc<str>, Arc<Room>>,
+    /// The open rooms by name key (`names::key`), so that a new room cannot
+    /// look like one already open.
+    keys: HashMap<String, Arc<str>>,
     /// With history on: the last seq of every room not open now (from the
     /// archive at start, then from each room dropped), so a room re-created
     /// goes on from there. Empty with history off.
@@ -207,13 +209,14 @@ impl Hub {
         mut closed_seqs: HashMap<Arc<str>, u64>,
     ) -> Hub {
         let lobby = Room::new(DEFAULT_ROOM, closed_seqs.remove(DEFAULT_ROOM).unwrap_or(0));
+        let keys = HashMap::from([(names::key(DEFAULT_ROOM), lobby.name.clone())]);
         let open = HashMap::from([(lobby.name.clone(), lobby)]);
         Hub {
             max_rooms: max_rooms.max(1),
             presence_limit: usize::MAX,
             ids: IdGen::new(),
             next_conn: AtomicU64::new(1),
-            rooms: Mutex::new(Registry { open, closed_seqs }),
+            rooms: Mutex::new(Registry { open, keys, closed_seqs }),
             names: Mutex::new(HashMap::new()),
             metrics,
             archive,
@@ -292,14 +295,25 @@ impl Hub {
         presence
     }
 
-    /// The room called `name`, opened (its seq going on from where it
-    /// stopped) if it is not open yet. The caller holds the registry lock.
+    /// The room called `name` (normalized, see `names`), opened (its seq
+    /// going on from where it stopped) if it is not open yet; refused if it
+    /// looks like another open room. The caller holds the registry lock.
     fn room_named(&self, rooms: &mut Registry, name: &str) -> Result<Arc<Room>, Refusal> {
         if let Some(room) = rooms.open.get(name) {
             return Ok(room.clone());
         }
-        if let Some(why) = check_room(name) {
-            return Err(Refusal::new(ErrorCode::InvalidRoom, why));
+        let name = &names::room(name).map_err(|why| Refusal::new(ErrorCode::InvalidRoom, why))?;
+        if let Some(room) = rooms.open.get(name.as_str()) {
+            return Ok(room.clone());
+        }
+        let key = names::key(name);
+        if let Some(existing) = rooms.keys.get(&key) {
+            return Err(Refusal::new(
+                ErrorCode::InvalidRoom,
+                format!(
+                    "#{name} looks like the open room #{existing}; join #{existing}, or pick a name that looks different"
+                ),
+            ));
         }
         if rooms.open.len() >= self.max_rooms {
             return Err(Refusal::new(
@@ -307,8 +321,9 @@ impl Hub {
                 format!("this server holds {} rooms already; join an existing one", self.max_rooms),
             ));
         }
-        let room = Room::new(name, rooms.closed_seqs.remove(name).unwrap_or(0));
+        let room = Room::new(name, rooms.closed_seqs.remove(name.as_str()).unwrap_or(0));
         rooms.open.insert(room.name.clone(), room.clone());
+        rooms.keys.insert(key, room.name.clone());
         Ok(room)
     }
 
@@ -370,6 +385,7 @@ impl Hub {
         self.announce(&state.members, who, false, &Outbound::Text(left.encode().into()));
         if state.members.is_empty() && &*who.room.name != DEFAULT_ROOM {
             rooms.open.remove(&who.room.name);
+            rooms.keys.remove(&names::key(&who.room.name));
             if self.archive.is_on() {
                 rooms.closed_seqs.insert(who.room.name.clone(), state.last_seq);
             }
@@ -483,11 +499,10 @@ impl Hub {
         Published { room: who.room.name.clone(), seq, msg_id, recipients, ts }
     }
 
-    /// Change `who`'s name and tell its room (itself included).
+    /// Change `who`'s name (normalized, see `names`) and tell its room
+    /// (itself included). A name that looks like one in use is taken.
     pub fn rename(&self, who: &mut Presence, new: &str) -> Result<(), Refusal> {
-        if let Some(why) = check_username(new) {
-            return Err(Refusal::new(ErrorCode::InvalidName, why));
-        }
+        let new = &names::username(new).map_err(|why| Refusal::new(ErrorCode::InvalidName, why))?;
         let key = name_key(new);
         let old_key = name_key(&who.username);
         let me = Owner::Guest(who.conn);
@@ -510,7 +525,7 @@ impl Hub {
             }
             names.insert(key, me);
         }
-        let old = std::mem::replace(&mut who.username, Arc::from(new));
+        let old = std::mem::replace(&mut who.username, Arc::from(new.as_str()));
         let mut state = lock(&who.room.state);
         if let Some(member) = state.members.iter_mut().find(|m| m.conn == who.conn) {
             member.username = who.username.clone();
@@ -529,11 +544,9 @@ impl Hub {
     /// Move `who` to `room`, creating it if needed. The old room sees `left`
     /// (reason `moved`), the new one, `who` included, sees `joined`.
     pub fn join(&self, who: &mut Presence, room: &str) -> Result<(), Refusal> {
-        if let Some(why) = check_room(room) {
-            return Err(Refusal::new(ErrorCode::InvalidRoom, why));
-        }
+        let room = &names::room(room).map_err(|why| Refusal::new(ErrorCode::InvalidRoom, why))?;
         let mut rooms = lock(&self.rooms);
-        if &*who.room.name == room {
+        if *who.room.name == **room {
             // Already there: confirm to the caller alone.
             let joined = ServerEvent::Joined {
                 room: Cow::Borrowed(room),
@@ -579,9 +592,9 @@ impl Hub {
 }
 
 /// The form of a name that names are compared by: two names with the same
-/// key are the same name.
+/// key are the same name (`names::key`: case-folded confusable skeleton).
 fn name_key(name: &str) -> String {
-    name.to_lowercase()
+    names::key(name)
 }
 
 #[cfg(test)]
@@ -658,6 +671,38 @@ mod tests {
         assert_eq!(&*a.username, "alice", "changing only the case of your own name is allowed");
         hub.disconnect(a, EndReason::Quit);
         hub.rename(&mut b, "ALICE").unwrap();
+    }
+
+    #[test]
+    fn look_alikes_of_a_name_in_use_are_taken_and_invisible_names_refused() {
+        let hub = hub();
+        let (mut a, _arx) = connect(&hub);
+        let (mut b, _brx) = connect(&hub);
+        hub.rename(&mut a, "alice").unwrap();
+        for look_alike in ["ALICE", "\u{430}lice", "ａｌｉｃｅ"] {
+            assert_eq!(hub.rename(&mut b, look_alike).unwrap_err().code, ErrorCode::NameTaken, "{look_alike}");
+        }
+        for invisible in ["alice\u{200B}", "\u{3164}", "\u{2800}", "ev\u{202E}il"] {
+            let refusal = hub.rename(&mut b, invisible).unwrap_err();
+            assert_eq!(refusal.code, ErrorCode::InvalidName, "{invisible:?}");
+        }
+        hub.rename(&mut b, "ｂｏｂ").unwrap();
+        assert_eq!(&*b.username, "bob", "kept in its normalized form");
+        hub.claim_account("Dora").unwrap();
+        assert_eq!(hub.rename(&mut b, "dora").unwrap_err().code, ErrorCode::NameReserved);
+        assert_eq!(hub.claim_account("B0B").unwrap_err().code, ErrorCode::NameTaken, "0 looks like O");
+    }
+
+    #[test]
+    fn a_room_that_looks_like_an_open_one_is_refused() {
+        let hub = hub();
+        let (mut a, _arx) = connect(&hub);
+        let refusal = hub.join(&mut a, "Lobby").unwrap_err();
+        assert_eq!(refusal.code, ErrorCode::InvalidRoom);
+        assert!(refusal.message.contains("looks like"), "{}", refusal.message);
+        hub.join(&mut a, "ｒｕｓｔ").unwrap();
+        assert_eq!(a.room.name(), "rust", "normalized");
+        assert_eq!(hub.join(&mut a, "bad\u{200B}room").unwrap_err().code, ErrorCode::InvalidRoom);
     }
 
     #[test]

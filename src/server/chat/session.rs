@@ -19,7 +19,8 @@ use super::archive::HistoryRequest;
 use super::hub::{Hub, Payload, Presence};
 use super::outbox::{LagPolicy, Outbound, Outbox, OutboxReceiver, SessionEnd};
 use super::reasons::{EndReason, Violation};
-use crate::protocol::{ClientFrame, ErrorCode, Refusal, ServerEvent, check_client_id, check_room, decode_client_text};
+use crate::names;
+use crate::protocol::{ClientFrame, ErrorCode, Refusal, ServerEvent, check_client_id, decode_client_text};
 use crate::server::limits::{MessageLimiter, RateLimit, Verdict};
 use crate::server::metrics::bump;
 
@@ -347,11 +348,11 @@ async fn handle_text(hub: &Hub, presence: &mut Presence, text: &str, admission: 
         }
         ClientFrame::History { room, after_seq, before_seq, limit } => {
             let room = room.as_deref().unwrap_or(presence.room.name());
-            match check_room(room) {
-                Some(why) => Err(Refusal::new(ErrorCode::InvalidRoom, why)),
-                None => {
+            match names::room(room) {
+                Err(why) => Err(Refusal::new(ErrorCode::InvalidRoom, why)),
+                Ok(room) => {
                     let request = HistoryRequest { after_seq, before_seq, limit };
-                    hub.archive().answer(room, request).await.map(|answer| {
+                    hub.archive().answer(&room, request).await.map(|answer| {
                         let _ = outbox.push_text(answer);
                     })
                 }
@@ -375,7 +376,7 @@ async fn chat(
         return Err(Refusal::new(ErrorCode::InvalidClientId, why));
     }
     if let Some(room) = room
-        && room != presence.room.name()
+        && names::room(room).as_deref() != Ok(presence.room.name())
     {
         return Err(Refusal::new(
             ErrorCode::NotInRoom,

@@ -147,11 +147,11 @@ impl Security {
     /// have passed: `Origin` appears at most once.
     pub async fn admit(&self, headers: &HeaderMap, query: &[(String, String)]) -> Result<Admission, Refused> {
         self.check_origin(headers.get(ORIGIN).and_then(|v| v.to_str().ok()))?;
-        let room = query.iter().find(|(name, _)| name == "room").map(|(_, room)| room.clone());
-        let room = room.filter(|r| !r.is_empty());
-        if let Some(why) = room.as_deref().and_then(crate::protocol::check_room) {
-            return Err(Refused::new(StatusCode::BAD_REQUEST, format!("?room= {why}")));
-        }
+        let room = query.iter().find(|(name, _)| name == "room").map(|(_, room)| room.as_str());
+        let room = match room.filter(|r| !r.is_empty()).map(crate::names::room).transpose() {
+            Ok(room) => room,
+            Err(why) => return Err(Refused::new(StatusCode::BAD_REQUEST, format!("?room=: {why}"))),
+        };
         let mut admission = Admission { account: None, echo: self.echo, room };
         if let Some(auth) = &self.auth {
             let unauthorized = |failure: AuthFailure, error: &'static str| {
