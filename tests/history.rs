@@ -384,3 +384,97 @@ async fn a_graceful_shutdown_stores_everything_that_was_delivered() {
     let running: i64 = db.query_row("SELECT value FROM history_state WHERE key = 'running'", [], |r| r.get(0)).unwrap();
     assert_eq!(running, 0, "marked as a clean stop");
 }
+
+/// Hold the write lock of `dir`'s history database from another connection
+/// for `hold`, as another process (a backup, sqlite3 on the command line)
+/// would; returns once the lock is held.
+fn hold_write_lock(dir: &std::path::Path, hold: Duration) -> std::thread::JoinHandle<()> {
+    let path = dir.join("chorus.db");
+    let (locked, is_locked) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        locked.send(()).unwrap();
+        std::thread::sleep(hold);
+        conn.execute_batch("COMMIT").unwrap();
+    });
+    is_locked.recv().unwrap();
+    holder
+}
+
+/// How long `work` took, failing past `limit`.
+async fn within<T>(what: &str, limit: Duration, work: impl std::future::Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(10), work).await.unwrap_or_else(|_| panic!("{what}: no answer"));
+    let took = started.elapsed();
+    assert!(took < limit, "{what} took {took:?} while the history database was locked");
+    out
+}
+
+#[tokio::test]
+async fn a_locked_history_database_stalls_nobody_but_the_acks() {
+    use chorus::server::auth::AuthMode;
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        security: chorus::server::SecurityConfig {
+            auth: AuthMode::Optional,
+            auth_secret: Some("a test secret, long enough for HS256 keys".into()),
+            api_rate_limit: None,
+            ..Default::default()
+        },
+        ..sqlite_config(dir.path())
+    };
+    let server = server_with(config).await;
+    let url = server.url();
+    let token = chorus::server::auth::issue_token(
+        dir.path(),
+        Some("a test secret, long enough for HS256 keys"),
+        "tokyo",
+        Duration::from_secs(600),
+    )
+    .unwrap()
+    .token;
+    let mut alice = Client::named(&url, "alice").await;
+    alice.settle(Duration::from_millis(100)).await;
+    let holder = hold_write_lock(dir.path(), Duration::from_secs(4));
+    // The writer now waits for the lock with this message.
+    alice.chat("stuck behind the lock", "c1").await;
+    // A registration meanwhile: its own database, never behind the writer.
+    let register = tokio::spawn(async move {
+        let body = r#"{"username":"reggie","password":"correct horse"}"#;
+        let url = format!("http://{}/api/register", server_addr_of(&url));
+        common::http_post_json(&url, body).await
+    });
+    // Long enough for the password hash: the registration is storing now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let limit = Duration::from_millis(100);
+    within("a rename", limit, async {
+        alice.send_json(json!({"type": "username", "name": "alicia"})).await;
+        alice.expect("renamed").await
+    })
+    .await;
+    within("a join", limit, async {
+        alice.send_json(json!({"type": "join", "room": "elsewhere"})).await;
+        alice.expect_where("joined", |e| e["room"] == "elsewhere").await
+    })
+    .await;
+    within("who", limit, async {
+        alice.send_text("/who").await;
+        alice.expect("who").await
+    })
+    .await;
+    let url = server.url();
+    within("/healthz", limit, common::http_get(server.addr(), "/healthz")).await;
+    within("a new connection", limit, Client::connect(&url)).await;
+    within("a token handshake", limit, Client::connect(&format!("{url}?token={token}"))).await;
+    let status = within("a registration", Duration::from_secs(2), async { register.await.unwrap() }).await;
+    assert_eq!(status, 201);
+    holder.join().unwrap();
+    // Once the lock is gone the message is stored and acknowledged.
+    alice.expect_where("ack", |e| e["client_id"] == "c1").await;
+    server.shutdown().await.unwrap();
+}
+
+fn server_addr_of(url: &str) -> String {
+    url.trim_start_matches("ws://").trim_end_matches('/').to_string()
+}

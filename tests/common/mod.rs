@@ -182,3 +182,33 @@ pub async fn upgrade_raw(mut tcp: TcpStream, addr: std::net::SocketAddr) -> TcpS
     assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
     tcp
 }
+
+/// One plain HTTP request on its own connection (`Connection: close`);
+/// (status, body).
+pub async fn http_request(addr: std::net::SocketAddr, method: &str, path: &str, json: Option<&str>) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(body) = json {
+        request.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    request.push_str(json.unwrap_or(""));
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, tcp.read_to_string(&mut response)).await.expect("no HTTP answer in time").unwrap();
+    let status = response.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// `GET path`; (status, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path, None).await
+}
+
+/// POST a JSON body to `http://host:port/path`; the status.
+pub async fn http_post_json(url: &str, body: &str) -> u16 {
+    let rest = url.trim_start_matches("http://");
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    http_request(host.parse().unwrap(), "POST", &format!("/{path}"), Some(body)).await.0
+}
