@@ -431,6 +431,12 @@ async fn health_metrics_and_the_web_page_over_plain_http() {
     let (status, body) = http_get(server.addr(), "/metrics").await;
     assert_eq!(status, 200);
     assert!(body.contains("chorus_connections 1\n"), "{body}");
+    // Histograms with buckets, and the standard process metrics.
+    assert!(body.contains("# TYPE chorus_handshake_seconds histogram"), "{body}");
+    assert!(body.contains("chorus_handshake_seconds_count 1\n"), "{body}");
+    assert!(body.contains("chorus_tcp_connections "), "{body}");
+    assert!(body.contains("process_resident_memory_bytes "), "{body}");
+    assert!(body.contains("process_open_fds "), "{body}");
 
     let (status, body) = http_get(server.addr(), "/").await;
     assert_eq!(status, 200);

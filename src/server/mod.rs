@@ -202,6 +202,7 @@ pub async fn run(
 async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let tracker = shared.tasks.clone();
     let edge = net::http::Edge::new(shared.clone());
+    tracker.spawn(upkeep(shared.clone()));
     tokio::pin!(shutdown);
     if let Ok(addr) = listener.local_addr() {
         let (ws, http) = if shared.security.tls.is_some() { ("wss", "https") } else { ("ws", "http") };
@@ -236,6 +237,17 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future
     shared.history.close().await;
     tracing::info!("server stopped");
     Ok(())
+}
+
+/// Fold histogram samples into their buckets now and then, until shutdown.
+async fn upkeep(shared: Arc<Shared>) {
+    let mut every = tokio::time::interval(metrics::UPKEEP_EVERY);
+    loop {
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            _ = every.tick() => shared.metrics.upkeep(),
+        }
+    }
 }
 
 /// A server running in the background, as the demo, the harness and the

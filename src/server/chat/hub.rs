@@ -479,6 +479,7 @@ impl Hub {
                 (Outbound::Binary { header: event.encode().into(), data: data.clone() }, &self.metrics.binary_in)
             }
         };
+        let fanout_started = std::time::Instant::now();
         let recipients = fan_out_message(&state.members, who.conn, &who.room.name, seq, &item);
         if let Some(slot) = slot {
             // Handed over under the room lock, so the writer gets a room's messages in seq order.
@@ -494,8 +495,9 @@ impl Hub {
             slot.submit(Record { room: who.room.name.clone(), message }, Some(ack));
         }
         drop(state);
-        counter.fetch_add(1, Ordering::Relaxed);
-        self.metrics.delivered.fetch_add(recipients as u64, Ordering::Relaxed);
+        counter.increment(1);
+        self.metrics.delivered.increment(recipients as u64);
+        self.metrics.fanout_seconds.record(fanout_started.elapsed().as_secs_f64());
         Published { room: who.room.name.clone(), seq, msg_id, recipients, ts }
     }
 

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use super::reasons::EndReason;
 use crate::protocol::ServerEvent;
-use crate::server::metrics::{Metrics, bump};
+use crate::server::metrics::Metrics;
 use crate::sync::lock;
 
 /// Items a connection's own answers may queue beyond `max_items`.
@@ -345,7 +345,7 @@ impl Outbox {
                 && self.free_items() >= ANSWER_RESERVE_ITEMS + 2;
             if gap.room != *room || fits {
                 self.push_or_end(gap.event(), Budget::Answer)?;
-                bump(&policy.metrics.gaps);
+                policy.metrics.gaps.increment(1);
                 lag.gap = None;
             }
         }
@@ -353,7 +353,7 @@ impl Outbox {
         if lag.gap.is_none() && self.try_push(item, Budget::Room).is_ok() {
             return Ok(());
         }
-        bump(&policy.metrics.lag_drops);
+        policy.metrics.lag_drops.increment(1);
         lag.gap.get_or_insert_with(|| Missed { room: room.clone(), from: seq, to: seq }).to = seq;
         // The writer hands the gap out once the queue is drained; make sure it
         // looks (the flag first: a writer woken by the notice must see it).
@@ -417,7 +417,7 @@ impl OutboxReceiver {
         let mut lag = lock(&self.shared.lag);
         match lag.gap.take() {
             Some(gap) => {
-                bump(&policy.metrics.gaps);
+                policy.metrics.gaps.increment(1);
                 Some(gap.event())
             }
             None => {
@@ -522,8 +522,10 @@ mod tests {
         assert!(rx.try_recv().is_some() && rx.try_recv().is_some(), "the writer catches up with 1 and 2");
         outbox.push_message(&room, 6, message(&room, 6)).unwrap();
         assert_eq!(drain(&mut rx), ["gap 3-5", "6"]);
-        assert_eq!(metrics.gaps.load(Ordering::Relaxed), 1);
-        assert_eq!(metrics.lag_drops.load(Ordering::Relaxed), 3);
+        let text = metrics.render(1, 0);
+        use crate::server::metrics::tests::sample;
+        assert_eq!(sample(&text, "chorus_gaps_total "), Some(1.0), "{text}");
+        assert_eq!(sample(&text, "chorus_lag_drops_total "), Some(3.0));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use super::reasons::{EndReason, Violation};
 use crate::names;
 use crate::protocol::{ClientFrame, ErrorCode, Refusal, ServerEvent, check_client_id, decode_client_text};
 use crate::server::limits::{MessageLimiter, RateLimit, Verdict};
-use crate::server::metrics::bump;
+use crate::server::metrics::Metrics;
 
 /// Per-connection settings, taken from the server's configuration.
 #[derive(Debug, Clone)]
@@ -138,7 +138,7 @@ where
     tracing::info!(conn = conn.id(), user = conn.username(), "connected");
     let (sink, stream) = ws.split();
     let (stream, sink) =
-        tokio::join!(read_loop(stream, &mut conn, config, &end), write_loop(sink, queue, config, &end));
+        tokio::join!(read_loop(stream, &mut conn, config, &end), write_loop(sink, queue, config, &end, hub.metrics()));
     let reason = end.reason();
     tracing::info!(conn = conn.id(), user = conn.username(), reason = reason.as_str(), "disconnected");
     hub.metrics().record_end(reason.as_str());
@@ -412,13 +412,19 @@ async fn send(hub: &Hub, presence: &Presence, payload: Payload<'_>) -> Result<()
 
 /// Answer a refused request with an `error` event.
 fn refuse(hub: &Hub, outbox: &Outbox, refusal: &Refusal, client_id: Option<&str>) {
-    bump(&hub.metrics().errors);
+    hub.metrics().errors.increment(1);
     let event = ServerEvent::refused(refusal, client_id);
     let _ = outbox.push_text(event.encode());
 }
 
 /// Write queued items until the session ends, then send the close frame.
-async fn write_loop<Si>(mut sink: Si, mut queue: OutboxReceiver, config: &SessionConfig, end: &SessionEnd) -> Si
+async fn write_loop<Si>(
+    mut sink: Si,
+    mut queue: OutboxReceiver,
+    config: &SessionConfig,
+    end: &SessionEnd,
+    metrics: &Metrics,
+) -> Si
 where
     Si: Sink<Message, Error = WsError> + Unpin,
 {
@@ -437,10 +443,11 @@ where
             () = &mut ended => break,
             written = write_batch(&mut sink, item, &mut queue) => written,
         };
-        if written.is_err() {
+        let Ok(items) = written else {
             end.end(EndReason::Lost);
             break;
-        }
+        };
+        metrics.outbox_depth.record(items as f64);
     }
     // Send our close frame (unless the client closed first), then flush: after
     // a client's close that sends the reply tungstenite queued. A client that
@@ -470,17 +477,21 @@ fn flushes_before_close(reason: EndReason) -> bool {
     !matches!(reason, EndReason::Quit | EndReason::Lost | EndReason::Slow | EndReason::Timeout)
 }
 
-/// Write `first` and whatever else is queued (up to a batch), then flush once.
-async fn write_batch<Si>(sink: &mut Si, first: Outbound, queue: &mut OutboxReceiver) -> Result<(), WsError>
+/// Write `first` and whatever else is queued (up to a batch), then flush
+/// once; how many items went out.
+async fn write_batch<Si>(sink: &mut Si, first: Outbound, queue: &mut OutboxReceiver) -> Result<usize, WsError>
 where
     Si: Sink<Message, Error = WsError> + Unpin,
 {
     feed(sink, first).await?;
-    for _ in 1..MAX_BATCH {
+    let mut items = 1;
+    while items < MAX_BATCH {
         let Some(item) = queue.try_recv() else { break };
         feed(sink, item).await?;
+        items += 1;
     }
-    sink.flush().await
+    sink.flush().await?;
+    Ok(items)
 }
 
 async fn feed<Si>(sink: &mut Si, item: Outbound) -> Result<(), WsError>

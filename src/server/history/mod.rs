@@ -240,6 +240,7 @@ impl History {
     async fn answer_request(&self, room: &str, request: HistoryRequest) -> Result<String, Refusal> {
         let range = range_from_request(request.after_seq, request.before_seq, request.limit)?;
         let (Some(store), Some(tx)) = (&self.store, &self.tx) else { return Err(history_off()) };
+        let started = std::time::Instant::now();
         self.wait_for_writer(room, tx).await?;
         let store = store.clone();
         let owned_room = room.to_string();
@@ -247,6 +248,7 @@ impl History {
         let found =
             tokio::task::spawn_blocking(move || request::answer(&*store, &owned_room, range, now, ANSWER_MAX_BYTES))
                 .await;
+        self.metrics.history_request_seconds.record(started.elapsed().as_secs_f64());
         match found {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(err)) => {

@@ -18,7 +18,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -202,12 +201,15 @@ impl Writer {
     }
 
     fn commit(&mut self, records: Vec<Record>, acks: Vec<Option<AckTo>>) {
-        self.last_commit = Some(Instant::now());
+        let started = Instant::now();
+        self.last_commit = Some(started);
         let result = self.store.append(&records);
         let count = records.len() as u64;
+        self.metrics.history_commit_seconds.record(started.elapsed().as_secs_f64());
+        self.metrics.history_batch_messages.record(count as f64);
         match &result {
             Ok(()) => {
-                self.metrics.history_stored.fetch_add(count, Ordering::Relaxed);
+                self.metrics.history_stored.increment(count);
                 self.forget_stored(&records);
                 self.record_unstored();
                 if !self.healthy {
@@ -216,7 +218,7 @@ impl Writer {
                 }
             }
             Err(err) => {
-                self.metrics.history_failed.fetch_add(count, Ordering::Relaxed);
+                self.metrics.history_failed.increment(count);
                 for record in &records {
                     let top = self.unstored.entry(record.room.clone()).or_default();
                     *top = (*top).max(record.message.seq);
@@ -329,6 +331,7 @@ mod tests {
     use crate::server::history::store::memory::MemoryStore;
     use crate::server::history::store::tests::{record, text};
     use crate::server::history::store::{Message, Range};
+    use std::sync::atomic::Ordering;
 
     /// A memory store that notes the size of every batch.
     #[derive(Debug)]

@@ -19,7 +19,6 @@ use tokio::time::{Instant, timeout_at};
 
 use super::http::{self, ConnHold, ConnInfo, Edge, Refusal};
 use crate::server::limits::IpAdmission;
-use crate::server::metrics::bump;
 
 /// The first byte of a TLS connection (a handshake record).
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -33,7 +32,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, edge: Edge) {
     let (slot, mut refusal) = match shared.admit(REFUSE_SLACK) {
         Some((slot, full)) => (slot, full.then_some(Refusal::Full)),
         None => {
-            bump(&shared.metrics.handshakes_refused);
+            shared.metrics.handshakes_refused.increment(1);
             tracing::debug!(%peer, "closed at once: far over --max-connections");
             return;
         }
@@ -45,7 +44,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, edge: Edge) {
             ip
         }
         IpAdmission::Drop => {
-            bump(&shared.metrics.handshakes_refused);
+            shared.metrics.handshakes_refused.increment(1);
             tracing::debug!(%peer, "closed at once: far over the per-address connection cap");
             return;
         }

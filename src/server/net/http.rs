@@ -124,7 +124,7 @@ pub async fn refuse<S>(io: S, peer: SocketAddr, refusal: Refusal, shared: Arc<Sh
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    crate::server::metrics::bump(&shared.metrics.handshakes_refused);
+    shared.metrics.handshakes_refused.increment(1);
     let settings = shared.clone();
     let service = hyper::service::service_fn(move |_: Request<Incoming>| {
         let response = refusal_response(refusal, &settings);

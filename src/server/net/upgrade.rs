@@ -41,7 +41,6 @@ use super::frames::{FrameGuard, Limits};
 use super::http::{ConnInfo, Response, query_pairs, text};
 use crate::server::Shared;
 use crate::server::chat::{Admission, EndReason, session};
-use crate::server::metrics::bump;
 
 /// How long to keep reading (and discarding) after closing for a protocol
 /// error, so the client reads our close frame before the socket goes away.
@@ -190,7 +189,7 @@ pub async fn handle(mut request: Request<Incoming>, conn: ConnInfo, shared: &Arc
             Err(err) => tracing::debug!(peer = %conn.peer, "the upgrade did not complete: {err}"),
         }
     });
-    shared.metrics.observe_handshake(started.elapsed());
+    shared.metrics.handshake_seconds.record(started.elapsed().as_secs_f64());
     let mut response = Response::new(axum::body::Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -203,7 +202,7 @@ pub async fn handle(mut request: Request<Incoming>, conn: ConnInfo, shared: &Arc
 }
 
 fn refuse(refused: Refused, conn: &ConnInfo, shared: &Shared) -> Response {
-    bump(&shared.metrics.handshakes_refused);
+    shared.metrics.handshakes_refused.increment(1);
     tracing::info!(peer = %conn.peer, status = refused.status.as_u16(), reason = %refused.reason, "handshake refused");
     refused.into_response()
 }
@@ -214,7 +213,7 @@ async fn run<S>(io: S, conn: ConnInfo, admission: Admission, shared: Arc<Shared>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
-    bump(&shared.metrics.connections_total);
+    shared.metrics.connections_total.increment(1);
     let _session = shared.metrics.session_opened();
     let limits =
         Limits { max_fragments: shared.security.max_fragments, max_message: shared.config.max_message_size as u64 };
