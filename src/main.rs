@@ -5,18 +5,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 use chorus::client::connection::{ConnectOptions, DEFAULT_URL};
 use chorus::client::interactive::ClientOptions;
 use chorus::client::tls::TlsOptions;
-use chorus::server::auth::AuthMode;
-use chorus::server::history::store::Retention;
-use chorus::server::history::store::sqlite::Durability;
-use chorus::server::limits::{DEFAULT_API_RATE, RateLimit, parse_rate};
-use chorus::server::net::tls::TlsSource;
-use chorus::server::{Backend, HistoryConfig, SecurityConfig, ServerConfig, SessionConfig};
-use chorus::units::{parse_duration, parse_size};
+use chorus::server::{Profile, ServerSettings};
+use chorus::units::parse_duration;
 
 #[derive(Debug, Parser)]
 #[command(name = "chorus", version, about = "A WebSocket chat server, its clients, and the tools to prove it works")]
@@ -103,14 +98,6 @@ struct TokenArgs {
     auth_secret: Option<String>,
 }
 
-/// `--rate-limit`: a rate, or off.
-#[derive(Debug, Clone, Copy)]
-struct Rate(Option<f64>);
-
-fn parse_rate_arg(text: &str) -> Result<Rate, String> {
-    parse_rate(text).map(Rate)
-}
-
 #[derive(Debug, Args)]
 struct RunArgs {
     /// The scenario file (TOML), e.g. scenarios/smoke.toml.
@@ -163,194 +150,24 @@ fn parse_start_at(text: &str) -> Result<std::time::SystemTime, String> {
 
 #[derive(Debug, Args)]
 struct ServerArgs {
-    /// Address to listen on.
+    /// Address to listen on, host:port (0.0.0.0:8080 for every interface, [::1]:8080 for IPv6).
     #[arg(long, default_value = "127.0.0.1:8080", env = "CHORUS_ADDR")]
     addr: String,
-    /// Largest message accepted; a bigger one closes the connection with 1009. [default: 64KiB, 16MiB with --echo]
-    #[arg(long, value_parser = parse_size)]
-    max_message_size: Option<usize>,
-    /// Most WebSocket connections at once; more are refused with HTTP 503.
-    #[arg(long, default_value_t = 10_000)]
-    max_connections: usize,
-    /// Most rooms at once.
-    #[arg(long, default_value_t = 10_000)]
-    max_rooms: usize,
-    /// Rooms bigger than this do not announce joins, leaves and renames to every member
-    /// (each would cost one delivery per member); `/who` still lists everyone.
-    #[arg(long, default_value_t = 1000, value_name = "MEMBERS")]
-    presence_limit: usize,
-    /// Time a new connection has to complete its HTTP request / handshake.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    handshake_timeout: Duration,
-    /// Ping a connection after this long without a frame from it.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    ping_interval: Duration,
-    /// After a ping, close the connection (reason `timeout`) if nothing comes back within this.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pong_timeout: Duration,
-    /// Most bytes queued for one connection; a reader further behind misses messages (announced by
-    /// `gap`), or is closed (reason `slow`) with --history off.
-    /// [default: 4MiB; with --echo, 4 x the message size limit]
-    #[arg(long, value_parser = parse_size)]
-    max_queue_bytes: Option<usize>,
-    /// Most events queued for one connection (same policy).
-    #[arg(long, default_value_t = 4096)]
-    max_queue_messages: usize,
-    /// Close (reason `slow`) a connection that misses more than N messages in one stretch of
-    /// lagging (misses less than 1s after it last caught up belong to the same stretch).
-    #[arg(long, default_value_t = 10_000, value_name = "N")]
-    max_gap: u64,
-    /// Close (reason `slow`) a connection that keeps missing messages for longer than this.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    max_lag: Duration,
-    /// On shutdown, how long to wait for connections to close.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    shutdown_grace: Duration,
-    /// Data directory (history and accounts live in DIR/chorus.db). Default: $CHORUS_DATA,
-    /// else $XDG_DATA_HOME/chorus, else ~/.local/share/chorus.
-    #[arg(long, value_name = "DIR")]
-    data: Option<std::path::PathBuf>,
-    /// Echo every data frame on / back unchanged instead of chatting (protocol conformance, benchmarks).
-    #[arg(long)]
-    echo: bool,
-    /// Accounts and tokens: off (everyone a guest), optional (a token signs you in), required (no token: 401).
-    #[arg(long, default_value = "off", value_parser = clap::value_parser!(AuthMode))]
-    auth: AuthMode,
-    /// Secret that signs tokens (32+ bytes). Default: generated once into DIR/auth-secret (mode 0600).
-    #[arg(long, env = "CHORUS_AUTH_SECRET", hide_env_values = true)]
-    auth_secret: Option<String>,
-    /// How long a token from /api/login or /api/register stays valid.
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
-    token_ttl: Duration,
-    /// Accept WebSocket handshakes from this browser origin only (repeatable; e.g. https://chat.example.com).
-    /// Handshakes without an Origin header (non-browser clients) are accepted. Default: any origin.
-    #[arg(long, value_name = "ORIGIN")]
-    allowed_origin: Vec<String>,
-    /// Serve https/wss with this PEM certificate chain (with --tls-key).
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
-    tls_cert: Option<std::path::PathBuf>,
-    /// The PEM private key of --tls-cert.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    tls_key: Option<std::path::PathBuf>,
-    /// Serve https/wss with a self-signed certificate kept in DIR/tls (for local use; logs its fingerprint).
-    #[arg(long, conflicts_with = "tls_cert")]
-    tls_self_signed: bool,
-    /// Messages per second per connection, sustained ("100/s", "6000/min", "off"). [default: 100/s; off with --echo]
-    #[arg(long, value_parser = parse_rate_arg)]
-    rate_limit: Option<Rate>,
-    /// Messages a connection may send at once above the sustained rate.
-    #[arg(long, default_value_t = 200)]
-    rate_burst: u32,
-    /// Most open connections from one address (IPv6: one /64); 0 for no limit. Raise it for load tests
-    /// from few addresses, and behind a reverse proxy (all clients then share its address).
-    #[arg(long, default_value_t = chorus::server::net::security::DEFAULT_MAX_CONNECTIONS_PER_IP)]
-    max_connections_per_ip: usize,
-    /// Most frames one message may arrive in. [default: max(1024, message size limit / 64)]
-    #[arg(long)]
-    max_fragments: Option<usize>,
-    /// Account API calls (/api/register, /api/login) per address, after a burst of 10 ("off" to disable).
-    #[arg(long, default_value = "1/s", value_parser = parse_rate_arg)]
-    api_rate_limit: Rate,
-    /// Where history is kept: in DIR/chorus.db (see --data), in memory (lost at exit), or not at all.
-    #[arg(long, value_enum, default_value_t = HistoryArg::Sqlite)]
-    history: HistoryArg,
-    /// Keep at most the last N messages of each room (0: no count limit).
-    #[arg(long, default_value_t = 10_000, value_name = "N")]
-    retain_messages: u64,
-    /// Forget messages older than this, e.g. 30d, 12h (0: no age limit).
-    #[arg(long, default_value = "30d", value_parser = parse_duration)]
-    retain_age: Duration,
-    /// SQLite durability: an ack survives a power loss (full) or a server crash (normal, faster).
-    #[arg(long, value_enum, default_value_t = SyncArg::Full)]
-    history_sync: SyncArg,
-    /// SQLite group commit: under load, one commit (one fsync) per this long at most, with every message
-    /// that came meanwhile; acks wait up to this much longer (0: commit each batch at once).
-    #[arg(long, default_value = "10ms", value_parser = chorus::server::history::parse_commit_window)]
-    history_commit_window: Duration,
+    #[command(flatten)]
+    settings: ServerSettings,
 }
 
-/// `--history`.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum HistoryArg {
-    Sqlite,
-    Memory,
-    Off,
-}
-
-/// `--history-sync`.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum SyncArg {
-    Full,
-    Normal,
-}
-
-impl ServerArgs {
-    fn config(&self) -> ServerConfig {
-        let default_size = if self.echo { 16 << 20 } else { 64 << 10 };
-        let max_message_size = self.max_message_size.unwrap_or(default_size);
-        let default_queue = if self.echo { (4 * max_message_size).max(4 << 20) } else { 4 << 20 };
-        let rate = match self.rate_limit {
-            Some(Rate(rate)) => rate,
-            None if self.echo => None,
-            None => Some(RateLimit::default().per_second),
-        };
-        ServerConfig {
-            max_message_size,
-            max_connections: self.max_connections,
-            max_rooms: self.max_rooms,
-            presence_limit: self.presence_limit,
-            handshake_timeout: self.handshake_timeout,
-            shutdown_grace: self.shutdown_grace,
-            data_dir: self.data.clone().unwrap_or_else(chorus::server::default_data_dir),
-            history: HistoryConfig {
-                backend: match self.history {
-                    HistoryArg::Sqlite => Backend::Sqlite,
-                    HistoryArg::Memory => Backend::Memory,
-                    HistoryArg::Off => Backend::Off,
-                },
-                retention: Retention {
-                    max_messages: Some(self.retain_messages).filter(|n| *n > 0),
-                    max_age: Some(self.retain_age).filter(|age| !age.is_zero()),
-                },
-                durability: match self.history_sync {
-                    SyncArg::Full => Durability::Full,
-                    SyncArg::Normal => Durability::Normal,
-                },
-                commit_window: self.history_commit_window,
-                ..HistoryConfig::default()
-            },
-            session: SessionConfig {
-                ping_interval: self.ping_interval,
-                pong_timeout: self.pong_timeout,
-                max_queue_items: self.max_queue_messages,
-                max_queue_bytes: self.max_queue_bytes.unwrap_or(default_queue),
-                rate_limit: rate.map(|per_second| RateLimit { per_second, burst: self.rate_burst }),
-                max_gap: self.max_gap,
-                max_lag: self.max_lag,
-                ..SessionConfig::default()
-            },
-            echo: self.echo,
-            security: self.security(),
-        }
+/// Bind `--addr`, saying what a listen address looks like when it is not one.
+async fn listen(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let looks_like_one =
+        addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !looks_like_one {
+        anyhow::bail!(
+            "--addr {addr:?} is not host:port; write it like 127.0.0.1:8080 (this machine only), 0.0.0.0:8080 \
+             (every interface) or [::1]:8080"
+        );
     }
-
-    fn security(&self) -> SecurityConfig {
-        let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Some(TlsSource::Files { cert: cert.clone(), key: key.clone() }),
-            _ if self.tls_self_signed => Some(TlsSource::SelfSigned),
-            _ => None,
-        };
-        SecurityConfig {
-            auth: self.auth,
-            auth_secret: self.auth_secret.clone(),
-            token_ttl: self.token_ttl,
-            allowed_origins: self.allowed_origin.clone(),
-            tls,
-            max_connections_per_ip: self.max_connections_per_ip,
-            max_fragments: self.max_fragments,
-            api_rate_limit: self.api_rate_limit.0.map(|per_second| RateLimit { per_second, ..DEFAULT_API_RATE }),
-        }
-    }
+    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))
 }
 
 /// `chorus token`: the token alone on stdout, the details on stderr.
@@ -472,10 +289,12 @@ async fn run_chat(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Server(args) => {
             init_tracing("info");
-            let listener = tokio::net::TcpListener::bind(&args.addr)
-                .await
-                .with_context(|| format!("cannot listen on {}", args.addr))?;
-            chorus::server::run(listener, args.config(), shutdown_signal()).await
+            let (config, _) = args
+                .settings
+                .resolve(Profile::Server)
+                .map_err(|err| anyhow::anyhow!("--{}: {}", err.key.replace('_', "-"), err.why))?;
+            let listener = listen(&args.addr).await?;
+            chorus::server::run(listener, config, shutdown_signal()).await
         }
         Command::Client { url, json, connect } => {
             init_tracing("warn");

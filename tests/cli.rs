@@ -148,3 +148,12 @@ async fn a_commit_window_longer_than_a_second_is_refused_at_start() {
     assert!(!ok, "the server must not start");
     assert!(stderr.contains("too long for a commit window: at most 1s"), "{stderr}");
 }
+
+#[test]
+fn an_address_without_a_host_says_what_an_address_looks_like() {
+    let output =
+        std::process::Command::new(env!("CARGO_BIN_EXE_chorus")).args(["server", "--addr", "8081"]).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("host:port") && stderr.contains("127.0.0.1:8080"), "{stderr}");
+}

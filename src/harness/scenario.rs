@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::thresholds::Threshold;
-use crate::server::{ServerConfig, SessionConfig};
+use crate::server::{Profile, ServerConfig, ServerSettings};
 use crate::units::{parse_duration, parse_size};
 
 /// Bytes a binary payload needs for its stamp.
@@ -82,42 +82,14 @@ struct RawScenario {
     target: Option<String>,
     /// How long one client may take to connect (default 10s).
     connect_timeout: Option<DurationValue>,
-    server: Option<RawServer>,
+    /// The embedded server's settings: the same keys as `chorus server`'s flags.
+    server: Option<ServerSettings>,
     #[serde(default, rename = "phase")]
     phases: Vec<RawPhase>,
     #[serde(default, rename = "group")]
     groups: Vec<RawGroup>,
     #[serde(default)]
     thresholds: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawServer {
-    max_message_size: Option<OneSize>,
-    max_connections: Option<usize>,
-    max_rooms: Option<usize>,
-    presence_limit: Option<usize>,
-    max_queue_bytes: Option<OneSize>,
-    max_queue_messages: Option<usize>,
-    handshake_timeout: Option<DurationValue>,
-    ping_interval: Option<DurationValue>,
-    pong_timeout: Option<DurationValue>,
-    /// Per-connection message rate limit: "off" (the harness default) or like "100/s".
-    rate_limit: Option<String>,
-    rate_burst: Option<u32>,
-    /// Per-address connection cap (the harness default: 0, no limit).
-    max_connections_per_ip: Option<usize>,
-    /// "memory" (default), "sqlite" or "off".
-    history: Option<String>,
-    /// SQLite: "full" (default) or "normal".
-    history_sync: Option<String>,
-    /// SQLite: the group-commit window (default 10ms).
-    history_commit_window: Option<DurationValue>,
-    /// SQLite: the data directory (default: a temporary one, removed after the run).
-    data: Option<String>,
-    max_gap: Option<u64>,
-    max_lag: Option<DurationValue>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -354,8 +326,15 @@ impl Scenario {
 
     /// Validate scenario text; `file` names it in errors, `default_name` is used without a `name` key.
     pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Scenario, ScenarioError> {
-        let raw: RawScenario = toml::from_str(text)
-            .map_err(|err| ScenarioError::Parse { file: file.to_string(), message: err.to_string() })?;
+        let parse_error = |message: String| ScenarioError::Parse { file: file.to_string(), message };
+        let deserializer = toml::Deserializer::parse(text).map_err(|err| parse_error(err.to_string()))?;
+        // The key's path (`server.max_queue_bytes`) before toml's own message
+        // with the line and column.
+        let raw: RawScenario = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let path = err.path().to_string();
+            let inner = err.into_inner().to_string();
+            parse_error(if path == "." { inner } else { format!("{path}: {inner}") })
+        })?;
         Validator { file }.scenario(raw, default_name)
     }
 
@@ -467,7 +446,7 @@ impl Validator<'_> {
             None => Duration::from_secs(10),
         };
         let has_server_table = raw.server.is_some();
-        let (server, temporary_data) = self.server(raw.server.unwrap_or_default())?;
+        let (server, temporary_data) = self.server(&raw.server.unwrap_or_default())?;
         Ok(Scenario {
             name,
             description: raw.description.clone().unwrap_or_default(),
@@ -718,102 +697,10 @@ impl Validator<'_> {
         Ok(mix)
     }
 
-    fn server(&self, raw: RawServer) -> Result<(ServerConfig, bool), ScenarioError> {
-        let mut config = ServerConfig::default();
-        let default_session = SessionConfig::default();
-        if let Some(size) = &raw.max_message_size {
-            config.max_message_size = self.size("server.max_message_size", size)?;
-        }
-        if let Some(n) = raw.max_connections {
-            config.max_connections = n;
-        }
-        if let Some(n) = raw.max_rooms {
-            config.max_rooms = n;
-        }
-        if let Some(n) = raw.presence_limit {
-            config.presence_limit = n;
-        }
-        if let Some(size) = &raw.max_queue_bytes {
-            config.session.max_queue_bytes = self.size("server.max_queue_bytes", size)?;
-        }
-        if let Some(n) = raw.max_queue_messages {
-            config.session.max_queue_items = n;
-        }
-        if let Some(d) = &raw.handshake_timeout {
-            config.handshake_timeout = self.duration("server.handshake_timeout", d)?;
-        }
-        config.session.ping_interval = match &raw.ping_interval {
-            Some(d) => self.duration("server.ping_interval", d)?,
-            None => default_session.ping_interval,
-        };
-        config.session.pong_timeout = match &raw.pong_timeout {
-            Some(d) => self.duration("server.pong_timeout", d)?,
-            None => default_session.pong_timeout,
-        };
-        // The harness opens many connections from one address, some of them
-        // sending fast: the embedded server's abuse limits stay out of the
-        // way unless the scenario sets them.
-        if raw.max_connections.is_none() {
-            config.max_connections = 1_000_000;
-        }
-        config.security.max_connections_per_ip = raw.max_connections_per_ip.unwrap_or(0);
-        config.session.rate_limit = match raw.rate_limit.as_deref() {
-            None => None,
-            Some(text) => crate::server::limits::parse_rate(text)
-                .map_err(|why| self.invalid("server.rate_limit", why))?
-                .map(|per_second| crate::server::limits::RateLimit {
-                    per_second,
-                    burst: raw.rate_burst.unwrap_or(crate::server::limits::RateLimit::default().burst),
-                }),
-        };
-        if let Some(n) = raw.max_gap {
-            config.session.max_gap = n;
-        }
-        if let Some(d) = &raw.max_lag {
-            config.session.max_lag = self.duration("server.max_lag", d)?;
-        }
-        let temporary = self.history(&raw, &mut config)?;
-        Ok((config, temporary))
-    }
-
-    /// The `history`, `history_sync`, `history_commit_window` and `data` keys; true when the data
-    /// directory is a temporary one.
-    fn history(&self, raw: &RawServer, config: &mut ServerConfig) -> Result<bool, ScenarioError> {
-        use crate::server::{Backend, history::store::sqlite::Durability};
-        config.history.backend = match raw.history.as_deref() {
-            None | Some("memory") => Backend::Memory,
-            Some("sqlite") => Backend::Sqlite,
-            Some("off") => Backend::Off,
-            Some(other) => {
-                return Err(self
-                    .invalid("server.history", format!("must be \"memory\", \"sqlite\" or \"off\" (got {other:?})")));
-            }
-        };
-        config.history.durability = match raw.history_sync.as_deref() {
-            None | Some("full") => Durability::Full,
-            Some("normal") => Durability::Normal,
-            Some(other) => {
-                return Err(
-                    self.invalid("server.history_sync", format!("must be \"full\" or \"normal\" (got {other:?})"))
-                );
-            }
-        };
-        if let Some(window) = &raw.history_commit_window {
-            let key = "server.history_commit_window";
-            let window = self.duration(key, window)?;
-            config.history.commit_window =
-                crate::server::history::check_commit_window(window).map_err(|why| self.invalid(key, why))?;
-        }
-        match &raw.data {
-            Some(dir) => {
-                config.data_dir = dir.into();
-                Ok(false)
-            }
-            None => {
-                let unique = format!("chorus-run-{}-{}", std::process::id(), crate::ids::now_millis());
-                config.data_dir = std::env::temp_dir().join(unique);
-                Ok(config.history.backend == Backend::Sqlite)
-            }
-        }
+    /// The embedded server's configuration (the harness profile's defaults
+    /// for what the table leaves out), and whether its data directory is a
+    /// temporary one.
+    fn server(&self, settings: &ServerSettings) -> Result<(ServerConfig, bool), ScenarioError> {
+        settings.resolve(Profile::Harness).map_err(|err| self.invalid(format!("server.{}", err.key), err.why))
     }
 }

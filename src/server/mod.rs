@@ -22,6 +22,7 @@
 
 pub mod auth;
 pub mod chat;
+pub mod config;
 pub mod history;
 pub mod limits;
 pub mod metrics;
@@ -41,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use chat::{Hub, SessionConfig};
+pub use config::{Profile, ServerSettings};
 pub use history::{Backend, History, HistoryConfig};
 pub use metrics::Metrics;
 pub use net::security::{Security, SecurityConfig};

@@ -39,7 +39,8 @@ use accounts::{AccountError, Accounts};
 use tokens::{Claims, TokenError, TokenKeys, load_secret};
 
 /// How the server treats tokens; `--auth off|optional|required`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     #[default]
     Off,
