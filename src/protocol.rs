@@ -302,7 +302,8 @@ impl ClientFrame<'_> {
 }
 
 /// Why a request was refused: the `code` of an `error` event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub enum ErrorCode {
     /// The frame looked like JSON (starts with `{`) but is not a JSON object.
     InvalidJson,
@@ -347,28 +348,9 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The `code` as it goes on the wire (`invalid_json`, `name_taken`, ...).
     pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidJson => "invalid_json",
-            ErrorCode::UnknownType => "unknown_type",
-            ErrorCode::InvalidFrame => "invalid_frame",
-            ErrorCode::UnknownCommand => "unknown_command",
-            ErrorCode::EmptyMessage => "empty_message",
-            ErrorCode::InvalidName => "invalid_name",
-            ErrorCode::NameTaken => "name_taken",
-            ErrorCode::NameReserved => "name_reserved",
-            ErrorCode::NameLocked => "name_locked",
-            ErrorCode::InvalidRoom => "invalid_room",
-            ErrorCode::NotInRoom => "not_in_room",
-            ErrorCode::TooManyRooms => "too_many_rooms",
-            ErrorCode::InvalidClientId => "invalid_client_id",
-            ErrorCode::Unsupported => "unsupported",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::Internal => "internal",
-            ErrorCode::StorageFailed => "storage_failed",
-            ErrorCode::StorageBusy => "storage_busy",
-            ErrorCode::HistoryFailed => "history_failed",
-        }
+        self.into()
     }
 }
 
@@ -674,6 +656,16 @@ mod tests {
     fn escaped_strings_decode() {
         let frame = decode_client_text(r#"{"type":"chat","text":"a\"b\u00e9"}"#).unwrap();
         assert_eq!(frame, ClientFrame::Chat { text: "a\"bé".into(), room: None, client_id: None });
+    }
+
+    #[test]
+    fn error_codes_are_snake_case_on_the_wire() {
+        use strum::VariantArray as _;
+        assert_eq!(ErrorCode::InvalidJson.as_str(), "invalid_json");
+        assert_eq!(ErrorCode::InvalidClientId.as_str(), "invalid_client_id");
+        assert_eq!(ErrorCode::NotInRoom.as_str(), "not_in_room");
+        let codes: std::collections::HashSet<&str> = ErrorCode::VARIANTS.iter().map(|c| c.as_str()).collect();
+        assert_eq!(codes.len(), ErrorCode::VARIANTS.len(), "no two codes alike");
     }
 
     #[test]

@@ -196,7 +196,7 @@ pub struct ServerSettings {
     pub echo: bool,
     /// Accounts and tokens: off (everyone a guest), optional (a token signs you in), required (no
     /// token: 401). [default: off]
-    #[arg(long, value_name = "MODE")]
+    #[arg(long, value_enum)]
     pub auth: Option<AuthMode>,
     /// Secret that signs tokens (32+ bytes). [default: generated once into DIR/auth-secret, mode 0600]
     #[arg(long, env = "CHORUS_AUTH_SECRET", hide_env_values = true)]

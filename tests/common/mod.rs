@@ -1,5 +1,5 @@
 //! Shared test helpers: a server on port 0 and a small raw WebSocket client.
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 pub mod process;
 

@@ -24,7 +24,6 @@ pub mod tokens;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,25 +38,16 @@ use accounts::{AccountError, Accounts};
 use tokens::{Claims, TokenError, TokenKeys, load_secret};
 
 /// How the server treats tokens; `--auth off|optional|required`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
+    /// Everyone is a guest; tokens are ignored.
     #[default]
     Off,
+    /// A valid token signs the connection in; no token: a guest.
     Optional,
+    /// No valid token: 401.
     Required,
-}
-
-impl FromStr for AuthMode {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text.trim().to_ascii_lowercase().as_str() {
-            "off" => Ok(AuthMode::Off),
-            "optional" => Ok(AuthMode::Optional),
-            "required" => Ok(AuthMode::Required),
-            other => Err(format!("unknown auth mode {other:?}; use off, optional or required")),
-        }
-    }
 }
 
 /// The accounts, the token keys and the rules, for one server.

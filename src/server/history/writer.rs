@@ -35,14 +35,14 @@ pub const MAX_BATCH: usize = 1024;
 
 /// A message to store, and whom to tell.
 #[derive(Debug)]
-pub struct Pending {
-    pub record: Record,
-    pub ack: Option<AckTo>,
+pub(super) struct Pending {
+    pub(super) record: Record,
+    pub(super) ack: Option<AckTo>,
 }
 
 /// What the writer is asked to do.
 #[derive(Debug)]
-pub enum Job {
+pub(super) enum Job {
     Store(Box<Pending>),
     /// Answer once everything queued before it is stored (or failed).
     Flush(oneshot::Sender<()>),
@@ -53,7 +53,7 @@ pub enum Job {
 }
 
 /// Start the writer thread, committing at most once per `window` under load.
-pub fn spawn(
+pub(super) fn spawn(
     store: Arc<dyn Store>,
     window: Duration,
     rx: mpsc::Receiver<Job>,
@@ -78,7 +78,7 @@ pub fn spawn(
 /// Ask the writer to prune every `PRUNE_EVERY`, from a task that ends with
 /// the writer (it holds only a weak sender). Outside a runtime, the writer
 /// prunes as batches come.
-pub fn schedule_pruning(tx: &mpsc::Sender<Job>) {
+pub(super) fn schedule_pruning(tx: &mpsc::Sender<Job>) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
     let weak = tx.downgrade();
     runtime.spawn(async move {

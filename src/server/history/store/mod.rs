@@ -176,7 +176,7 @@ pub(crate) mod tests {
     use bytes::Bytes;
     use std::sync::Arc;
 
-    pub fn text(seq: u64, text: &str) -> Message {
+    pub(crate) fn text(seq: u64, text: &str) -> Message {
         Message {
             seq,
             msg_id: format!("m{seq}"),
@@ -187,7 +187,7 @@ pub(crate) mod tests {
         }
     }
 
-    pub fn record(room: &str, message: Message) -> Record {
+    pub(crate) fn record(room: &str, message: Message) -> Record {
         Record { room: Arc::from(room), message }
     }
 
@@ -195,7 +195,7 @@ pub(crate) mod tests {
         messages.iter().map(|m| m.seq).collect()
     }
 
-    pub fn round_trip_and_ranges(store: &dyn Store) {
+    pub(crate) fn round_trip_and_ranges(store: &dyn Store) {
         let binary = Message { body: Body::Binary(Bytes::from_static(&[0, 1, 0xff, 0x7f])), ..text(2, "") };
         let batch: Vec<Record> = (1..=10u64)
             .map(|seq| record("r", if seq == 2 { binary.clone() } else { text(seq, &format!("t{seq}")) }))
@@ -220,7 +220,7 @@ pub(crate) mod tests {
         assert_eq!(store.last_seq("nowhere").unwrap(), 0);
     }
 
-    pub fn retention_by_count_keeps_last_seq(store: &dyn Store) {
+    pub(crate) fn retention_by_count_keeps_last_seq(store: &dyn Store) {
         // The store was opened with max_messages = 3.
         let batch: Vec<Record> = (1..=5u64).map(|seq| record("r", text(seq, "x"))).collect();
         store.append(&batch).unwrap();
@@ -234,7 +234,7 @@ pub(crate) mod tests {
         assert_eq!(seqs(&store.query("r", Range::latest(100), 2_000).unwrap()), [5, 6, 5_000], "per room");
     }
 
-    pub fn retention_by_age(store: &dyn Store) {
+    pub(crate) fn retention_by_age(store: &dyn Store) {
         // The store was opened with max_age = 1 s; message n is at 1_000 + n ms.
         let batch: Vec<Record> = (1..=5u64).map(|seq| record("r", text(seq, "x"))).collect();
         store.append(&batch).unwrap();
