@@ -5,19 +5,22 @@
 //!
 //! - [`protocol`]: wire protocol v1, the frames and events every part speaks;
 //!   types and codec, no sockets.
-//! - [`server`]: the chat server. `server::run(listener, config, shutdown)`;
-//!   `hub` (rooms, fan-out, presence), `session` (one connection), `outbox`
-//!   (per-connection queue), `http` (handshake, health, metrics), `metrics`;
-//!   protection: `security` (settings and handshake checks), `accept` (per-IP
-//!   cap, TLS handshake), `auth`, `accounts`, `tokens`, `api` (accounts and
-//!   tokens), `tls`, `limits` (rate limit, per-IP table), `frames` (fragment limit, early
-//!   UTF-8 check), `utf8`.
+//! - [`names`]: the rules for usernames, account names and room names
+//!   (NFKC, Unicode TR39 allow-list and confusable skeletons, grapheme lengths).
+//! - [`server`]: the chat server, in layers: `server::net` (accept, TLS,
+//!   hyper + axum routes, the WebSocket handshake, the frame guard),
+//!   `server::auth` (accounts, tokens, the accounts API), `server::history`
+//!   (writer, requests, SQLite and memory stores), `server::chat` (hub,
+//!   sessions, outboxes; knows no transport, accounts store or storage), with
+//!   `server::config` (`ServerSettings`), `server::limits` and
+//!   `server::metrics` beside them.
 //! - [`client`]: `connection` (connect, typed send and receive), `display`,
 //!   `interactive` (`chorus client`), `simple` (`chorus simple-client`),
 //!   `tls` (wss trust).
 //! - [`harness`]: `chorus run` and `chorus report`, the load harness.
 //! - [`demo`]: `chorus demo`, an embedded server and scripted bots.
-//! - [`ids`], [`units`]: ids and timestamps; durations and sizes as people write them.
+//! - [`ids`], [`units`], [`sync`]: ids and timestamps; durations and sizes as
+//!   people write them; the lock helper.
 
 pub mod client;
 pub mod demo;

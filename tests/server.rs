@@ -396,6 +396,31 @@ async fn connections_over_the_limit_are_refused_with_503() {
 }
 
 #[tokio::test]
+async fn connections_count_from_accept_not_from_the_upgrade() {
+    let server = server_with(ServerConfig { max_connections: 2, ..common::quick_close() }).await;
+    let url = server.url();
+    // Two connections that never finish a handshake hold both slots.
+    let idle_a = TcpStream::connect(server.addr()).await.unwrap();
+    let idle_b = TcpStream::connect(server.addr()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    match tokio_tungstenite::connect_async(&url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("expected HTTP 503 while two half-open connections are held, got {:?}", other.map(|_| ())),
+    }
+    drop((idle_a, idle_b));
+    let mut admitted = false;
+    for _ in 0..50 {
+        if tokio_tungstenite::connect_async(&url).await.is_ok() {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(admitted, "the slots come back when the idle connections close");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_connection_that_never_sends_a_request_is_closed() {
     let server =
         server_with(ServerConfig { handshake_timeout: Duration::from_millis(300), ..common::quick_close() }).await;

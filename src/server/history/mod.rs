@@ -46,10 +46,10 @@ pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// The default group-commit window for SQLite (see `writer`; the server's
 /// `--history-commit-window`): under load, one commit (one fsync with
 /// `--history-sync full`) per 10 ms at most. Acks wait up to that much
-/// longer; a lone message is committed at once. A commit's fixed cost here
-/// (fsync, WAL frames, the senders woken for their acks) made a 2 ms window
-/// cost 26 % more server CPU than no history at 5,000 messages a second,
-/// 10 ms 9 % (bench/README.md, *Before / after*).
+/// longer; a lone message is committed at once. Why 10 ms: a commit has a
+/// fixed cost (fsync, WAL frames, the senders woken for their acks) that a
+/// shorter window pays more often; the measurements are in bench/README.md
+/// (*Before / after*, the commit window rows).
 pub const COMMIT_WINDOW: Duration = Duration::from_millis(10);
 /// The longest commit window accepted: every ack under load, and a shutdown,
 /// may wait this long.
