@@ -105,16 +105,28 @@ pub struct Handshake {
 fn single<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h str>, Refused> {
     let mut values = headers.get_all(name).iter();
     let first = values.next();
+    let shown = title_case(name.as_str());
     if values.next().is_some() {
-        return Err(Refused::new(StatusCode::BAD_REQUEST, format!("the {name} header must appear only once")));
+        return Err(Refused::new(StatusCode::BAD_REQUEST, format!("the {shown} header must appear only once")));
     }
     first
         .map(|value| {
             value.to_str().map(str::trim).map_err(|_| {
-                Refused::new(StatusCode::BAD_REQUEST, format!("the {name} header is not visible ASCII text"))
+                Refused::new(StatusCode::BAD_REQUEST, format!("the {shown} header is not visible ASCII text"))
             })
         })
         .transpose()
+}
+
+/// `sec-websocket-key` as people write it: `Sec-WebSocket-Key`.
+fn title_case(name: &str) -> String {
+    name.split('-')
+        .map(|word| match word {
+            "websocket" => "WebSocket".to_string(),
+            word => word.get(..1).unwrap_or("").to_ascii_uppercase() + word.get(1..).unwrap_or(""),
+        })
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 /// Check a handshake request against RFC 6455 section 4.2.1 (see the module
@@ -287,6 +299,12 @@ mod tests {
 
     fn without(name: &str) -> Vec<(&'static str, &'static str)> {
         good().into_iter().filter(|(n, _)| *n != name).collect()
+    }
+
+    #[test]
+    fn header_names_are_shown_as_people_write_them() {
+        assert_eq!(title_case("sec-websocket-key"), "Sec-WebSocket-Key");
+        assert_eq!(title_case("origin"), "Origin");
     }
 
     #[test]
