@@ -272,3 +272,18 @@ async fn idle_keep_alive_connections_close_at_the_handshake_timeout() {
     assert_eq!(read.unwrap_or(0), 0);
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_web_client_is_cached_by_etag() {
+    let server = server().await;
+    let addr = server.addr();
+    let first = ask(addr, &format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("cache-control"), Some("no-cache"));
+    let etag = first.header("etag").expect("an ETag").to_string();
+    let again = ask(addr, &format!("GET / HTTP/1.1\r\nHost: {addr}\r\nIf-None-Match: {etag}\r\n\r\n")).await;
+    assert_eq!(again.status, 304, "{again:?}");
+    assert!(again.body.is_empty());
+    assert_eq!(ask(addr, &format!("GET /web/nothing.js HTTP/1.1\r\nHost: {addr}\r\n\r\n")).await.status, 404);
+    server.shutdown().await.unwrap();
+}

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::header::{self, HeaderValue};
+use axum::extract::{Path, Request, State};
+use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -18,8 +18,11 @@ use super::http::text;
 use crate::server::Shared;
 use crate::server::auth::api::{self, ApiState};
 
-/// The browser client, embedded in the binary.
-const INDEX_HTML: &str = include_str!("../../../web/index.html");
+/// The browser client (`web/`), embedded in the binary: no build step, and
+/// the page opens from the server alone.
+#[derive(rust_embed::Embed)]
+#[folder = "web/"]
+struct WebClient;
 
 /// Every plain route, with the server as state.
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -27,6 +30,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/index.html", get(index))
+        .route("/web/{*path}", get(web_file))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/ws", any(not_a_handshake))
@@ -45,8 +49,37 @@ async fn default_headers(mut response: Response) -> Response {
     response
 }
 
-async fn index() -> Response {
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], INDEX_HTML).into_response()
+async fn index(headers: HeaderMap) -> Response {
+    serve_web_file("index.html", &headers)
+}
+
+async fn web_file(Path(path): Path<String>, headers: HeaderMap) -> Response {
+    serve_web_file(&path, &headers)
+}
+
+/// One file of the web client, with an `ETag` (its SHA-256) and
+/// `Cache-Control: no-cache` (a browser keeps it and asks whether it
+/// changed: 304 until the server is upgraded).
+fn serve_web_file(path: &str, headers: &HeaderMap) -> Response {
+    let Some(file) = WebClient::get(path) else {
+        return text(StatusCode::NOT_FOUND, format!("nothing at /web/{path}"));
+    };
+    let hash = file.metadata.sha256_hash();
+    let etag = format!("\"{}\"", hash[..16].iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let cache = [(header::ETAG, etag.clone()), (header::CACHE_CONTROL, "no-cache".to_string())];
+    let unchanged = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|tag| tag.trim() == etag || tag.trim() == "*"));
+    if unchanged {
+        return (StatusCode::NOT_MODIFIED, cache).into_response();
+    }
+    let mut kind = file.metadata.mimetype().to_string();
+    if kind.starts_with("text/") || kind.contains("javascript") {
+        kind.push_str("; charset=utf-8");
+    }
+    (cache, [(header::CONTENT_TYPE, kind)], file.data.into_owned()).into_response()
 }
 
 /// `{"status":"ok"|"shutting_down","connections","rooms","uptime_secs","version"}`;
