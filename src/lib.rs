@@ -18,11 +18,13 @@
 //! - [`harness`]: `chorus run` and `chorus report`, the load harness.
 //! - [`demo`]: `chorus demo`, an embedded server and scripted bots.
 //! - [`ids`], [`units`]: ids and timestamps; durations and sizes as people write them.
+//! - [`printable`]: text from the network made safe to print on a terminal.
 
 pub mod client;
 pub mod demo;
 pub mod harness;
 pub mod ids;
+pub mod printable;
 pub mod protocol;
 pub mod server;
 pub mod units;

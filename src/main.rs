@@ -512,7 +512,8 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("chorus: {err:#}");
+            // The chain may quote a server (a close reason, an HTTP body): never raw.
+            eprintln!("chorus: {}", chorus::printable::printable(&format!("{err:#}")));
             ExitCode::FAILURE
         }
     }
