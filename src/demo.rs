@@ -55,7 +55,7 @@ impl Bot {
         if !quiet {
             action(shared, self.name, &format!("says {text:?}"));
         }
-        crate::server::hub::lock(&shared.sent_at).insert(client_id.clone(), Instant::now());
+        lock(&shared.sent_at).insert(client_id.clone(), Instant::now());
         let frame = ClientFrame::Chat { text: text.into(), room: None, client_id: Some(client_id.into()) };
         self.sender.send_frame(&frame).await.context("sending")
     }
@@ -70,6 +70,11 @@ impl Bot {
         let _ = self.sender.close().await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.listener).await;
     }
+}
+
+/// The data behind a mutex, even if another bot panicked holding it.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn action(shared: &Shared, who: &str, what: &str) {
@@ -91,10 +96,10 @@ async fn listen(name: &'static str, mut receiver: Receiver, shared: Arc<Shared>)
                 shared.received.fetch_add(1, Ordering::Relaxed);
                 if let Some(client_id) = client_id {
                     quiet = client_id.contains("-burst");
-                    let sent = crate::server::hub::lock(&shared.sent_at).get(client_id.as_ref()).copied();
+                    let sent = lock(&shared.sent_at).get(client_id.as_ref()).copied();
                     if let Some(sent) = sent {
                         let micros = sent.elapsed().as_micros() as u64;
-                        let _ = crate::server::hub::lock(&shared.latency).record(micros.max(1));
+                        let _ = lock(&shared.latency).record(micros.max(1));
                     }
                 }
             }
@@ -178,7 +183,7 @@ pub async fn run(pace: Duration) -> anyhow::Result<()> {
         let bot = if i % 2 == 0 { &mut alice } else { &mut bob };
         bot.next_id = 1000 + i as u64;
         let client_id = format!("{}-burst{i}", bot.name);
-        crate::server::hub::lock(&shared.sent_at).insert(client_id.clone(), Instant::now());
+        lock(&shared.sent_at).insert(client_id.clone(), Instant::now());
         let frame =
             ClientFrame::Chat { text: format!("burst {i}").into(), room: None, client_id: Some(client_id.into()) };
         bot.sender.send_frame(&frame).await?;
@@ -191,7 +196,7 @@ pub async fn run(pace: Duration) -> anyhow::Result<()> {
     }
     server.shutdown().await?;
 
-    let latency = crate::server::hub::lock(&shared.latency).clone();
+    let latency = lock(&shared.latency).clone();
     let expected = shared.expected.load(Ordering::Relaxed);
     let received = shared.received.load(Ordering::Relaxed);
     println!("\ndelivery: {received} of {expected} expected messages received");

@@ -604,6 +604,7 @@ fn connect_error_kind(err: &ConnectError) -> &'static str {
         ConnectError::Unreachable { .. } => "connect: unreachable",
         ConnectError::TimedOut { .. } => "connect: timeout",
         ConnectError::Refused { .. } => "connect: handshake refused",
+        ConnectError::NotWebSocket { .. } => "connect: not a WebSocket endpoint",
     }
 }
 

@@ -21,8 +21,10 @@ pub use super::stamp::TEXT_STAMP_MAX_LEN;
 /// A scenario file that cannot be used, and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
-    #[error("cannot read scenario {file}: {source}")]
-    Read { file: String, source: std::io::Error },
+    #[error(
+        "cannot read scenario {file}: {error}; check the path (the shipped scenarios are in scenarios/, e.g. scenarios/smoke.toml)"
+    )]
+    Read { file: String, error: std::io::Error },
     #[error("scenario {file}: {message}")]
     Parse { file: String, message: String },
     #[error("scenario {file}: {key} {message}")]
@@ -347,8 +349,7 @@ impl Scenario {
     /// Read and validate a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
         let file = path.display().to_string();
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { file: file.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|error| ScenarioError::Read { file: file.clone(), error })?;
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("scenario");
         Scenario::parse(&text, &file, stem)
     }
