@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
@@ -98,6 +98,10 @@ pub struct RunOutcome {
 /// Run a scenario. `stop` ends it early (ctrl-c): sending stops, in-flight
 /// messages drain, and the partial results are written.
 pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToken) -> anyhow::Result<RunOutcome> {
+    if let Some(out) = &options.out {
+        // Before anything can fail: an earlier run's files must not pass for this one's.
+        results::clear_out(out)?;
+    }
     let scenario = Arc::new(scenario);
     let target = options.target.clone().or_else(|| scenario.target.clone()).map(|t| normalize_url(&t));
     if scenario.protocol == Protocol::Raw && target.is_none() {
@@ -127,6 +131,12 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
         ),
     };
     let url = target.clone().or_else(|| server.as_ref().map(ServerHandle::url)).unwrap_or_default();
+    if options.source_addresses.is_some() && !url_is_loopback_v4(&url) {
+        bail!(
+            "--source-addresses spreads connections over 127.0.0.1 to 127.0.0.N, so it needs an IPv4 loopback target \
+             (ws://127.0.0.1:PORT/ or ws://localhost:PORT/; IPv6 loopback is the one address ::1); got {url}"
+        );
+    }
     let mut connect_options = options.connect.clone();
     connect_options.timeout = scenario.connect_timeout;
     preflight(&url, &connect_options, scenario.protocol).await?;
@@ -137,9 +147,6 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
         tokio::time::sleep(wait).await;
     }
     let timeline = Timeline::new(&scenario.phases);
-    if options.source_addresses.is_some() && !url_is_loopback_v4(&url) {
-        bail!("--source-addresses spreads connections over 127.0.0.x: the target must be on loopback (got {url})");
-    }
     let plans = plan_bots(&scenario, &timeline, options.shard, &url, options.source_addresses);
     let target_clients = plans.len();
     let ctx = Arc::new(RunContext {
@@ -153,6 +160,7 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
         stop: stop.clone(),
         drain_after_stop: drain_of(&scenario),
         connected: AtomicUsize::new(0),
+        rooms: scenario.groups.iter().flat_map(|g| g.rooms.iter().map(|r| (r.clone(), AtomicU64::new(0)))).collect(),
         scenario: scenario.clone(),
     });
     let started_at = crate::ids::now_ts();
@@ -160,7 +168,20 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
     let (tick_tx, tick_rx) = mpsc::channel(16 * 1024);
     let progress = tokio::spawn(progress::run(tick_rx, ctx.clone(), target_clients));
     let watcher = tokio::spawn(probe::watch(ctx.clone()));
+    let stopped = {
+        let (stop, epoch) = (stop.clone(), ctx.epoch);
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            epoch.elapsed()
+        })
+    };
     let (mut total, groups) = run_bots(plans, &ctx, tick_tx).await;
+    let stopped_after = if stop.is_cancelled() {
+        stopped.await.ok()
+    } else {
+        stopped.abort();
+        None
+    };
     let collected = progress.await.unwrap_or_default();
     let elapsed = ctx.epoch.elapsed();
     let cpu = cpu_time().saturating_sub(cpu_before);
@@ -182,8 +203,9 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
         planned_clients: target_clients as u64,
         started_at,
         duration_secs: elapsed.as_secs_f64(),
-        steady_secs: steady_secs(&ctx, elapsed),
+        steady_secs: steady_secs(&ctx, stopped_after.map_or(elapsed, |at| at.min(elapsed))),
         interrupted,
+        stopped_after_secs: stopped_after.map(|at| at.as_secs_f64()),
         shard: options.shard.map(|s| format!("{}/{}", s.index, s.count)),
         merged_from: 1,
         suspect: suspicions(&total, cpu_percent, cores, target.is_none()),
@@ -333,13 +355,14 @@ fn drain_of(scenario: &Scenario) -> Duration {
     }
 }
 
-/// Seconds of steady phases that actually ran (all of them unless interrupted).
-fn steady_secs(ctx: &RunContext, elapsed: Duration) -> f64 {
+/// Seconds of steady phases that ran before `until` (all of them unless
+/// interrupted: after a stop nothing is sent, so nothing after it is steady).
+fn steady_secs(ctx: &RunContext, until: Duration) -> f64 {
     ctx.timeline
         .spans
         .iter()
         .filter(|s| matches!(s.phase, super::scenario::Phase::Steady(_)))
-        .map(|s| elapsed.min(s.end).saturating_sub(s.start).as_secs_f64())
+        .map(|s| until.min(s.end).saturating_sub(s.start).as_secs_f64())
         .sum()
 }
 

@@ -149,7 +149,9 @@ fn percentile_label(inverse: f64) -> String {
 /// The whole report page.
 pub fn render(summary: &Summary, charts: &ChartData) -> String {
     let title = format!("chorus run: {}", summary.scenario.name);
-    let verdict = if summary.thresholds.is_empty() {
+    let verdict = if summary.run.interrupted {
+        "INTERRUPTED (partial)".to_string()
+    } else if summary.thresholds.is_empty() {
         "no thresholds".to_string()
     } else if summary.passed {
         "PASSED".to_string()
