@@ -224,5 +224,6 @@ fn a_second_server_on_the_same_data_directory_is_refused() {
         panic!("two servers must not share a data directory: they would hand out the same seqs");
     };
     assert!(stderr.contains("another chorus server is using this data directory"), "{stderr}");
+    assert!(!stderr.contains("writable"), "the cause, not advice about another one: {stderr}");
     assert!(stderr.contains("exit status: 1"), "{stderr}");
 }
