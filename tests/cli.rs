@@ -199,3 +199,25 @@ async fn a_commit_window_longer_than_a_second_is_refused_at_start() {
     assert!(!ok, "the server must not start");
     assert!(stderr.contains("too long for a commit window: at most 1s"), "{stderr}");
 }
+
+#[tokio::test]
+async fn the_server_does_not_log_every_connection_at_the_default_level() {
+    let data = tempfile::tempdir().unwrap();
+    let command = common::process::server_command("127.0.0.1:0", data.path(), &[]);
+    let mut server = common::process::ServerProcess::spawn(command).unwrap();
+    for name in ["a", "b", "c"] {
+        let mut client = Client::named(&server.url, name).await;
+        client.ws.close(None).await.unwrap();
+    }
+    assert_eq!(server.terminate().code(), Some(0));
+    let mut logs = server.logs();
+    for _ in 0..100 {
+        if logs.iter().any(|l| l.contains("everything stored")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        logs = server.logs();
+    }
+    assert!(logs.iter().any(|l| l.contains("everything stored")), "the last line was read: {logs:?}");
+    assert!(logs.iter().all(|l| !l.contains("connected")), "a line per connection is for RUST_LOG=debug: {logs:?}");
+}

@@ -88,12 +88,12 @@ where
     let presence =
         (!admission.echo).then(|| hub.connect_as(outbox.clone(), admission.username(), admission.room.as_deref()));
     let mut conn = Conn { hub, presence, outbox, admission, limiter: MessageLimiter::new(config.rate_limit) };
-    tracing::info!(conn = conn.id(), user = conn.username(), "connected");
+    tracing::debug!(conn = conn.id(), user = conn.username(), "connected");
     let (sink, stream) = ws.split();
     let (stream, sink) =
         tokio::join!(read_loop(stream, &mut conn, config, &end), write_loop(sink, queue, config, &end));
     let reason = end.reason();
-    tracing::info!(conn = conn.id(), user = conn.username(), reason = reason.as_str(), "disconnected");
+    tracing::debug!(conn = conn.id(), user = conn.username(), reason = reason.as_str(), "disconnected");
     hub.metrics().record_end(reason);
     if let Some(presence) = conn.presence {
         hub.disconnect(presence, reason);
