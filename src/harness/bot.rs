@@ -4,6 +4,7 @@
 //! `BotMetrics`; only per-second ticks leave it while it runs.
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -14,6 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
+use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -29,6 +31,9 @@ use crate::protocol::{ClientFrame, DEFAULT_ROOM, EventHeader};
 
 /// How early a bot wakes before a scheduled send (the timer's granularity).
 const TIMER_SLACK: Duration = Duration::from_millis(1);
+
+/// The receive buffer a stalled client gets back when it reads again.
+const RESUMED_RECV_BUFFER: usize = 4 << 20;
 
 /// Most frames handled in a row without looking at the timers.
 const READ_BATCH: usize = 32;
@@ -114,6 +119,9 @@ pub(super) struct Conn {
     pub recovering: Vec<(u64, u64)>,
     pub user_id: Option<String>,
     pub reading: bool,
+    /// The socket itself (a duplicate descriptor), when the group shrank its
+    /// receive buffer: reading again gives it a normal one back.
+    pub socket: Option<std::os::fd::OwnedFd>,
 }
 
 /// Where a connection's counts stood when it opened (for the tail estimate).
@@ -301,6 +309,10 @@ impl Bot {
                 return None;
             }
         };
+        let socket = match ws.get_ref() {
+            MaybeTlsStream::Plain(tcp) if options.recv_buffer.is_some() => tcp.as_fd().try_clone_to_owned().ok(),
+            _ => None,
+        };
         let (sink, stream) = ws.split();
         let mut conn = Conn {
             sink,
@@ -310,6 +322,7 @@ impl Bot {
             recovering: Vec::new(),
             user_id: None,
             reading: true,
+            socket,
         };
         if self.protocol().speaks_chorus() {
             let joined = timeout(self.ctx.connect.timeout, self.enter_room(&mut conn)).await;
@@ -441,6 +454,11 @@ impl Bot {
                     } else {
                         conn.reading = true;
                         resumed = true;
+                        // A receive window smaller than loopback's 64 KiB segments makes
+                        // TCP crawl: the backlog is read at full speed with a normal buffer.
+                        if let Some(socket) = &conn.socket {
+                            let _ = socket2::SockRef::from(socket).set_recv_buffer_size(RESUMED_RECV_BUFFER);
+                        }
                     }
                 }
                 () = &mut flush_timer, if flush_at.is_some() => {

@@ -109,9 +109,7 @@ pub fn text(s: &Summary) -> String {
             m.unacked
         );
     }
-    if m.foreign + m.echoes > 0 {
-        let _ = writeln!(out, "             foreign frames {}  echoes of our own {}", m.foreign, m.echoes);
-    }
+    let _ = writeln!(out, "             foreign frames {}  echoes of our own {}", m.foreign, m.echoes);
     let t = &s.throughput;
     let _ = writeln!(
         out,
