@@ -69,7 +69,11 @@ async fn the_smoke_scenario_delivers_everything_with_no_errors() {
         assert!(outcome.dir.join(file).is_file(), "{file} is written");
     }
     let html = std::fs::read_to_string(outcome.dir.join("report.html")).unwrap();
-    assert_eq!(html.matches("<svg").count(), 3, "percentile curve, throughput, p99 over time");
+    assert_eq!(html.matches("<svg").count(), 5, "percentiles; messages, bytes, clients and errors, p99 over time");
+    assert!(html.contains("viewBox=") && html.contains("<table") && !html.contains("<pre>"), "charts scale, tables");
+    assert!(html.contains("delivered/s (right axis)") && html.contains("\nsteady\n"), "own scales, phases marked");
+    assert!(html.contains("bytes in/s"), "bytes per second are charted");
+    assert!(!html.contains("src=") && !html.contains("<link") && !html.contains("<script"), "self-contained");
     let csv = std::fs::read_to_string(outcome.dir.join("timeseries.csv")).unwrap();
     assert!(csv.starts_with("second,phase,connected,sent,delivered"));
     assert!(csv.lines().next().unwrap().ends_with(",sent_bytes,received_bytes"));

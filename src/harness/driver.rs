@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::bot::{self, BotPlan, RunContext};
-use super::html::{self, ChartData, Series};
+use super::html::{self, ChartData, Moment, Series};
 use super::metrics::{BotMetrics, GroupMetrics, Metric};
 use super::probe::{self, cpu_time};
 use super::progress::{self, Collected};
@@ -395,7 +395,7 @@ fn suspicions(total: &BotMetrics, cpu_percent: f64, cores: u64, embedded: bool) 
 
 /// The series the HTML charts draw.
 fn chart_data(total: &BotMetrics, collected: &Collected) -> ChartData {
-    let curve = |name: &str, color: &'static str| {
+    let curve = |name: &str, color| {
         let parts = REPORTED.iter().find(|(n, _)| *n == name).map(|(_, p)| *p).unwrap_or(&[]);
         total.combined(parts).map(|hist| Series {
             name: name.to_string(),
@@ -403,27 +403,29 @@ fn chart_data(total: &BotMetrics, collected: &Collected) -> ChartData {
             points: hist
                 .iter_quantiles(4)
                 .filter(|v| v.quantile_iterated_to() < 0.99999)
-                .map(|v| (1.0 / (1.0 - v.quantile_iterated_to()), v.value_iterated_to() as f64 / 1000.0))
+                .map(|v| (1.0 / (1.0 - v.quantile_iterated_to()), (v.value_iterated_to() as f64 / 1000.0).max(0.001)))
                 .collect(),
         })
     };
-    let percentiles = [curve("delivery", "#c0392b"), curve("ack", "#2e86c1"), curve("connect", "#7d3c98")]
+    let percentiles = [curve("delivery", html::RED), curve("ack", html::BLUE), curve("connect", html::PURPLE)]
         .into_iter()
         .flatten()
         .collect();
-    let per_second = |f: &dyn Fn(&progress::Second) -> Option<f64>| -> Vec<(f64, f64)> {
-        collected.seconds.iter().filter_map(|(s, b)| f(b).map(|v| (f64::from(*s), v))).collect()
-    };
-    let throughput = vec![
-        Series { name: "sent/s".into(), color: "#2e86c1", points: per_second(&|b| Some(b.sent as f64)) },
-        Series { name: "delivered/s".into(), color: "#27ae60", points: per_second(&|b| Some(b.received as f64)) },
-    ];
-    let p99 = vec![Series {
-        name: "delivery p99".into(),
-        color: "#c0392b",
-        points: per_second(&|b| (!b.delivery.is_empty()).then(|| b.delivery.value_at_quantile(0.99) as f64 / 1000.0)),
-    }];
-    ChartData { percentiles, throughput, p99 }
+    let seconds = collected
+        .seconds
+        .iter()
+        .map(|(second, b)| Moment {
+            second: *second,
+            sent: b.sent,
+            delivered: b.received,
+            connected: b.connected,
+            errors: b.errors,
+            bytes_sent: b.bytes_sent,
+            bytes_received: b.bytes_received,
+            p99_ms: (!b.delivery.is_empty()).then(|| b.delivery.value_at_quantile(0.99) as f64 / 1000.0),
+        })
+        .collect();
+    ChartData { percentiles, seconds }
 }
 
 #[cfg(test)]

@@ -24,7 +24,8 @@ const ROWS: &[&str] = &[
     "loop_lag",
 ];
 
-fn ms(value: f64) -> String {
+/// Milliseconds with the digits they need.
+pub(crate) fn ms(value: f64) -> String {
     if value >= 100.0 {
         format!("{value:.0}")
     } else if value >= 10.0 {
