@@ -485,3 +485,70 @@ recv_buffer = "4KiB"
     let talkers = s.groups.iter().find(|g| g.name == "talkers").unwrap();
     assert!(talkers.lost <= s.delivery.lost / 10, "the readers lost (nearly) nothing\n{}", outcome.report);
 }
+
+#[tokio::test]
+async fn scripted_clients_talk_read_history_share_files_and_check() {
+    let results = tempfile::tempdir().unwrap();
+    let text = r#"name = "scripted"
+duration = "2s"
+drain = "1s"
+[[group]]
+name = "hosts"
+clients = 2
+room = "den"
+script = [
+  { history = 10 },
+  { loop = 40, do = [ { say = "welcome, {bot} speaking" }, { think = "50ms" } ] },
+]
+[[group]]
+name = "guests"
+clients = 3
+room = "den"
+script = [
+  { think = "100ms" },
+  { connect = true },
+  { say = "hi from {bot} in {room}" },
+  { wait_for = "welcome", timeout = "1500ms", check = "welcomed" },
+  { wait_for = "nobody says this", timeout = "200ms", check = "never" },
+  { file = "100KiB", name = "note-{bot}.txt" },
+  { rename = "guest-{bot}" },
+  { leave = true },
+  { think = "100ms" },
+  { connect = true },
+  { join = "elsewhere" },
+  { binary = 64 },
+]
+[[group]]
+name = "sharers"
+clients = 1
+room = "den"
+rate = 5.0
+mix = { text = 1, file = 1 }
+file_size = ["1KiB", "200KiB"]
+[thresholds]
+"delivery.ratio" = "== 1.0"
+"checks.failed" = "== 3"
+"group.guests.checks.rate" = "== 0.5"
+"errors" = "== 0"
+"#;
+    let outcome = harness::run(scenario(text), options(results.path()), CancellationToken::new()).await.unwrap();
+    let s = &outcome.summary;
+    let report = &outcome.report;
+    assert!(s.passed, "{report}");
+    assert_eq!(s.checks.passed, 3, "each guest heard a host's welcome: {report}");
+    let names: Vec<&str> = s.checks.by_name.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["never", "welcomed"]);
+    assert!(s.files.stored >= 4, "three guests' files and the sharer's: {report}");
+    assert_eq!(s.files.stored, s.files.sent, "{report}");
+    assert_eq!(s.files.bytes >= 3 * 100 * 1024, true, "{report}");
+    assert!(s.files.upload_mb_per_sec.unwrap() > 0.0);
+    assert!(s.files.received > 0 && s.latency.contains_key("delivery.file"), "files are deliveries: {report}");
+    assert_eq!(s.messages.sent_rename, 3);
+    assert_eq!(s.messages.sent_binary, 3, "after joining elsewhere");
+    assert_eq!(s.latency["history"].count, 2, "the hosts read the room's past");
+    assert_eq!(s.connections.reconnects, 3, "each guest left and came back");
+    assert_eq!(s.messages.unacked, 0, "leave waits for the answers: {report}");
+    assert_eq!(s.delivery.received, s.delivery.expected, "{report}");
+    assert!(report.contains("checks       50.00% passed (3 of 6)"), "{report}");
+    assert!(report.contains("files        sent"), "{report}");
+}

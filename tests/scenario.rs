@@ -246,3 +246,90 @@ fn the_command_line_overrides_duration_rate_clients_seed_and_any_key() {
     let err = Scenario::load_with(&file, &bad).unwrap_err().to_string();
     assert!(err.contains("group[0].rate must be >= 0 (got -1)"), "validated like the file: {err}");
 }
+
+#[test]
+fn scripts_parse_into_a_program_with_loops_and_templates() {
+    use chorus::harness::script::{Action, Op, Part};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("lines.txt"), "hello\n\n  \nhow are you?\n").unwrap();
+    let file = dir.path().join("s.toml");
+    std::fs::write(
+        &file,
+        r#"duration = "5s"
+[data.lines]
+file = "lines.txt"
+pick = "random"
+[[group]]
+clients = 2
+script = [
+  { think = ["1s", "2s"] },
+  { connect = true },
+  { join = "Rust" },
+  { history = 20 },
+  { loop = 3, do = [ { say = "{line} from {bot}" }, { think = "500ms" } ] },
+  { file = "64KiB" },
+  { wait_for = "hi {bot}", timeout = "2s", check = "greeted" },
+  { leave = true },
+]
+[thresholds]
+"checks.rate" = ">= 0.9"
+"group.group1.checks.failed" = "== 0"
+"#,
+    )
+    .unwrap();
+    let scenario = Scenario::load(&file).unwrap();
+    assert_eq!(scenario.data[0].lines, ["hello", "how are you?"], "blank lines skipped");
+    let group = &scenario.groups[0];
+    assert_eq!(group.rate, 0.0, "a scripted group sends only what its script says by default");
+    let script = group.script.as_ref().unwrap();
+    assert!(script.starts_offline, "thinking, then connect: the client arrives later");
+    assert!(matches!(&script.ops[2], Op::Act(Action::Join(room)) if room.literal() == Some("Rust")));
+    assert_eq!(script.ops[4], Op::Loop { times: 3, end: 7 });
+    assert_eq!(script.ops[7], Op::EndLoop { start: 4 });
+    let Op::Act(Action::Say(text)) = &script.ops[5] else { panic!("{:?}", script.ops[5]) };
+    assert_eq!(text.parts, [Part::Line(0), Part::Text(" from ".into()), Part::Bot]);
+    assert!(matches!(&script.ops[9], Op::Act(Action::WaitFor { check, .. }) if check == "greeted"));
+    assert_eq!(scenario.rooms(), ["Rust", "lobby"], "rooms a script joins are tracked too");
+}
+
+#[test]
+fn bad_scripts_name_the_step_and_the_fix() {
+    let cases: &[(&str, &str)] = &[
+        ("script = []", "group[0].script is empty"),
+        ("script = [{ say = \"a\", think = \"1s\" }]", "group[0].script[0] has 2 actions (say, think)"),
+        ("script = [{ }]", "group[0].script[0] has no action"),
+        ("script = [{ shout = \"a\" }]", "unknown field `shout`"),
+        ("script = [{ say = \"{who}\" }]", "group[0].script[0].say has an unknown placeholder {who}"),
+        ("script = [{ say = \"{line}\" }]", "add [data.lines]"),
+        ("script = [{ think = \"1s\", timeout = \"2s\" }]", "group[0].script[0].timeout goes with wait_for only"),
+        ("script = [{ leave = true }, { say = \"a\" }]", "group[0].script[1] needs a connection"),
+        ("script = [{ connect = true }, { connect = true }]", "group[0].script[1].connect the client is connected"),
+        ("script = [{ loop = 2, do = [{ leave = true }] }]", "a loop must end as it began"),
+        ("script = [{ loop = 0, do = [{ say = \"a\" }] }]", "group[0].script[0].loop must be a count from 1"),
+        ("script = [{ loop = 2 }]", "group[0].script[0].do is missing"),
+        ("script = [{ history = 0 }]", "group[0].script[0].history must be a number of messages from 1 to 500"),
+        ("script = [{ file = 10 }]", "group[0].script[0].file must be at least 30 bytes"),
+        ("script = [{ file = \"1GiB\" }]", "must be at most 256"),
+        ("script = [{ join = \"bad room\" }]", "group[0].script[0].join"),
+        ("script = [{ file = 100, name = \"a/b\" }]", "group[0].script[0].file.name"),
+        ("script = [{ say = \"a\" }]\nchurn = { every = \"1s\" }", "group[0].churn does not go with a script"),
+        ("mix = { text = 1 }\nfile_size = 100", "group[0].file_size sizes the mix's files"),
+        ("mix = { file = 1 }\nfile_size = 10", "group[0].file_size must be at least 30 bytes"),
+    ];
+    for (group, want) in cases {
+        let text = format!("duration = \"5s\"\n[[group]]\nclients = 1\n{group}\n");
+        let err = parse(&text).unwrap_err();
+        assert!(err.contains(want), "{group}: {err}");
+        assert!(err.starts_with("scenario test.toml"), "{err}");
+    }
+    let raw = "protocol = \"raw\"\ntarget = \"ws://127.0.0.1:1/\"\nduration = \"5s\"\n[[group]]\nclients = 1\n";
+    let err = parse(&format!("{raw}script = [{{ history = 5 }}]")).unwrap_err();
+    assert!(err.contains("raw servers have no history"), "{err}");
+    let err = parse(&format!("{raw}mix = {{ file = 1 }}")).unwrap_err();
+    assert!(err.contains("raw servers have no file uploads"), "{err}");
+    let err =
+        parse("duration = \"5s\"\n[data.x]\nfile = \"/nonexistent/lines.txt\"\n[[group]]\nclients = 1\n").unwrap_err();
+    assert!(err.contains("data.x.file cannot be read"), "{err}");
+    let err = parse("duration = \"5s\"\n[[group]]\nclients = 1\n[thresholds]\n\"checks.rate\" = \"high\"").unwrap_err();
+    assert!(err.contains("must start with"), "{err}");
+}

@@ -30,7 +30,7 @@ use crate::client::connection::{ConnectError, ConnectOptions, WsStream, connect}
 use crate::protocol::{ClientFrame, DEFAULT_ROOM, EventHeader};
 
 /// How early a bot wakes before a scheduled send (the timer's granularity).
-const TIMER_SLACK: Duration = Duration::from_millis(1);
+pub(super) const TIMER_SLACK: Duration = Duration::from_millis(1);
 
 /// The receive buffer a stalled client gets back when it reads again.
 const RESUMED_RECV_BUFFER: usize = 4 << 20;
@@ -122,10 +122,32 @@ pub(super) struct Conn {
     /// The socket itself (a duplicate descriptor), when the group shrank its
     /// receive buffer: reading again gives it a normal one back.
     pub socket: Option<std::os::fd::OwnedFd>,
+    /// Per-sender sequence tracking of files (numbered apart: a file is
+    /// announced when its upload ends, after messages sent meanwhile).
+    pub file_tracker: SeqTracker,
+    /// Who asked for each `history` request in flight, oldest first.
+    pub history_for: std::collections::VecDeque<HistoryFor>,
 }
 
-/// Where a connection's counts stood when it opened (for the tail estimate).
-struct Opened {
+/// Why a `history` request was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum HistoryFor {
+    /// Fetching what a `gap` announced.
+    Recovery,
+    /// A script's `history` step.
+    Script,
+}
+
+impl Conn {
+    /// Sequence holes never filled, messages and files.
+    fn missing(&self) -> u64 {
+        self.tracker.missing() + self.file_tracker.missing()
+    }
+}
+
+/// Where a connection's counts stood when it entered its room (for the tail estimate).
+#[derive(Default)]
+pub(super) struct Opened {
     room_top: u64,
     own: u64,
     gap_messages: u64,
@@ -134,13 +156,25 @@ struct Opened {
 
 /// How a connection ended.
 #[derive(PartialEq, Eq)]
-enum Outcome {
+pub(super) enum Outcome {
     /// The run is over.
     Finished,
     /// Churn: reconnect after the downtime.
     Churn,
     /// The server closed or the network failed.
     Dropped,
+    /// The script said `leave`.
+    Left,
+}
+
+/// What a message carries, beyond its stamp.
+pub(super) enum Content {
+    /// A text: this one, or filler of the group's `text_size`.
+    Text(Option<String>),
+    /// A binary payload of this size.
+    Binary(usize),
+    /// A rename: to this name, or a generated one.
+    Rename(Option<String>),
 }
 
 pub(super) struct Bot {
@@ -151,13 +185,22 @@ pub(super) struct Bot {
     schedule: std::iter::Peekable<SendSchedule>,
     /// Closed model: when the next message goes.
     closed_next: Option<Instant>,
-    rng: StdRng,
+    pub rng: StdRng,
     /// Messages sent so far (the stamp's seq).
     seq: u64,
     renames: u64,
     pub pending: Pending,
-    stopping: bool,
-    end: Instant,
+    pub stopping: bool,
+    pub end: Instant,
+    /// The room the client is in (its planned room, until a script joins another).
+    pub room: String,
+    /// Where the counts stood when the client entered `room`.
+    pub entered: Opened,
+    /// The script being followed, if the group has one.
+    pub script: Option<super::scripted::ScriptState>,
+    /// Files offered so far (the stamps' seq for files).
+    pub file_seq: u64,
+    pub uploads: super::upload::Uploads,
 }
 
 /// Run one bot to the end of the run; its measurements come back.
@@ -180,7 +223,14 @@ pub async fn run(plan: BotPlan, ctx: Arc<RunContext>, ticks: mpsc::Sender<Tick>)
         pending: Pending::default(),
         stopping: false,
         end,
+        room: String::new(),
+        entered: Opened::default(),
+        script: None,
+        file_seq: 0,
+        uploads: super::upload::Uploads::default(),
     };
+    bot.room = bot.plan.room.clone();
+    bot.script = super::scripted::ScriptState::for_group(bot.group());
     bot.lifetime().await;
     bot.live.flush();
     bot.metrics
@@ -200,6 +250,9 @@ impl Bot {
         if !self.wait_until(start).await {
             return;
         }
+        if self.script.as_ref().is_some_and(|s| s.starts_offline()) && !self.offline_steps().await {
+            return;
+        }
         let mut first = true;
         loop {
             let Some(mut conn) = self.open().await else {
@@ -211,18 +264,21 @@ impl Bot {
             };
             first = false;
             self.ctx.connected.fetch_add(1, Ordering::Relaxed);
-            let opened = self.opened();
+            self.entered = self.opened();
+            self.resume_script();
             let outcome = self.session(&mut conn).await;
             self.ctx.connected.fetch_sub(1, Ordering::Relaxed);
-            self.metrics.counters.tail_estimate += self.tail_since(&opened);
-            self.metrics.counters.missing += conn.tracker.missing();
+            self.metrics.counters.tail_estimate += self.tail_since(&self.entered);
+            self.metrics.counters.missing += conn.missing();
             let unanswered = self.pending.len() as u64;
             self.metrics.counters.unacked += unanswered;
-            if outcome != Outcome::Churn {
+            if !matches!(outcome, Outcome::Churn | Outcome::Left) {
                 // The server ended the connection, or did not answer before the end.
                 self.metrics.count_errors("sends never answered", unanswered);
             }
             self.pending.clear();
+            self.uploads.clear();
+            self.room = self.plan.room.clone();
             match outcome {
                 Outcome::Finished => return,
                 Outcome::Dropped => {
@@ -234,18 +290,23 @@ impl Bot {
                     if !self.wait_until(Instant::now() + downtime).await || Instant::now() >= self.end {
                         return;
                     }
-                    self.skip_missed_sends();
-                    self.metrics.counters.reconnects += 1;
+                }
+                Outcome::Left => {
+                    if !self.offline_steps().await {
+                        return;
+                    }
                 }
             }
+            self.skip_missed_sends();
+            self.metrics.counters.reconnects += 1;
         }
     }
 
-    fn opened(&self) -> Opened {
+    pub(super) fn opened(&self) -> Opened {
         let c = &self.metrics.counters;
         Opened {
-            room_top: self.ctx.room_top(&self.plan.room),
-            own: c.sent_text + c.sent_binary,
+            room_top: self.ctx.room_top(&self.room),
+            own: c.room_messages(),
             gap_messages: c.gap_messages,
             received: c.received(),
         }
@@ -253,16 +314,16 @@ impl Bot {
 
     /// Messages of its room the connection opened at `opened` was owed and
     /// never read, by estimate.
-    fn tail_since(&self, opened: &Opened) -> u64 {
+    pub(super) fn tail_since(&self, opened: &Opened) -> u64 {
         let c = &self.metrics.counters;
-        let traffic = self.ctx.room_top(&self.plan.room).saturating_sub(opened.room_top);
-        let own = c.sent_text + c.sent_binary - opened.own;
+        let traffic = self.ctx.room_top(&self.room).saturating_sub(opened.room_top);
+        let own = c.room_messages().saturating_sub(opened.own);
         let accounted = own + (c.gap_messages - opened.gap_messages) + (c.received() - opened.received);
         traffic.saturating_sub(accounted)
     }
 
     /// Sleep until `at`; false if the run is stopped or over first.
-    async fn wait_until(&mut self, at: Instant) -> bool {
+    pub(super) async fn wait_until(&mut self, at: Instant) -> bool {
         tokio::select! {
             () = self.ctx.stop.cancelled() => false,
             () = sleep_until(at.min(self.end)) => at < self.end,
@@ -323,6 +384,8 @@ impl Bot {
             user_id: None,
             reading: true,
             socket,
+            file_tracker: SeqTracker::default(),
+            history_for: std::collections::VecDeque::new(),
         };
         if self.protocol().speaks_chorus() {
             let joined = timeout(self.ctx.connect.timeout, self.enter_room(&mut conn)).await;
@@ -407,7 +470,9 @@ impl Bot {
         // Counts of a second go to progress when the second is over, even
         // for a bot that then has nothing more to do.
         let flush_timer = sleep_until(far);
-        tokio::pin!(cancelled, end_timer, churn_timer, reading_timer, send_timer, flush_timer);
+        let script_timer = sleep_until(far);
+        tokio::pin!(cancelled, end_timer, churn_timer, reading_timer, send_timer, flush_timer, script_timer);
+        let mut script_armed = None;
         let mut send_armed = None;
         let mut reading_armed = None;
         let mut flush_armed = None;
@@ -431,6 +496,11 @@ impl Bot {
             if flush_at != flush_armed {
                 flush_timer.as_mut().reset(flush_at.unwrap_or(far));
                 flush_armed = flush_at;
+            }
+            let script_at = self.script_wake().map(|at| at.checked_sub(TIMER_SLACK).unwrap_or(at));
+            if script_at != script_armed {
+                script_timer.as_mut().reset(script_at.unwrap_or(far));
+                script_armed = script_at;
             }
             tokio::select! {
                 biased;
@@ -470,6 +540,20 @@ impl Bot {
                     if let Err(err) = self.send(conn).await {
                         self.note_failure(&err);
                         return Outcome::Dropped;
+                    }
+                }
+                () = &mut script_timer, if script_at.is_some() => {
+                    script_armed = None;
+                    match self.run_script(conn).await {
+                        Ok(None) => {}
+                        Ok(Some(outcome)) => {
+                            self.closing(conn).await;
+                            return outcome;
+                        }
+                        Err(err) => {
+                            self.note_failure(&err);
+                            return Outcome::Dropped;
+                        }
                     }
                 }
                 frame = conn.stream.next(), if conn.reading => {
@@ -562,16 +646,44 @@ impl Bot {
             }
             _ => self.ctx.at(self.schedule.next().unwrap_or_default()),
         };
+        let kind = self.pick_kind();
+        let group = self.group();
+        let content = match kind {
+            Kind::Text => Content::Text(None),
+            Kind::Binary => Content::Binary(self.rng.random_range(group.binary_size.min..=group.binary_size.max)),
+            Kind::Rename => Content::Rename(None),
+            Kind::File => {
+                let size = self.rng.random_range(group.file_size.min..=group.file_size.max);
+                return self.send_file(conn, size, None, intended).await;
+            }
+        };
+        self.send_message(conn, kind, content, intended).await
+    }
+
+    /// The lag of a send meant for `intended` (recorded), and the stamp's intended time.
+    pub(super) fn lag(&mut self, intended: Instant) -> (Instant, Duration) {
+        let now = Instant::now();
         // Sent a little early (see TIMER_SLACK): measure from the actual send.
         let intended = intended.min(now);
         let lag = now.saturating_duration_since(intended);
         self.metrics.record(Metric::Lag, lag.as_micros() as u64);
-        let kind = self.pick_kind();
-        let (message, pending) = self.build(kind, intended, lag);
+        (intended, lag)
+    }
+
+    /// Send one message meant for `intended`: stamped, remembered until its answer, counted.
+    pub(super) async fn send_message(
+        &mut self,
+        conn: &mut Conn,
+        kind: Kind,
+        content: Content,
+        intended: Instant,
+    ) -> Result<(), WsError> {
+        let (intended, lag) = self.lag(intended);
+        let (message, pending) = self.build(content, intended, lag);
         if self.protocol().speaks_chorus() {
             match kind {
                 Kind::Text if pending.client_id.is_some() => self.pending.text.push_back(pending),
-                Kind::Text | Kind::Binary => self.pending.unlabeled.push_back((kind, pending)),
+                Kind::Text | Kind::Binary | Kind::File => self.pending.unlabeled.push_back((kind, pending)),
                 Kind::Rename => self.pending.rename.push_back(pending),
             }
         }
@@ -583,12 +695,13 @@ impl Bot {
             Kind::Text => counters.sent_text += 1,
             Kind::Binary => counters.sent_binary += 1,
             Kind::Rename => counters.sent_rename += 1,
+            Kind::File => counters.sent_file += 1,
         }
         if self.protocol() == Protocol::Raw {
             // A raw relay sends to everyone else connected; nothing acks.
             let others = self.ctx.connected.load(Ordering::Relaxed).saturating_sub(1);
             self.metrics.counters.expected += others as u64;
-            if let Some(top) = self.ctx.rooms.get(&self.plan.room) {
+            if let Some(top) = self.ctx.rooms.get(&self.room) {
                 top.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -598,45 +711,62 @@ impl Bot {
 
     fn pick_kind(&mut self) -> Kind {
         let mix = self.group().mix;
-        let roll = self.rng.random_range(0..(mix.text + mix.binary + mix.rename).max(1));
+        let roll = self.rng.random_range(0..mix.total().max(1));
         if roll < mix.text {
             Kind::Text
         } else if roll < mix.text + mix.binary {
             Kind::Binary
-        } else {
+        } else if roll < mix.text + mix.binary + mix.rename {
             Kind::Rename
+        } else {
+            Kind::File
         }
     }
 
-    /// The frame for one message of `kind`, and what to remember until its ack.
-    fn build(&mut self, kind: Kind, intended: Instant, lag: Duration) -> (Message, PendingSend) {
+    /// The next stamp of this client.
+    pub(super) fn stamp(&mut self, intended_us: i64, lag_us: u32) -> Stamp {
+        self.seq += 1;
+        Stamp { tag: self.ctx.tag, bot: self.plan.id, seq: self.seq, intended_us, lag_us }
+    }
+
+    /// The frame for one message, and what to remember until its ack.
+    fn build(&mut self, content: Content, intended: Instant, lag: Duration) -> (Message, PendingSend) {
         let intended_us = self.ctx.wall_us(intended);
         let lag_us = lag.as_micros().min(u128::from(u32::MAX)) as u32;
         let pending = |client_id| PendingSend { client_id, intended_us, sent_us: intended_us + i64::from(lag_us) };
-        if kind == Kind::Rename {
-            self.renames += 1;
-            let name = format!("{}-{}-{}", self.group().name, self.plan.id, self.renames);
-            return (Message::Text(ClientFrame::Username { name: name.into() }.encode().into()), pending(None));
-        }
-        self.seq += 1;
-        let stamp = Stamp { tag: self.ctx.tag, bot: self.plan.id, seq: self.seq, intended_us, lag_us };
-        let group = self.group();
-        if kind == Kind::Binary {
-            let size = self.rng.random_range(group.binary_size.min..=group.binary_size.max);
-            let mut data = Vec::with_capacity(size);
-            stamp.write_binary(&mut data);
-            data.resize(size, b'.');
-            return (Message::Binary(data.into()), pending(None));
-        }
-        let size = self.rng.random_range(group.text_size.min..=group.text_size.max);
-        let filler = &self.ctx.filler;
+        let text = match content {
+            Content::Rename(name) => {
+                self.renames += 1;
+                let name = name.unwrap_or_else(|| format!("{}-{}-{}", self.group().name, self.plan.id, self.renames));
+                return (Message::Text(ClientFrame::Username { name: name.into() }.encode().into()), pending(None));
+            }
+            Content::Binary(size) => {
+                let stamp = self.stamp(intended_us, lag_us);
+                let mut data = Vec::with_capacity(size);
+                stamp.write_binary(&mut data);
+                data.resize(size, b'.');
+                return (Message::Binary(data.into()), pending(None));
+            }
+            Content::Text(text) => text,
+        };
+        let size = match &text {
+            None => self.rng.random_range(self.group().text_size.min..=self.group().text_size.max),
+            Some(_) => 0,
+        };
+        let stamp = self.stamp(intended_us, lag_us);
+        let ctx = Arc::clone(&self.ctx);
+        let filler = &ctx.filler;
         match self.protocol() {
             Protocol::Raw | Protocol::ChorusPlain => {
-                (Message::Text(stamp.raw_text(size, filler).into()), pending(None))
+                let message = match text {
+                    None => stamp.raw_text(size, filler),
+                    Some(text) => format!("{} {text}", stamp.to_text()),
+                };
+                (Message::Text(message.into()), pending(None))
             }
             Protocol::Chorus => {
                 let client_id = stamp.to_text();
-                let text = &filler[..size.min(filler.len())];
+                let text = text.as_deref().unwrap_or(&filler[..size.min(filler.len())]);
                 let frame =
                     ClientFrame::Chat { text: text.into(), room: None, client_id: Some(client_id.as_str().into()) };
                 (Message::Text(frame.encode().into()), pending(Some(client_id)))
@@ -646,6 +776,7 @@ impl Bot {
 
     /// Closed model: the answer to our last message came; think, then send again.
     pub fn answered(&mut self) {
+        self.script_answered();
         if self.group().arrival == Arrival::Closed {
             let think = self.group().think_time;
             let pause = if think.max > think.min { self.rng.random_range(think.min..=think.max) } else { think.min };

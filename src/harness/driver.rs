@@ -160,7 +160,7 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
         stop: stop.clone(),
         drain_after_stop: drain_of(&scenario),
         connected: AtomicUsize::new(0),
-        rooms: scenario.groups.iter().flat_map(|g| g.rooms.iter().map(|r| (r.clone(), AtomicU64::new(0)))).collect(),
+        rooms: scenario.rooms().into_iter().map(|r| (r, AtomicU64::new(0))).collect(),
         scenario: scenario.clone(),
     });
     let started_at = crate::ids::now_ts();

@@ -44,10 +44,16 @@ pub enum Metric {
     Recovery,
     /// How late the generator's event loop woke up (one probe for the run).
     LoopLag,
+    /// A `file` event at a recipient minus the intended offer time (upload included).
+    DeliveryFile,
+    /// The upload's `ack` minus the intended offer time: the whole upload.
+    AckFile,
+    /// A script's `history` read: request to answer.
+    History,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 11] = [
+    pub const ALL: [Metric; 14] = [
         Metric::DeliveryText,
         Metric::DeliveryBinary,
         Metric::DeliveryRaw,
@@ -59,6 +65,9 @@ impl Metric {
         Metric::Lag,
         Metric::Recovery,
         Metric::LoopLag,
+        Metric::DeliveryFile,
+        Metric::AckFile,
+        Metric::History,
     ];
 
     /// The name in reports and thresholds.
@@ -75,6 +84,9 @@ impl Metric {
             Metric::Lag => "lag",
             Metric::Recovery => "recovery",
             Metric::LoopLag => "loop_lag",
+            Metric::DeliveryFile => "delivery.file",
+            Metric::AckFile => "ack.file",
+            Metric::History => "history",
         }
     }
 
@@ -89,6 +101,7 @@ pub enum Kind {
     Text,
     Binary,
     Rename,
+    File,
 }
 
 impl Kind {
@@ -97,6 +110,7 @@ impl Kind {
             Kind::Text => Metric::AckText,
             Kind::Binary => Metric::AckBinary,
             Kind::Rename => Metric::AckRename,
+            Kind::File => Metric::AckFile,
         }
     }
 }
@@ -151,15 +165,39 @@ pub struct Counters {
     /// shared out among groups.
     #[serde(default)]
     pub tail_estimate: u64,
+    /// File uploads offered, and `file` events received.
+    #[serde(default)]
+    pub sent_file: u64,
+    #[serde(default)]
+    pub received_file: u64,
+    /// Uploads stored (acked), their bytes, and the microseconds they took
+    /// from the offer to the ack (for the upload throughput).
+    #[serde(default)]
+    pub files_acked: u64,
+    #[serde(default)]
+    pub file_bytes: u64,
+    #[serde(default)]
+    pub upload_us: u64,
+    /// Scripted `history` reads answered, and the messages they returned.
+    #[serde(default)]
+    pub history_reads: u64,
+    #[serde(default)]
+    pub history_messages: u64,
 }
 
 impl Counters {
     pub fn sent(&self) -> u64 {
-        self.sent_text + self.sent_binary + self.sent_rename
+        self.sent_text + self.sent_binary + self.sent_rename + self.sent_file
     }
 
+    /// Deliveries of every kind (files included).
     pub fn received(&self) -> u64 {
-        self.received_text + self.received_binary
+        self.received_text + self.received_binary + self.received_file
+    }
+
+    /// Messages of ours that took a seq in a room (for the tail estimate).
+    pub fn room_messages(&self) -> u64 {
+        self.sent_text + self.sent_binary + self.files_acked
     }
 
     fn add(&mut self, o: &Counters) {
@@ -187,6 +225,13 @@ impl Counters {
         self.bytes_sent += o.bytes_sent;
         self.bytes_received += o.bytes_received;
         self.tail_estimate += o.tail_estimate;
+        self.sent_file += o.sent_file;
+        self.received_file += o.received_file;
+        self.files_acked += o.files_acked;
+        self.file_bytes += o.file_bytes;
+        self.upload_us += o.upload_us;
+        self.history_reads += o.history_reads;
+        self.history_messages += o.history_messages;
     }
 }
 
@@ -199,6 +244,15 @@ pub struct BotMetrics {
     pub errors: BTreeMap<String, u64>,
     /// Connections closed by the server, by close code and reason.
     pub closes: BTreeMap<String, u64>,
+    /// Script checks (`wait_for`) by name.
+    pub checks: BTreeMap<String, CheckCount>,
+}
+
+/// How often one check passed and failed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CheckCount {
+    pub passed: u64,
+    pub failed: u64,
 }
 
 impl BotMetrics {
@@ -243,6 +297,23 @@ impl BotMetrics {
         *self.closes.entry(what).or_default() += 1;
     }
 
+    /// Count one check's outcome.
+    pub fn check(&mut self, name: &str, passed: bool) {
+        let count = self.checks.entry(name.to_string()).or_default();
+        if passed {
+            count.passed += 1;
+        } else {
+            count.failed += 1;
+        }
+    }
+
+    /// Every check's outcomes added up.
+    pub fn check_total(&self) -> CheckCount {
+        self.checks
+            .values()
+            .fold(CheckCount::default(), |a, c| CheckCount { passed: a.passed + c.passed, failed: a.failed + c.failed })
+    }
+
     pub fn error_total(&self) -> u64 {
         self.errors.values().sum()
     }
@@ -260,6 +331,11 @@ impl BotMetrics {
         }
         for (kind, n) in &other.closes {
             *self.closes.entry(kind.clone()).or_default() += n;
+        }
+        for (name, c) in &other.checks {
+            let mine = self.checks.entry(name.clone()).or_default();
+            mine.passed += c.passed;
+            mine.failed += c.failed;
         }
     }
 
@@ -281,19 +357,52 @@ pub struct Tick {
     pub received: u32,
     pub acked: u32,
     pub errors: u32,
+    /// Deliveries the acks of this second announced (`ack.recipients`).
+    pub expected: u64,
+    pub checks_passed: u32,
+    pub checks_failed: u32,
     pub bytes_sent: u64,
     pub bytes_received: u64,
     /// Delivery latency this second (2 significant figures: it is only for progress and charts).
     pub delivery: Option<Histogram<u64>>,
+    /// Ack latency this second.
+    pub ack: Option<Histogram<u64>>,
 }
 
 impl Tick {
     fn new(second: u32) -> Tick {
-        Tick { second, sent: 0, received: 0, acked: 0, errors: 0, bytes_sent: 0, bytes_received: 0, delivery: None }
+        Tick {
+            second,
+            sent: 0,
+            received: 0,
+            acked: 0,
+            errors: 0,
+            expected: 0,
+            checks_passed: 0,
+            checks_failed: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            delivery: None,
+            ack: None,
+        }
     }
 
     fn is_empty(&self) -> bool {
-        self.sent == 0 && self.received == 0 && self.acked == 0 && self.errors == 0 && self.bytes_received == 0
+        self.sent == 0
+            && self.received == 0
+            && self.acked == 0
+            && self.errors == 0
+            && self.bytes_received == 0
+            && self.expected == 0
+            && self.checks_passed + self.checks_failed == 0
+    }
+}
+
+/// Record `micros` into a live histogram, made on first use.
+fn record_live(hist: &mut Option<Histogram<u64>>, micros: u64) {
+    let hist = hist.get_or_insert_with(new_hist);
+    if hist.record(micros.max(1)).is_err() {
+        hist.saturating_record(micros.max(1));
     }
 }
 
@@ -309,9 +418,18 @@ pub struct LiveWindow {
 pub enum Live {
     /// A message of this many bytes went out.
     Sent(u64),
+    /// More bytes of a message already counted (an upload's chunks).
+    SentBytes(u64),
+    /// A file arrived (its latency includes the upload: not in the live delivery figures).
+    ReceivedFile,
     /// A delivery, this many microseconds after its intended send.
     Received(u64),
-    Acked,
+    /// An ack, this many microseconds after its intended send.
+    Acked(u64),
+    /// An ack announced this many deliveries.
+    Expected(u64),
+    /// A script check passed (true) or failed.
+    Check(bool),
     Error,
 }
 
@@ -331,17 +449,19 @@ impl LiveWindow {
                 self.tick.sent += 1;
                 self.tick.bytes_sent += bytes;
             }
-            Live::Acked => self.tick.acked += 1,
+            Live::Acked(micros) => {
+                self.tick.acked += 1;
+                record_live(&mut self.tick.ack, micros);
+            }
+            Live::SentBytes(bytes) => self.tick.bytes_sent += bytes,
+            Live::ReceivedFile => self.tick.received += 1,
+            Live::Expected(n) => self.tick.expected += n,
+            Live::Check(true) => self.tick.checks_passed += 1,
+            Live::Check(false) => self.tick.checks_failed += 1,
             Live::Error => self.tick.errors += 1,
             Live::Received(micros) => {
                 self.tick.received += 1;
-                let hist = self
-                    .tick
-                    .delivery
-                    .get_or_insert_with(|| Histogram::new(2).unwrap_or_else(|_| unreachable!("2 is valid")));
-                if hist.record(micros.max(1)).is_err() {
-                    hist.saturating_record(micros.max(1));
-                }
+                record_live(&mut self.tick.delivery, micros);
             }
         }
     }
@@ -410,7 +530,7 @@ mod tests {
         let mut live = LiveWindow::new(tx);
         live.count(0, Live::Sent(10));
         live.count(0, Live::Received(1500));
-        live.count(1, Live::Acked);
+        live.count(1, Live::Acked(700));
         let first = rx.recv().await.unwrap();
         assert_eq!((first.second, first.sent, first.received), (0, 1, 1));
         assert_eq!(first.delivery.unwrap().len(), 1);

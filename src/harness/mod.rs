@@ -20,10 +20,13 @@ pub mod report;
 pub mod results;
 pub mod scenario;
 pub mod schedule;
+pub mod script;
+mod scripted;
 pub mod stamp;
 pub mod summary;
 pub mod thresholds;
 pub mod tracker;
+mod upload;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -9,11 +9,12 @@ use futures_util::SinkExt;
 use memchr::memmem::Finder;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::bot::{Bot, Conn};
+use super::bot::{Bot, Conn, HistoryFor};
 use super::metrics::{Kind, Live, Metric};
 use super::scenario::Protocol;
 use super::stamp::Stamp;
 use super::tracker::{Arrival, PendingSend};
+use super::upload::UPLOAD_ERRORS;
 use crate::protocol::{ClientFrame, ErrorCode, EventHeader, HISTORY_MAX_LIMIT, ServerEvent};
 
 impl Bot {
@@ -22,6 +23,10 @@ impl Bot {
         match message {
             Message::Text(text) => match self.protocol() {
                 Protocol::Raw => match Stamp::from_raw_text(&text) {
+                    Some(stamp) if self.script_listening() => {
+                        self.script_heard(text.split_once(' ').map_or("", |(_, t)| t));
+                        self.deliver(conn, stamp, Kind::Text)
+                    }
                     Some(stamp) => self.deliver(conn, stamp, Kind::Text),
                     None => self.metrics.counters.foreign += 1,
                 },
@@ -57,6 +62,9 @@ impl Bot {
             self.metrics.counters.echoes += 1;
             return;
         }
+        if kind == Kind::File {
+            return self.deliver_file(conn, stamp);
+        }
         // One clock read per delivery: both latencies and the live second.
         let instant = tokio::time::Instant::now();
         let now = self.ctx.wall_us(instant);
@@ -80,10 +88,30 @@ impl Bot {
         self.live.count(self.ctx.second_at(instant), Live::Received(latency));
     }
 
+    /// A `file` event: a delivery of its own kind (its latency includes the upload).
+    fn deliver_file(&mut self, conn: &mut Conn, stamp: Stamp) {
+        let instant = tokio::time::Instant::now();
+        let latency = (self.ctx.wall_us(instant) - stamp.intended_us).max(0) as u64;
+        self.metrics.record(Metric::DeliveryFile, latency);
+        match conn.file_tracker.observe(stamp.bot, stamp.seq) {
+            Arrival::Duplicate => {
+                self.metrics.counters.duplicated += 1;
+                return;
+            }
+            Arrival::Reordered => self.metrics.counters.reordered += 1,
+            Arrival::Fresh => {}
+        }
+        self.metrics.counters.received_file += 1;
+        self.live.count(self.ctx.second_at(instant), Live::ReceivedFile);
+    }
+
     /// One JSON event from a chorus server.
     async fn on_event(&mut self, conn: &mut Conn, text: &str) -> Result<(), WsError> {
         // Nearly every frame is a chat: find its stamp without decoding it all.
         if let Some(stamp) = quick_chat_stamp(text) {
+            if self.script_listening() {
+                self.hear(text);
+            }
             self.deliver(conn, stamp, Kind::Text);
             return Ok(());
         }
@@ -92,33 +120,39 @@ impl Bot {
             return Ok(());
         };
         match header.kind.as_ref() {
-            "chat" => match header
-                .client_id
-                .as_deref()
-                .and_then(Stamp::from_text)
-                .or_else(|| header.text.as_deref().and_then(Stamp::from_raw_text))
-            {
-                Some(stamp) => self.deliver(conn, stamp, Kind::Text),
+            "chat" => {
+                if let Some(said) = header.text.as_deref() {
+                    self.script_heard(said);
+                }
+                match header
+                    .client_id
+                    .as_deref()
+                    .and_then(Stamp::from_text)
+                    .or_else(|| header.text.as_deref().and_then(Stamp::from_raw_text))
+                {
+                    Some(stamp) => self.deliver(conn, stamp, Kind::Text),
+                    None => self.metrics.counters.foreign += 1,
+                }
+            }
+            "binary" => conn.expect_binary = true,
+            "file" => match header.client_id.as_deref().and_then(Stamp::from_text) {
+                Some(stamp) => self.deliver(conn, stamp, Kind::File),
                 None => self.metrics.counters.foreign += 1,
             },
-            "binary" => conn.expect_binary = true,
-            "ack" => {
-                let found = match header.client_id.as_deref() {
-                    Some(client_id) => self.pending.take_text(client_id).map(|p| (Kind::Text, p)),
-                    None => self.pending.unlabeled.pop_front(),
-                };
-                self.metrics.counters.expected += header.recipients.unwrap_or(0);
-                if let (Some(seq), Some(top)) = (header.seq, self.ctx.rooms.get(&self.plan.room)) {
-                    top.fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
-                }
-                if let Some((kind, pending)) = found {
-                    self.acked(kind, &pending);
-                }
+            "ack" => self.ack(conn, &header).await?,
+            "upload_ready" | "upload_progress" => self.upload_event(conn, text).await?,
+            "joined" if header.user_id.is_some() && header.user_id.as_deref() == conn.user_id.as_deref() => {
+                self.script_joined(header.room.as_deref().unwrap_or_default());
             }
             "renamed" if header.user_id.is_some() && header.user_id.as_deref() == conn.user_id.as_deref() => {
                 if let Some(pending) = self.pending.rename.pop_front() {
                     self.acked(Kind::Rename, &pending);
                 }
+            }
+            "error" if UPLOAD_ERRORS.contains(&header.code.as_deref().unwrap_or_default()) => {
+                self.metrics.count_error(header.code.as_deref().unwrap_or_default());
+                self.live.count(self.ctx.second(), Live::Error);
+                self.upload_refused(conn, text).await?;
             }
             "error" => self.refused(conn, &header),
             "gap" => {
@@ -139,19 +173,63 @@ impl Bot {
                     }
                 }
             }
-            "history" => self.recovered(conn, text).await?,
+            "history" => match conn.history_for.pop_front() {
+                Some(HistoryFor::Script) => {
+                    let messages = match ServerEvent::decode(text) {
+                        Ok(ServerEvent::History { messages, .. }) => messages.len() as u64,
+                        _ => 0,
+                    };
+                    self.script_history(messages);
+                }
+                _ => self.recovered(conn, text).await?,
+            },
             _ => {}
         }
         Ok(())
     }
 
-    fn acked(&mut self, kind: Kind, pending: &PendingSend) {
+    /// An `ack`: the deliveries it announces, and the send it answers.
+    async fn ack(&mut self, conn: &mut Conn, header: &EventHeader<'_>) -> Result<(), WsError> {
+        let recipients = header.recipients.unwrap_or(0);
+        self.metrics.counters.expected += recipients;
+        self.live.count(self.ctx.second(), Live::Expected(recipients));
+        if let (Some(seq), Some(top)) = (header.seq, self.ctx.rooms.get(&self.room)) {
+            top.fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
+        }
+        match header.client_id.as_deref() {
+            Some(client_id) => {
+                if let Some(pending) = self.pending.take_text(client_id) {
+                    self.acked(Kind::Text, &pending);
+                } else if let Some(pending) = self.pending.take_file(client_id) {
+                    self.file_stored(conn, &pending).await?;
+                }
+            }
+            None => {
+                if let Some((kind, pending)) = self.pending.unlabeled.pop_front() {
+                    self.acked(kind, &pending);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A chat event's text, for a listening `wait_for`.
+    fn hear(&mut self, event: &str) {
+        if let Ok(header) = EventHeader::decode(event)
+            && let Some(text) = header.text.as_deref()
+        {
+            self.script_heard(text);
+        }
+    }
+
+    pub(super) fn acked(&mut self, kind: Kind, pending: &PendingSend) {
         let instant = tokio::time::Instant::now();
         let now = self.ctx.wall_us(instant);
-        self.metrics.record(kind.ack_metric(), (now - pending.intended_us).max(0) as u64);
+        let latency = (now - pending.intended_us).max(0) as u64;
+        self.metrics.record(kind.ack_metric(), latency);
         self.metrics.record(Metric::AckRaw, (now - pending.sent_us).max(0) as u64);
         self.metrics.counters.acked += 1;
-        self.live.count(self.ctx.second_at(instant), Live::Acked);
+        self.live.count(self.ctx.second_at(instant), Live::Acked(latency));
         self.answered();
     }
 
@@ -161,13 +239,21 @@ impl Bot {
         self.metrics.count_error(code);
         self.live.count(self.ctx.second(), Live::Error);
         let history_refused = [ErrorCode::HistoryFailed, ErrorCode::Unsupported].map(ErrorCode::as_str);
-        let retired = match header.client_id.as_deref() {
-            // Only a history request gets these: give up on that gap (its
-            // messages stay counted as never recovered).
-            None if history_refused.contains(&code) && !conn.recovering.is_empty() => {
-                conn.recovering.remove(0);
-                return;
+        if header.client_id.is_none() && history_refused.contains(&code) {
+            match conn.history_for.pop_front() {
+                Some(HistoryFor::Script) => self.script_history(0),
+                // Give up on that gap (its messages stay counted as never recovered).
+                _ if !conn.recovering.is_empty() => {
+                    conn.recovering.remove(0);
+                }
+                _ => {}
             }
+            return;
+        }
+        if header.client_id.is_none() && code.contains("room") && self.script_join_refused() {
+            return;
+        }
+        let retired = match header.client_id.as_deref() {
             Some(client_id) => self.pending.take_text(client_id).is_some(),
             None if code.contains("name") => self.pending.rename.pop_front().is_some(),
             None => self.pending.unlabeled.pop_front().is_some(),
@@ -182,12 +268,13 @@ impl Bot {
         let Some(&(after, to)) = conn.recovering.first() else { return Ok(()) };
         let limit = (to - after).min(u64::from(HISTORY_MAX_LIMIT)) as u32;
         let request = ClientFrame::History {
-            room: Some(self.plan.room.as_str().into()),
+            room: Some(self.room.as_str().into()),
             after_seq: Some(after),
             // Only the gap: messages past it were delivered live.
             before_seq: Some(to + 1),
             limit: Some(limit),
         };
+        conn.history_for.push_back(HistoryFor::Recovery);
         conn.sink.send(Message::Text(request.encode().into())).await
     }
 
@@ -202,11 +289,16 @@ impl Bot {
         let now = self.ctx.now_us();
         let mut last = after;
         for message in &messages {
-            let (seq, stamp) = match message {
-                ServerEvent::Chat { seq, client_id, .. } => (*seq, client_id.as_deref().and_then(Stamp::from_text)),
+            let (seq, stamp, file) = match message {
+                ServerEvent::Chat { seq, client_id, .. } => {
+                    (*seq, client_id.as_deref().and_then(Stamp::from_text), false)
+                }
+                ServerEvent::File { seq, client_id, .. } => {
+                    (*seq, client_id.as_deref().and_then(Stamp::from_text), true)
+                }
                 ServerEvent::Binary { seq, data, .. } => {
                     let bytes = data.as_deref().and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok());
-                    (*seq, bytes.as_deref().and_then(Stamp::from_binary))
+                    (*seq, bytes.as_deref().and_then(Stamp::from_binary), false)
                 }
                 _ => continue,
             };
@@ -215,7 +307,8 @@ impl Bot {
             }
             last = last.max(seq);
             let Some(stamp) = stamp.filter(|s| s.tag == self.ctx.tag && s.bot != self.plan.id) else { continue };
-            if conn.tracker.observe(stamp.bot, stamp.seq) == Arrival::Duplicate {
+            let tracker = if file { &mut conn.file_tracker } else { &mut conn.tracker };
+            if tracker.observe(stamp.bot, stamp.seq) == Arrival::Duplicate {
                 self.metrics.counters.duplicated += 1;
                 continue;
             }

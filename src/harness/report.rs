@@ -22,6 +22,9 @@ const ROWS: &[&str] = &[
     "lag",
     "recovery",
     "loop_lag",
+    "delivery.file",
+    "ack.file",
+    "history",
 ];
 
 /// Milliseconds with the digits they need.
@@ -87,8 +90,8 @@ pub fn text(s: &Summary) -> String {
     let m = &s.messages;
     let _ = writeln!(
         out,
-        "messages     sent {} (text {}, binary {}, rename {})  acked {}  received {}  skipped {}",
-        m.sent, m.sent_text, m.sent_binary, m.sent_rename, m.acked, m.received, m.skipped
+        "messages     sent {} (text {}, binary {}, rename {}, file {})  acked {}  received {}  skipped {}",
+        m.sent, m.sent_text, m.sent_binary, m.sent_rename, m.sent_file, m.acked, m.received, m.skipped
     );
     let _ = writeln!(
         out,
@@ -137,6 +140,7 @@ pub fn text(s: &Summary) -> String {
             d.gaps, d.gap_messages, d.recovered, d.missing
         );
     }
+    files_and_checks(&mut out, s);
     if s.groups.len() > 1 {
         groups_table(&mut out, s);
     }
@@ -155,6 +159,49 @@ pub fn text(s: &Summary) -> String {
     }
     thresholds(&mut out, s);
     out
+}
+
+/// File uploads and script checks, when the run had any.
+fn files_and_checks(out: &mut String, s: &Summary) {
+    let f = &s.files;
+    if f.sent > 0 {
+        let speed = f.upload_mb_per_sec.map_or("-".to_string(), |v| format!("{v:.1} MB/s"));
+        let announce = s
+            .latency
+            .get("delivery.file")
+            .map(|l| format!("  announced at recipients p50 {}ms  p99 {}ms", ms(l.p50_ms), ms(l.p99_ms)))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "
+files        sent {}  stored {} ({})  upload {speed}  received by others {}{announce}",
+            f.sent,
+            f.stored,
+            format_bytes(f.bytes as f64),
+            f.received
+        );
+    }
+    let c = &s.checks;
+    if c.passed + c.failed > 0 {
+        let rate = c.rate.map_or("-".to_string(), |r| format!("{:.2}%", r * 100.0));
+        let _ = writeln!(
+            out,
+            "
+checks       {rate} passed ({} of {})",
+            c.passed,
+            c.passed + c.failed
+        );
+        for check in &c.by_name {
+            let mark = if check.failed == 0 { "ok" } else { "FAILED" };
+            let _ = writeln!(
+                out,
+                "  {mark:<6} {:<40} passed {}  failed {}",
+                printable(&check.name),
+                check.passed,
+                check.failed
+            );
+        }
+    }
 }
 
 fn latency_table(out: &mut String, s: &Summary) {
@@ -213,15 +260,11 @@ fn thresholds(out: &mut String, s: &Summary) {
     let _ = writeln!(out, "\nthresholds");
     for t in &s.thresholds {
         let mark = if t.passed { "pass" } else { "FAIL" };
+        let is_latency = t.key.rsplit_once('.').is_some_and(|(metric, stat)| {
+            ["p50", "p90", "p95", "p99", "p999", "max", "min", "mean"].contains(&stat) || metric.ends_with(".p99")
+        });
         let observed = match t.observed {
-            Some(v)
-                if t.key.contains(".p")
-                    || t.key.ends_with(".max")
-                    || t.key.ends_with(".min")
-                    || t.key.ends_with(".mean") =>
-            {
-                format!("{}ms", ms(v))
-            }
+            Some(v) if is_latency => format!("{}ms", ms(v)),
             Some(v) => format!("{v}"),
             None => "no data".to_string(),
         };

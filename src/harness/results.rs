@@ -12,7 +12,7 @@ use base64::Engine as _;
 use hdrhistogram::serialization::{Deserializer, Serializer as _, V2DeflateSerializer};
 use serde::{Deserialize, Serialize};
 
-use super::metrics::{BotMetrics, Counters, GroupMetrics, Hist, Metric};
+use super::metrics::{BotMetrics, CheckCount, Counters, GroupMetrics, Hist, Metric};
 use super::progress::Second;
 use super::summary::{REPORTED, SCHEMA_VERSION, Summary};
 
@@ -22,6 +22,8 @@ struct SavedMetrics {
     counters: Counters,
     errors: BTreeMap<String, u64>,
     closes: BTreeMap<String, u64>,
+    #[serde(default)]
+    checks: BTreeMap<String, CheckCount>,
     /// Metric name -> base64 of the HdrHistogram V2 deflate encoding.
     histograms: BTreeMap<String, String>,
 }
@@ -67,6 +69,7 @@ fn save_metrics(m: &BotMetrics) -> SavedMetrics {
         counters: m.counters.clone(),
         errors: m.errors.clone(),
         closes: m.closes.clone(),
+        checks: m.checks.clone(),
         histograms: Metric::ALL
             .iter()
             .filter_map(|metric| m.hist(*metric).map(|h| (metric.name().to_string(), encode_hist(h))))
@@ -79,6 +82,7 @@ fn load_metrics(saved: &SavedMetrics) -> anyhow::Result<BotMetrics> {
     m.counters = saved.counters.clone();
     m.errors = saved.errors.clone();
     m.closes = saved.closes.clone();
+    m.checks = saved.checks.clone();
     for (name, text) in &saved.histograms {
         let Some(metric) = Metric::ALL.iter().find(|m| m.name() == name) else {
             bail!("unknown histogram {name:?}");

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::script::{self, DataSet, Pick, RawStep, Script};
 use super::thresholds::Threshold;
 use crate::server::{Profile, ServerConfig, ServerSettings};
 use crate::units::{parse_duration, parse_size};
@@ -35,7 +36,7 @@ pub enum ScenarioError {
 /// A duration written as `"10s"` or as a number of seconds.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-enum DurationValue {
+pub(super) enum DurationValue {
     Text(String),
     Seconds(f64),
 }
@@ -43,14 +44,14 @@ enum DurationValue {
 /// A size written as a number, `"4KiB"`, or a `[min, max]` range of either.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-enum SizeValue {
+pub(super) enum SizeValue {
     One(OneSize),
     Range([OneSize; 2]),
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-enum OneSize {
+pub(super) enum OneSize {
     Bytes(i64),
     Text(String),
 }
@@ -58,7 +59,7 @@ enum OneSize {
 /// A duration or a `[min, max]` range of durations.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-enum DurationRange {
+pub(super) enum DurationRange {
     One(DurationValue),
     Range([DurationValue; 2]),
 }
@@ -92,6 +93,16 @@ struct RawScenario {
     groups: Vec<RawGroup>,
     #[serde(default)]
     thresholds: BTreeMap<String, String>,
+    /// Data files for script templates (`{line:NAME}`), by name.
+    #[serde(default)]
+    data: BTreeMap<String, RawData>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawData {
+    file: String,
+    pick: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +132,8 @@ struct RawGroup {
     stop_reading_after: Option<DurationValue>,
     resume_reading_after: Option<DurationValue>,
     recv_buffer: Option<OneSize>,
+    file_size: Option<SizeValue>,
+    script: Option<Vec<RawStep>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +145,8 @@ struct RawMix {
     binary: Option<i64>,
     #[serde(default)]
     rename: Option<i64>,
+    #[serde(default)]
+    file: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,6 +219,14 @@ pub struct Mix {
     pub text: u32,
     pub binary: u32,
     pub rename: u32,
+    /// File uploads of `file_size`.
+    pub file: u32,
+}
+
+impl Mix {
+    pub fn total(&self) -> u32 {
+        self.text + self.binary + self.rename + self.file
+    }
 }
 
 /// Clients that drop their connection and come back.
@@ -236,6 +259,10 @@ pub struct Group {
     pub resume_reading_after: Option<Duration>,
     /// The clients' socket receive buffer (`None`: the system's).
     pub recv_buffer: Option<u32>,
+    /// Size of the files the mix uploads.
+    pub file_size: Range<usize>,
+    /// Steps each client follows, besides (or instead of) the rate mix.
+    pub script: Option<Script>,
 }
 
 /// Connections are opened evenly over a ramp; sending is scaled by `rate` (default 0).
@@ -316,6 +343,8 @@ pub struct Scenario {
     pub thresholds: Vec<Threshold>,
     /// What the command line changed, as written (`--duration 3s`, `--set ramp_up=1s`).
     pub overrides: Vec<String>,
+    /// Data files script templates read lines from.
+    pub data: Vec<DataSet>,
 }
 
 /// Changes to a scenario from the command line, without editing the file.
@@ -479,8 +508,43 @@ impl Scenario {
         self.phases.iter().map(Phase::duration).sum()
     }
 
+    /// Every room a client may be in: the groups' rooms and those scripts join by name.
+    pub fn rooms(&self) -> Vec<String> {
+        let mut rooms: Vec<String> = self.groups.iter().flat_map(|g| g.rooms.iter().cloned()).collect();
+        for script in self.groups.iter().filter_map(|g| g.script.as_ref()) {
+            rooms.extend(script.literal_rooms().filter_map(|room| crate::names::room(room).ok()));
+        }
+        rooms.sort();
+        rooms.dedup();
+        rooms
+    }
+
     pub fn total_clients(&self) -> usize {
         self.groups.iter().map(|g| g.clients).sum()
+    }
+}
+
+impl script::Values for Validator<'_> {
+    fn duration(&self, key: &str, value: &DurationValue) -> Result<Duration, script::StepError> {
+        Validator::duration(self, key, value).map_err(split)
+    }
+
+    fn size_range(
+        &self,
+        key: &str,
+        value: &SizeValue,
+        min: usize,
+        max: usize,
+    ) -> Result<Range<usize>, script::StepError> {
+        self.size_within(key, value, min, max).map_err(split)
+    }
+}
+
+/// A validation error back as (key, message), for the script validator.
+fn split(err: ScenarioError) -> script::StepError {
+    match err {
+        ScenarioError::Invalid { key, message, .. } => (key, message),
+        other => (String::new(), other.to_string()),
     }
 }
 
@@ -514,6 +578,16 @@ impl Validator<'_> {
     }
 
     fn size_range(&self, key: &str, value: &SizeValue, min_allowed: usize) -> Result<Range<usize>, ScenarioError> {
+        self.size_within(key, value, min_allowed, 16 << 20)
+    }
+
+    fn size_within(
+        &self,
+        key: &str,
+        value: &SizeValue,
+        min_allowed: usize,
+        max_allowed: usize,
+    ) -> Result<Range<usize>, ScenarioError> {
         let range = match value {
             SizeValue::One(one) => {
                 let n = self.size(key, one)?;
@@ -527,10 +601,53 @@ impl Validator<'_> {
         if range.min < min_allowed {
             return Err(self.invalid(key, format!("must be at least {min_allowed} bytes (got {})", range.min)));
         }
-        if range.max > 16 << 20 {
-            return Err(self.invalid(key, format!("must be at most 16 MiB (got {})", range.max)));
+        if range.max > max_allowed {
+            let limit = crate::units::format_bytes(max_allowed as f64);
+            return Err(self.invalid(key, format!("must be at most {limit} (got {})", range.max)));
         }
         Ok(range)
+    }
+
+    /// The `[data.NAME]` files, read relative to the scenario's folder.
+    fn data(&self, raw: &BTreeMap<String, RawData>) -> Result<Vec<DataSet>, ScenarioError> {
+        let base = Path::new(self.file).parent().unwrap_or(Path::new(""));
+        raw.iter()
+            .map(|(name, data)| {
+                let key = format!("data.{name}");
+                let pick = match data.pick.as_deref() {
+                    None | Some("order") => Pick::Order,
+                    Some("random") => Pick::Random,
+                    Some(other) => {
+                        return Err(self.invalid(
+                            format!("{key}.pick"),
+                            format!("must be \"order\" or \"random\" (got {other:?})"),
+                        ));
+                    }
+                };
+                let path = base.join(&data.file);
+                let text = std::fs::read_to_string(&path).map_err(|err| {
+                    self.invalid(
+                        format!("{key}.file"),
+                        format!(
+                            "cannot be read ({}: {err}); the path is relative to the scenario file",
+                            path.display()
+                        ),
+                    )
+                })?;
+                let lines: Vec<String> =
+                    text.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).map(String::from).collect();
+                if lines.is_empty() {
+                    return Err(self.invalid(format!("{key}.file"), format!("{} has no line of text", path.display())));
+                }
+                if let Some((i, long)) = lines.iter().enumerate().find(|(_, l)| l.len() > 4096) {
+                    return Err(self.invalid(
+                        format!("{key}.file"),
+                        format!("{} line {} has {} bytes: at most 4096 a line", path.display(), i + 1, long.len()),
+                    ));
+                }
+                Ok(DataSet { name: name.clone(), lines, pick })
+            })
+            .collect()
     }
 
     fn scenario(&self, raw: RawScenario, default_name: &str) -> Result<Scenario, ScenarioError> {
@@ -556,11 +673,16 @@ impl Validator<'_> {
             return Err(self.invalid("target", format!("must be a ws:// or wss:// URL (got {target:?})")));
         }
         let phases = self.phases(&raw)?;
+        let data = self.data(&raw.data)?;
         if raw.groups.is_empty() {
             return Err(self.invalid("group", "is missing: add at least one [[group]] with clients = N"));
         }
-        let groups =
-            raw.groups.iter().enumerate().map(|(i, g)| self.group(i, g, protocol)).collect::<Result<Vec<_>, _>>()?;
+        let groups = raw
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| self.group(i, g, protocol, &data))
+            .collect::<Result<Vec<_>, _>>()?;
         for (i, group) in groups.iter().enumerate() {
             if groups[..i].iter().any(|g| g.name == group.name) {
                 return Err(self.invalid(format!("group[{i}].name"), format!("{:?} is used twice", group.name)));
@@ -598,6 +720,7 @@ impl Validator<'_> {
             groups,
             thresholds,
             overrides: Vec::new(),
+            data,
         })
     }
 
@@ -679,7 +802,7 @@ impl Validator<'_> {
         }
     }
 
-    fn group(&self, i: usize, raw: &RawGroup, protocol: Protocol) -> Result<Group, ScenarioError> {
+    fn group(&self, i: usize, raw: &RawGroup, protocol: Protocol, data: &[DataSet]) -> Result<Group, ScenarioError> {
         let key = |field: &str| format!("group[{i}].{field}");
         let name = raw.name.clone().unwrap_or_else(|| format!("group{}", i + 1));
         if name.is_empty() || name.contains(char::is_whitespace) || name.contains('.') {
@@ -707,7 +830,15 @@ impl Validator<'_> {
         if protocol == Protocol::Raw && rooms.len() > 1 {
             return Err(self.invalid(key("rooms"), "raw servers have no rooms: use one room (or none)"));
         }
-        let rate = raw.rate.unwrap_or(1.0);
+        let script = match &raw.script {
+            None => None,
+            Some(steps) => {
+                let cx = script::Context { key: key("script"), protocol, data };
+                Some(script::validate(steps, &cx, self).map_err(|(key, why)| self.invalid(key, why))?)
+            }
+        };
+        // A scripted group sends what its script says, unless given a rate too.
+        let rate = raw.rate.unwrap_or(if script.is_some() { 0.0 } else { 1.0 });
         if !rate.is_finite() || rate < 0.0 {
             return Err(self.invalid(key("rate"), format!("must be >= 0 (got {rate})")));
         }
@@ -741,6 +872,21 @@ impl Validator<'_> {
             return Err(self.invalid(key("think_time"), "only applies to arrival = \"closed\""));
         }
         let mix = self.mix(&key("mix"), raw.mix.as_ref(), protocol, rate)?;
+        let file_size = match &raw.file_size {
+            Some(size) => self.size_within(&key("file_size"), size, BINARY_STAMP_LEN, script::MAX_FILE_SIZE)?,
+            None => Range { min: 64 << 10, max: 64 << 10 },
+        };
+        if raw.file_size.is_some() && mix.file == 0 {
+            return Err(
+                self.invalid(key("file_size"), "sizes the mix's files: add file = N to mix (or remove file_size)")
+            );
+        }
+        if script.is_some() && raw.churn.is_some() {
+            return Err(self.invalid(
+                key("churn"),
+                "does not go with a script: script { leave = true } and { connect = true } instead",
+            ));
+        }
         let text_min = if protocol.stamps_text() { TEXT_STAMP_MAX_LEN } else { 1 };
         let text_size = match &raw.text_size {
             Some(size) => self.size_range(&key("text_size"), size, text_min)?,
@@ -782,6 +928,8 @@ impl Validator<'_> {
             }
         };
         Ok(Group {
+            file_size,
+            script,
             name,
             clients,
             rooms,
@@ -810,7 +958,7 @@ impl Validator<'_> {
     }
 
     fn mix(&self, key: &str, raw: Option<&RawMix>, protocol: Protocol, rate: f64) -> Result<Mix, ScenarioError> {
-        let Some(raw) = raw else { return Ok(Mix { text: 1, binary: 0, rename: 0 }) };
+        let Some(raw) = raw else { return Ok(Mix { text: 1, binary: 0, rename: 0, file: 0 }) };
         let weight = |field: &str, value: Option<i64>| -> Result<u32, ScenarioError> {
             match value {
                 None => Ok(0),
@@ -824,12 +972,16 @@ impl Validator<'_> {
             text: weight("text", raw.text)?,
             binary: weight("binary", raw.binary)?,
             rename: weight("rename", raw.rename)?,
+            file: weight("file", raw.file)?,
         };
-        if mix.text + mix.binary + mix.rename == 0 && rate > 0.0 {
+        if mix.total() == 0 && rate > 0.0 {
             return Err(self.invalid(key, "needs at least one weight above 0 (or set rate = 0 for listeners)"));
         }
         if protocol == Protocol::Raw && mix.rename > 0 {
             return Err(self.invalid(format!("{key}.rename"), "raw servers have no renames: set it to 0"));
+        }
+        if protocol == Protocol::Raw && mix.file > 0 {
+            return Err(self.invalid(format!("{key}.file"), "raw servers have no file uploads: set it to 0"));
         }
         Ok(mix)
     }

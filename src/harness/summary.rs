@@ -30,6 +30,12 @@ pub struct Summary {
     /// Connections the server closed, by "code reason".
     pub closes: BTreeMap<String, u64>,
     pub groups: Vec<GroupSummary>,
+    /// File uploads (absent from summaries written before files existed).
+    #[serde(default)]
+    pub files: Files,
+    /// Script checks (`wait_for`): totals and each by name.
+    #[serde(default)]
+    pub checks: Checks,
     pub thresholds: Vec<ThresholdResult>,
     /// Every threshold passed.
     pub passed: bool,
@@ -109,6 +115,8 @@ pub struct Messages {
     pub sent_text: u64,
     pub sent_binary: u64,
     pub sent_rename: u64,
+    #[serde(default)]
+    pub sent_file: u64,
     pub sent: u64,
     pub acked: u64,
     /// Sends skipped while the client was disconnected (churn).
@@ -118,6 +126,8 @@ pub struct Messages {
     pub unacked: u64,
     pub received_text: u64,
     pub received_binary: u64,
+    #[serde(default)]
+    pub received_file: u64,
     pub received: u64,
     /// Frames without this run's stamp.
     pub foreign: u64,
@@ -128,6 +138,53 @@ pub struct Messages {
     pub bytes_sent: u64,
     #[serde(default)]
     pub bytes_received: u64,
+}
+
+/// File uploads of a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Files {
+    /// Offered, stored (acked), and `file` events received by the others.
+    pub sent: u64,
+    pub stored: u64,
+    pub received: u64,
+    /// Bytes of the stored files.
+    pub bytes: u64,
+    /// Upload throughput: stored bytes over the time their uploads took
+    /// (offer to ack), in MB/s (10^6 bytes); none without a stored file.
+    pub upload_mb_per_sec: Option<f64>,
+}
+
+/// Checks of a run (k6's word): `wait_for` steps that got their message in time or not.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Checks {
+    pub passed: u64,
+    pub failed: u64,
+    /// passed / (passed + failed); none without a check.
+    pub rate: Option<f64>,
+    pub by_name: Vec<CheckResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub name: String,
+    pub passed: u64,
+    pub failed: u64,
+}
+
+impl Checks {
+    fn of(metrics: &BotMetrics) -> Checks {
+        let total = metrics.check_total();
+        Checks {
+            passed: total.passed,
+            failed: total.failed,
+            rate: ratio(total.passed, total.passed + total.failed),
+            by_name: metrics
+                .checks
+                .iter()
+                .map(|(name, c)| CheckResult { name: name.clone(), passed: c.passed, failed: c.failed })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -240,6 +297,11 @@ pub struct GroupSummary {
     pub dropped: u64,
     pub closes: BTreeMap<String, u64>,
     pub latency: BTreeMap<String, LatencyStats>,
+    /// This group's script checks.
+    #[serde(default)]
+    pub checks_passed: u64,
+    #[serde(default)]
+    pub checks_failed: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -260,6 +322,7 @@ pub const REPORTED: &[(&str, &[Metric])] = &[
     ("delivery.binary", &[Metric::DeliveryBinary]),
     ("delivery_raw", &[Metric::DeliveryRaw]),
     ("ack", &[Metric::AckText, Metric::AckBinary, Metric::AckRename]),
+    // Uploads take as long as their size needs: `ack.file`, apart.
     ("ack.text", &[Metric::AckText]),
     ("ack.binary", &[Metric::AckBinary]),
     ("ack.rename", &[Metric::AckRename]),
@@ -268,6 +331,9 @@ pub const REPORTED: &[(&str, &[Metric])] = &[
     ("lag", &[Metric::Lag]),
     ("recovery", &[Metric::Recovery]),
     ("loop_lag", &[Metric::LoopLag]),
+    ("delivery.file", &[Metric::DeliveryFile]),
+    ("ack.file", &[Metric::AckFile]),
+    ("history", &[Metric::History]),
 ];
 
 /// Latency statistics of every metric that has samples.
@@ -326,12 +392,14 @@ impl Summary {
                 sent_text: c.sent_text,
                 sent_binary: c.sent_binary,
                 sent_rename: c.sent_rename,
+                sent_file: c.sent_file,
                 sent: c.sent(),
                 acked: c.acked,
                 skipped: c.skipped,
                 unacked: c.unacked,
                 received_text: c.received_text,
                 received_binary: c.received_binary,
+                received_file: c.received_file,
                 received: c.received(),
                 foreign: c.foreign,
                 echoes: c.echoes,
@@ -360,6 +428,14 @@ impl Summary {
             errors: total.errors.clone(),
             closes: total.closes.clone(),
             groups: group_summaries(groups, c.expected.saturating_sub(c.received())),
+            files: Files {
+                sent: c.sent_file,
+                stored: c.files_acked,
+                received: c.received_file,
+                bytes: c.file_bytes,
+                upload_mb_per_sec: (c.upload_us > 0).then(|| c.file_bytes as f64 / c.upload_us as f64),
+            },
+            checks: Checks::of(total),
             thresholds: Vec::new(),
             passed: true,
             run: RunInfo {
@@ -424,6 +500,9 @@ impl Summary {
                     "errors" => Some(group.errors as f64),
                     "messages.sent" => Some(group.sent as f64),
                     "messages.received" => Some(group.received as f64),
+                    "checks.rate" => ratio(group.checks_passed, group.checks_passed + group.checks_failed),
+                    "checks.passed" => Some(group.checks_passed as f64),
+                    "checks.failed" => Some(group.checks_failed as f64),
                     _ => None,
                 },
             };
@@ -450,6 +529,11 @@ impl Summary {
                     "messages.received" => self.messages.received as f64,
                     "throughput.sent" => self.throughput.sent_per_sec,
                     "throughput.delivered" => self.throughput.delivered_per_sec,
+                    "checks.rate" => return self.checks.rate,
+                    "checks.passed" => self.checks.passed as f64,
+                    "checks.failed" => self.checks.failed as f64,
+                    "files.stored" => self.files.stored as f64,
+                    "files.upload_mb_per_sec" => return self.files.upload_mb_per_sec,
                     _ => return None,
                 })
             }
@@ -511,6 +595,8 @@ fn group_summary(name: &str, clients: u64, m: &BotMetrics, lost: u64) -> GroupSu
         dropped: c.dropped,
         closes: m.closes.clone(),
         latency: latency_table(m),
+        checks_passed: m.check_total().passed,
+        checks_failed: m.check_total().failed,
     }
 }
 
@@ -554,7 +640,7 @@ pub fn scenario_info(scenario: &Scenario, facts: &RunFacts) -> ScenarioInfo {
                     Arrival::Closed => "closed",
                 }
                 .to_string(),
-                mix: [("text", g.mix.text), ("binary", g.mix.binary), ("rename", g.mix.rename)]
+                mix: [("text", g.mix.text), ("binary", g.mix.binary), ("rename", g.mix.rename), ("file", g.mix.file)]
                     .into_iter()
                     .map(|(k, v)| (k.to_string(), v))
                     .collect(),

@@ -20,6 +20,9 @@ pub const LATENCY_METRICS: &[&str] = &[
     "lag",
     "recovery",
     "loop_lag",
+    "delivery.file",
+    "ack.file",
+    "history",
 ];
 
 /// Statistics of a latency metric.
@@ -40,6 +43,11 @@ pub const COUNTERS: &[&str] = &[
     "messages.received",
     "throughput.sent",
     "throughput.delivered",
+    "checks.rate",
+    "checks.passed",
+    "checks.failed",
+    "files.stored",
+    "files.upload_mb_per_sec",
 ];
 
 /// What a threshold looks at.

@@ -24,6 +24,8 @@ pub struct Pending {
     /// Sends whose ack has no `client_id`, oldest first, with their kind.
     pub unlabeled: VecDeque<(Kind, PendingSend)>,
     pub rename: VecDeque<PendingSend>,
+    /// File offers waiting for their upload's `ack` (it carries the `client_id`).
+    pub file: VecDeque<PendingSend>,
 }
 
 impl Pending {
@@ -33,18 +35,25 @@ impl Pending {
         self.text.remove(index)
     }
 
+    /// Take the file offer with this `client_id`.
+    pub fn take_file(&mut self, client_id: &str) -> Option<PendingSend> {
+        let index = self.file.iter().position(|p| p.client_id.as_deref() == Some(client_id))?;
+        self.file.remove(index)
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.text.is_empty() && self.unlabeled.is_empty() && self.rename.is_empty()
+        self.len() == 0
     }
 
     pub fn len(&self) -> usize {
-        self.text.len() + self.unlabeled.len() + self.rename.len()
+        self.text.len() + self.unlabeled.len() + self.rename.len() + self.file.len()
     }
 
     pub fn clear(&mut self) {
         self.text.clear();
         self.unlabeled.clear();
         self.rename.clear();
+        self.file.clear();
     }
 }
 
