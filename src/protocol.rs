@@ -63,6 +63,61 @@ pub enum ClientFrame<'a> {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<u32>,
     },
+    /// Start uploading a file to the current room (see `FileOffer`).
+    FileOffer(#[serde(borrow)] FileOffer<'a>),
+    /// The next chunk of an upload: its bytes are the binary frame that
+    /// immediately follows.
+    FileChunk {
+        #[serde(borrow)]
+        upload_id: Cow<'a, str>,
+        offset: u64,
+    },
+    /// Abandon an upload.
+    FileCancel {
+        #[serde(borrow)]
+        upload_id: Cow<'a, str>,
+    },
+}
+
+/// A file a client offers to upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileOffer<'a> {
+    /// Chosen by the client: 1-64 characters, unique among its uploads in progress.
+    #[serde(borrow)]
+    pub upload_id: Cow<'a, str>,
+    /// The file's name (see `check_file_name`).
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its media type, like `image/png`.
+    #[serde(borrow, default = "octet_stream")]
+    pub media_type: Cow<'a, str>,
+    /// SHA-256 of its bytes, 64 lowercase hex digits.
+    #[serde(borrow)]
+    pub sha256: Cow<'a, str>,
+    /// Echoed in the sender's `ack` and every recipient's `file` event.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<Cow<'a, str>>,
+}
+
+impl FileOffer<'_> {
+    /// The offer, detached from the text it was decoded from.
+    pub fn into_owned(self) -> FileOffer<'static> {
+        let own = |text: Cow<'_, str>| Cow::Owned(text.into_owned());
+        FileOffer {
+            upload_id: own(self.upload_id),
+            name: own(self.name),
+            size: self.size,
+            media_type: own(self.media_type),
+            sha256: own(self.sha256),
+            client_id: self.client_id.map(own),
+        }
+    }
+}
+
+fn octet_stream() -> Cow<'static, str> {
+    Cow::Borrowed("application/octet-stream")
 }
 
 /// One member of a room, as listed by `who`.
@@ -134,7 +189,36 @@ pub enum ServerEvent<'a> {
         #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
         data: Option<Cow<'a, str>>,
     },
-    /// To the sender, once its message was accepted.
+    /// A file someone else shared. `url` is where to download it
+    /// (`/files/<file_id>/<name>`, relative to the server's http(s) origin).
+    File {
+        #[serde(borrow)]
+        room: Cow<'a, str>,
+        seq: u64,
+        #[serde(borrow)]
+        msg_id: Cow<'a, str>,
+        #[serde(borrow)]
+        from: Cow<'a, str>,
+        #[serde(borrow)]
+        user_id: Cow<'a, str>,
+        #[serde(borrow)]
+        file_id: Cow<'a, str>,
+        #[serde(borrow)]
+        name: Cow<'a, str>,
+        size: u64,
+        #[serde(borrow)]
+        media_type: Cow<'a, str>,
+        #[serde(borrow)]
+        sha256: Cow<'a, str>,
+        #[serde(borrow)]
+        url: Cow<'a, str>,
+        #[serde(borrow)]
+        ts: Cow<'a, str>,
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<Cow<'a, str>>,
+    },
+    /// To the sender, once its message was accepted. For a file, it also
+    /// names the upload and where the file is.
     Ack {
         #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
         client_id: Option<Cow<'a, str>>,
@@ -144,6 +228,24 @@ pub enum ServerEvent<'a> {
         recipients: usize,
         #[serde(borrow)]
         ts: Cow<'a, str>,
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        upload_id: Option<Cow<'a, str>>,
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        file_id: Option<Cow<'a, str>>,
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        url: Option<Cow<'a, str>>,
+    },
+    /// An upload may start: send chunks of at most `chunk_size` bytes.
+    UploadReady {
+        #[serde(borrow)]
+        upload_id: Cow<'a, str>,
+        chunk_size: usize,
+    },
+    /// The bytes of an upload stored so far.
+    UploadProgress {
+        #[serde(borrow)]
+        upload_id: Cow<'a, str>,
+        received: u64,
     },
     Joined {
         #[serde(borrow)]
@@ -210,6 +312,9 @@ pub enum ServerEvent<'a> {
         message: Cow<'a, str>,
         #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
         client_id: Option<Cow<'a, str>>,
+        /// The upload this error ended, if it is about one.
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        upload_id: Option<Cow<'a, str>>,
     },
 }
 
@@ -227,7 +332,10 @@ impl ServerEvent<'_> {
             ServerEvent::Welcome { .. } => "welcome",
             ServerEvent::Chat { .. } => "chat",
             ServerEvent::Binary { .. } => "binary",
+            ServerEvent::File { .. } => "file",
             ServerEvent::Ack { .. } => "ack",
+            ServerEvent::UploadReady { .. } => "upload_ready",
+            ServerEvent::UploadProgress { .. } => "upload_progress",
             ServerEvent::Joined { .. } => "joined",
             ServerEvent::Left { .. } => "left",
             ServerEvent::Renamed { .. } => "renamed",
@@ -248,7 +356,12 @@ impl<'a> ServerEvent<'a> {
 
     /// A refused request.
     pub fn error(code: ErrorCode, message: impl Into<Cow<'a, str>>) -> Self {
-        ServerEvent::Error { code: Cow::Borrowed(code.as_str()), message: message.into(), client_id: None }
+        ServerEvent::Error {
+            code: Cow::Borrowed(code.as_str()),
+            message: message.into(),
+            client_id: None,
+            upload_id: None,
+        }
     }
 
     /// The `error` event for a refusal, echoing the request's `client_id`.
@@ -257,6 +370,17 @@ impl<'a> ServerEvent<'a> {
             code: Cow::Borrowed(refusal.code.as_str()),
             message: Cow::Borrowed(&refusal.message),
             client_id: client_id.map(Cow::Borrowed),
+            upload_id: None,
+        }
+    }
+
+    /// The `error` event for a refused or failed upload.
+    pub fn upload_failed(refusal: &'a Refusal, upload_id: &'a str, client_id: Option<&'a str>) -> Self {
+        ServerEvent::Error {
+            code: Cow::Borrowed(refusal.code.as_str()),
+            message: Cow::Borrowed(&refusal.message),
+            client_id: client_id.map(Cow::Borrowed),
+            upload_id: Some(Cow::Borrowed(upload_id)),
         }
     }
 }
@@ -345,6 +469,21 @@ pub enum ErrorCode {
     StorageBusy,
     /// A `history` request could not be answered because reading failed.
     HistoryFailed,
+    /// A file offer with a bad name, size, media type or hash.
+    InvalidFile,
+    /// A file over the server's size limit (`--max-file-size`).
+    FileTooLarge,
+    /// More uploads in progress on this connection than the server allows.
+    TooManyUploads,
+    /// A chunk for no upload in progress, at the wrong offset, too big, or a
+    /// `file_chunk` header not followed by its binary frame.
+    InvalidChunk,
+    /// The uploaded bytes do not have the SHA-256 the offer announced.
+    HashMismatch,
+    /// No chunk came for too long (`--upload-timeout`): the upload was dropped.
+    UploadTimeout,
+    /// The server's file storage is full.
+    StorageFull,
 }
 
 impl ErrorCode {
@@ -370,7 +509,7 @@ impl Refusal {
 }
 
 /// The frame types a client may send, for error messages.
-const CLIENT_TYPES: &str = "chat, username, join, who, rooms, history";
+const CLIENT_TYPES: &str = "chat, username, join, who, rooms, history, file_offer, file_chunk, file_cancel";
 /// The slash commands the server understands, for error messages.
 pub const SLASH_COMMANDS: &str = "/username <name>, /join <room>, /who, /rooms, /history [n]";
 
@@ -476,6 +615,36 @@ fn decode_slash_command(command: &str) -> Result<ClientFrame<'_>, Refusal> {
     }
 }
 
+/// Longest file name accepted, in bytes.
+pub const MAX_FILE_NAME_BYTES: usize = 255;
+
+/// Why a file name is refused, or `None` when it is valid: 1-255 bytes, no
+/// control characters (C0, DEL, C1), no bidi or invisible format characters,
+/// no `/` or `\`, not `.` or `..`. Spaces are fine.
+pub fn check_file_name(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > MAX_FILE_NAME_BYTES {
+        return Some(format!("a file name must be 1-{MAX_FILE_NAME_BYTES} bytes (got {})", name.len()));
+    }
+    if name == "." || name == ".." {
+        return Some("a file name must not be . or ..".into());
+    }
+    let bad = name.chars().find(|c| {
+        c.is_control()
+            || matches!(c, '/' | '\\' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}' | '\u{061C}')
+    });
+    bad.map(|c| format!("a file name must not contain U+{:04X}", u32::from(c)))
+}
+
+/// Characters left as they are in a file's URL path segment (RFC 3986
+/// unreserved); everything else is percent-encoded.
+const PATH_SEGMENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// Where a file is downloaded: `/files/<file_id>/<name, percent-encoded>`.
+pub fn file_url(file_id: &str, name: &str) -> String {
+    format!("/files/{file_id}/{}", percent_encoding::utf8_percent_encode(name, PATH_SEGMENT))
+}
+
 /// Why a `client_id` is refused, or `None` when it is valid.
 pub fn check_client_id(client_id: &str) -> Option<String> {
     let chars = client_id.chars().count();
@@ -522,7 +691,33 @@ mod tests {
             ts: ts.clone(),
             data: None,
         });
-        roundtrip(ServerEvent::Ack { client_id: None, msg_id: "m2".into(), seq: 1, recipients: 4, ts: ts.clone() });
+        roundtrip(ServerEvent::Ack {
+            client_id: None,
+            msg_id: "m2".into(),
+            seq: 1,
+            recipients: 4,
+            ts: ts.clone(),
+            upload_id: Some("u1".into()),
+            file_id: Some("ab".into()),
+            url: Some("/files/ab/x".into()),
+        });
+        roundtrip(ServerEvent::UploadReady { upload_id: "u1".into(), chunk_size: 65_536 });
+        roundtrip(ServerEvent::UploadProgress { upload_id: "u1".into(), received: 3 });
+        roundtrip(ServerEvent::File {
+            room: "lobby".into(),
+            seq: 4,
+            msg_id: "m4".into(),
+            from: "alice".into(),
+            user_id: "u1".into(),
+            file_id: "ab".into(),
+            name: "cat picture.png".into(),
+            size: 3,
+            media_type: "image/png".into(),
+            sha256: "ab".into(),
+            url: file_url("ab", "cat picture.png").into(),
+            ts: ts.clone(),
+            client_id: None,
+        });
         roundtrip(ServerEvent::Left {
             room: "r".into(),
             user_id: "u2".into(),
@@ -560,6 +755,9 @@ mod tests {
             seq: 3,
             recipients: 2,
             ts: "t".into(),
+            upload_id: None,
+            file_id: None,
+            url: None,
         };
         let value: serde_json::Value = serde_json::from_str(&event.encode()).unwrap();
         assert_eq!(value["type"], "ack");

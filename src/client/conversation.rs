@@ -214,7 +214,7 @@ impl Conversation {
                 self.unacked.retain(|(id, _)| Some(id.as_str()) != client_id.as_deref());
                 self.pending = self.pending.saturating_sub(1);
             }
-            ServerEvent::Error { code, client_id, message } => {
+            ServerEvent::Error { code, client_id, message, .. } => {
                 let (code, message) = (code.to_string(), message.to_string());
                 if client_id.is_none()
                     && ["unsupported", "history_failed"].contains(&code.as_str())

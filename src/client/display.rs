@@ -65,6 +65,11 @@ impl Display {
                 let preview = data.map(preview_bytes).unwrap_or_default();
                 format!("{} #{room} {name} [binary, {bytes} bytes] {preview}", self.paint(DIM, clock(ts)))
             }
+            ServerEvent::File { room, from, name, size, media_type, ts, .. } => {
+                let name_tag = self.paint(BOLD, format!("<{from}>"));
+                format!("{} #{room} {name_tag} [file {name}, {size} bytes, {media_type}]", self.paint(DIM, clock(ts)))
+            }
+            ServerEvent::UploadReady { .. } | ServerEvent::UploadProgress { .. } => return None,
             ServerEvent::Ack { msg_id, seq, recipients, client_id, .. } => {
                 if !self.show_acks {
                     return None;
@@ -193,7 +198,16 @@ mod tests {
             ts: "t".into(),
         };
         assert_eq!(display.line(&renamed, None).unwrap(), "* you are now bob (were guest-1)");
-        let ack = ServerEvent::Ack { client_id: None, msg_id: "m".into(), seq: 1, recipients: 2, ts: "t".into() };
+        let ack = ServerEvent::Ack {
+            client_id: None,
+            msg_id: "m".into(),
+            seq: 1,
+            recipients: 2,
+            ts: "t".into(),
+            upload_id: None,
+            file_id: None,
+            url: None,
+        };
         assert!(display.line(&ack, None).is_none(), "acks are quiet unless asked for");
     }
 

@@ -382,6 +382,9 @@ fn into_owned(frame: ClientFrame<'_>) -> ClientFrame<'static> {
         ClientFrame::History { room, after_seq, before_seq, limit } => {
             ClientFrame::History { room: room.map(own), after_seq, before_seq, limit }
         }
+        ClientFrame::FileOffer(offer) => ClientFrame::FileOffer(offer.into_owned()),
+        ClientFrame::FileChunk { upload_id, offset } => ClientFrame::FileChunk { upload_id: own(upload_id), offset },
+        ClientFrame::FileCancel { upload_id } => ClientFrame::FileCancel { upload_id: own(upload_id) },
     }
 }
 

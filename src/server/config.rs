@@ -17,13 +17,14 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::auth::AuthMode;
+use super::chat::uploads::UploadLimits;
 use super::history::store::Retention;
 use super::history::store::sqlite::Durability;
 use super::history::{Backend, HistoryConfig, check_commit_window};
 use super::limits::{DEFAULT_API_RATE, RateLimit, parse_rate};
 use super::net::security::{DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_TOKEN_TTL, SecurityConfig};
 use super::net::tls::TlsSource;
-use super::{ServerConfig, SessionConfig};
+use super::{FileLimits, ServerConfig, SessionConfig};
 use crate::units::{parse_duration, parse_size};
 
 /// A duration as people write it: `"10s"` on the command line, `"10s"` or
@@ -257,6 +258,19 @@ pub struct ServerSettings {
     /// at most 1s). [default: 10ms]
     #[arg(long, value_name = "DURATION")]
     pub history_commit_window: Option<Span>,
+    /// Largest file a client may share. [default: 100MiB]
+    #[arg(long, value_name = "SIZE")]
+    pub max_file_size: Option<Size>,
+    /// Most bytes of shared files kept in all; the oldest files are deleted to make room (they also
+    /// go after --retain-age). [default: 2GiB on disk (with --history sqlite), 256MiB in memory]
+    #[arg(long, value_name = "SIZE")]
+    pub file_storage: Option<Size>,
+    /// Uploads one connection may have in progress at once. [default: 2]
+    #[arg(long, value_name = "N")]
+    pub max_uploads: Option<usize>,
+    /// An upload that gets no chunk for this long is dropped (and its bytes deleted). [default: 60s]
+    #[arg(long, value_name = "DURATION")]
+    pub upload_timeout: Option<Span>,
 }
 
 /// A `Span` setting, or `default`.
@@ -298,6 +312,10 @@ impl ServerSettings {
             session: self.session_config(profile, max_message_size),
             echo: self.echo,
             security: self.security_config(profile),
+            files: FileLimits {
+                max_file_size: self.max_file_size.map_or(defaults.files.max_file_size, |Size(size)| size as u64),
+                max_total: self.file_storage.map(|Size(size)| size as u64),
+            },
         };
         Ok((config, temporary))
     }
@@ -319,6 +337,10 @@ impl ServerSettings {
             rate_limit: per_second.map(|per_second| RateLimit { per_second, burst }),
             max_gap: self.max_gap.unwrap_or(defaults.max_gap),
             max_lag: span(self.max_lag, defaults.max_lag),
+            uploads: UploadLimits {
+                max_uploads: self.max_uploads.unwrap_or(defaults.uploads.max_uploads),
+                timeout: span(self.upload_timeout, defaults.uploads.timeout),
+            },
             ..defaults
         }
     }

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub chat_in: Counter,
     /// Binary messages accepted from clients.
     pub binary_in: Counter,
+    /// Files shared (uploads completed and announced).
+    pub file_in: Counter,
     /// Events queued to connections by fan-out (one per recipient).
     pub delivered: Counter,
     /// Requests answered with an `error` event.
@@ -188,6 +190,7 @@ impl Metrics {
             handshakes_refused: counter("chorus_handshakes_refused_total"),
             chat_in: received("chat"),
             binary_in: received("binary"),
+            file_in: received("file"),
             delivered: counter("chorus_deliveries_total"),
             errors: counter("chorus_errors_total"),
             history_stored: counter("chorus_history_stored_total"),

@@ -23,6 +23,7 @@
 pub mod auth;
 pub mod chat;
 pub mod config;
+pub mod files;
 pub mod history;
 pub mod limits;
 pub mod metrics;
@@ -73,6 +74,23 @@ pub struct ServerConfig {
     pub echo: bool,
     /// Accounts, origins, TLS and abuse limits.
     pub security: SecurityConfig,
+    /// Shared files: size limits (kept on disk with SQLite history, else in memory).
+    pub files: FileLimits,
+}
+
+/// The limits of shared files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileLimits {
+    /// Largest file accepted, in bytes.
+    pub max_file_size: u64,
+    /// Most bytes of files kept in all (`None`: 2 GiB on disk, 256 MiB in memory).
+    pub max_total: Option<u64>,
+}
+
+impl Default for FileLimits {
+    fn default() -> Self {
+        FileLimits { max_file_size: 100 << 20, max_total: None }
+    }
 }
 
 /// The default data directory: `$CHORUS_DATA`, else `$XDG_DATA_HOME/chorus`,
@@ -105,6 +123,7 @@ impl Default for ServerConfig {
             session: SessionConfig::default(),
             echo: false,
             security: SecurityConfig::default(),
+            files: FileLimits::default(),
         }
     }
 }
@@ -121,6 +140,8 @@ pub struct Shared {
     pub hub: Arc<Hub>,
     /// The hub's archive, kept here to flush and close it at shutdown.
     pub history: Arc<History>,
+    /// The shared files, for downloads.
+    pub files: Arc<files::Files>,
     pub metrics: Arc<Metrics>,
     /// Cancelled when the server shuts down; every session holds a child.
     pub shutdown: CancellationToken,
@@ -149,11 +170,13 @@ impl Shared {
         let history = Arc::new(history.with_context(|| history_open_failed(&config))?);
         let hub = Hub::with_archive(config.max_rooms, metrics.clone(), history.clone());
         let hub = hub.with_context(|| history_open_failed(&config))?;
-        let hub = Arc::new(hub.with_presence_limit(config.presence_limit));
+        let files = Arc::new(open_files(&config)?);
+        let hub = hub.with_presence_limit(config.presence_limit).with_files(files.clone());
+        let hub = Arc::new(hub);
         let security = Security::new(&config, listen, &hub)?;
         let open = Arc::new(AtomicU64::new(0));
         let tasks = TaskTracker::new();
-        Ok(Shared { tasks, open, config, hub, history, metrics, shutdown: CancellationToken::new(), security })
+        Ok(Shared { tasks, open, config, hub, history, files, metrics, shutdown: CancellationToken::new(), security })
     }
 
     /// Count a new connection: its slot, and whether the server was full
@@ -177,6 +200,29 @@ impl Shared {
     pub fn ws_config(&self) -> WebSocketConfig {
         net::upgrade::ws_config(self.config.max_message_size)
     }
+}
+
+/// The file store: on disk in `<data dir>/files` when history is in
+/// SQLite, else in memory; the history retention age applies to files too.
+fn open_files(config: &ServerConfig) -> anyhow::Result<files::Files> {
+    use anyhow::Context as _;
+    let (place, default_total) = match config.history.backend {
+        Backend::Sqlite => (files::Place::Disk(config.data_dir.join("files")), 2 << 30),
+        Backend::Memory | Backend::Off => (files::Place::Memory, 256 << 20),
+    };
+    let files_config = files::FilesConfig {
+        place,
+        max_file_size: config.files.max_file_size,
+        max_total: config.files.max_total.unwrap_or(default_total),
+        max_age: config.history.retention.max_age,
+        chunk_size: config.max_message_size.min(64 * 1024),
+    };
+    files::Files::open(files_config).with_context(|| {
+        format!(
+            "cannot open the file store in {}; pass --data with a writable directory",
+            config.data_dir.join("files").display()
+        )
+    })
 }
 
 /// What to say when the history store cannot be opened.

@@ -22,11 +22,12 @@ use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use rand::Rng;
 
-use super::archive::{AckTo, Archive, Body, Message, NoArchive, Record, Slot};
+pub use super::archive::Payload;
+use super::archive::{AckTo, Archive, Envelope, Message, NoArchive, Record, Slot, Stored};
 use super::outbox::{EndReason, Outbound, Outbox};
+use super::uploads::{FileStore, NoFiles};
 use crate::ids::{IdGen, format_ts_millis, now_millis, now_ts};
 use crate::names;
 use crate::protocol::{DEFAULT_ROOM, ErrorCode, PROTOCOL_VERSION, Refusal, RoomInfo, ServerEvent, WhoUser};
@@ -54,6 +55,7 @@ pub struct Hub {
     names: Mutex<HashMap<String, Owner>>,
     metrics: Arc<Metrics>,
     archive: Arc<dyn Archive>,
+    files: Arc<dyn FileStore>,
 }
 
 /// The rooms open now, and the last seq of those that were closed.
@@ -127,32 +129,6 @@ pub struct Presence {
     pub outbox: Outbox,
 }
 
-/// A message's content.
-#[derive(Debug, Clone, Copy)]
-pub enum Payload<'a> {
-    Text { text: &'a str, client_id: Option<&'a str> },
-    Binary(&'a Bytes),
-}
-
-impl Payload<'_> {
-    /// What history keeps of it.
-    fn body(&self) -> Body {
-        match *self {
-            Payload::Text { text, client_id } => {
-                Body::Text { text: text.to_string(), client_id: client_id.map(str::to_string) }
-            }
-            Payload::Binary(data) => Body::Binary(data.clone()),
-        }
-    }
-
-    fn client_id(&self) -> Option<String> {
-        match *self {
-            Payload::Text { client_id, .. } => client_id.map(str::to_string),
-            Payload::Binary(_) => None,
-        }
-    }
-}
-
 /// What became of a published message: what its `ack` says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
@@ -160,20 +136,15 @@ pub struct Published {
     pub seq: u64,
     pub msg_id: String,
     pub recipients: usize,
-    pub ts: String,
+    /// When the server accepted it, in milliseconds since the Unix epoch.
+    pub ts_ms: i64,
 }
 
 impl Published {
-    /// The `ack` event for the sender.
-    pub fn ack(&self, client_id: Option<&str>) -> String {
-        ServerEvent::Ack {
-            client_id: client_id.map(Cow::Borrowed),
-            msg_id: Cow::Borrowed(&self.msg_id),
-            seq: self.seq,
-            recipients: self.recipients,
-            ts: Cow::Borrowed(&self.ts),
-        }
-        .encode()
+    /// The `ack` event for the sender of `payload`.
+    pub fn ack(&self, payload: &Payload<'_>) -> String {
+        let stored = Stored { msg_id: &self.msg_id, seq: self.seq, ts_ms: self.ts_ms, file: payload.file() };
+        stored.ack(payload.client_id(), self.recipients, payload.upload_id())
     }
 }
 
@@ -220,6 +191,7 @@ impl Hub {
             names: Mutex::new(HashMap::new()),
             metrics,
             archive,
+            files: Arc::new(NoFiles),
         }
     }
 
@@ -247,6 +219,17 @@ impl Hub {
 
     pub fn archive(&self) -> &Arc<dyn Archive> {
         &self.archive
+    }
+
+    /// Where uploaded files go.
+    pub fn files(&self) -> &Arc<dyn FileStore> {
+        &self.files
+    }
+
+    /// Keep uploaded files in `files` (without: uploads are refused).
+    pub fn with_files(mut self, files: Arc<dyn FileStore>) -> Hub {
+        self.files = files;
+        self
     }
 
     /// Rooms that exist now.
@@ -444,40 +427,22 @@ impl Hub {
     pub fn publish(&self, who: &Presence, payload: Payload<'_>, slot: Option<Slot<'_>>) -> Published {
         let msg_id = self.ids.mint('m');
         let ts_ms = now_millis();
-        let ts = format_ts_millis(ts_ms);
         let mut state = lock(&who.room.state);
         state.last_seq += 1;
         let seq = state.last_seq;
-        let room = Cow::Borrowed(&*who.room.name);
-        let from = Cow::Borrowed(&*who.username);
-        let user_id = Cow::Borrowed(&*who.user_id);
+        let envelope = Envelope {
+            room: &who.room.name,
+            seq,
+            msg_id: &msg_id,
+            from: &who.username,
+            user_id: &who.user_id,
+            ts: Cow::Owned(format_ts_millis(ts_ms)),
+        };
+        let event = envelope.event(payload, false).encode().into();
         let (item, counter) = match payload {
-            Payload::Text { text, client_id } => {
-                let event = ServerEvent::Chat {
-                    room,
-                    seq,
-                    msg_id: Cow::Borrowed(&msg_id),
-                    from,
-                    user_id,
-                    text: Cow::Borrowed(text),
-                    ts: Cow::Borrowed(&ts),
-                    client_id: client_id.map(Cow::Borrowed),
-                };
-                (Outbound::Text(event.encode().into()), &self.metrics.chat_in)
-            }
-            Payload::Binary(data) => {
-                let event = ServerEvent::Binary {
-                    room,
-                    seq,
-                    msg_id: Cow::Borrowed(&msg_id),
-                    from,
-                    user_id,
-                    bytes: data.len(),
-                    ts: Cow::Borrowed(&ts),
-                    data: None,
-                };
-                (Outbound::Binary { header: event.encode().into(), data: data.clone() }, &self.metrics.binary_in)
-            }
+            Payload::Text { .. } => (Outbound::Text(event), &self.metrics.chat_in),
+            Payload::Binary(data) => (Outbound::Binary { header: event, data: data.clone() }, &self.metrics.binary_in),
+            Payload::File { .. } => (Outbound::Text(event), &self.metrics.file_in),
         };
         let fanout_started = std::time::Instant::now();
         let recipients = fan_out_message(&state.members, who.conn, &who.room.name, seq, &item);
@@ -491,14 +456,19 @@ impl Hub {
                 ts_ms,
                 body: payload.body(),
             };
-            let ack = AckTo { outbox: who.outbox.clone(), client_id: payload.client_id(), recipients };
+            let ack = AckTo {
+                outbox: who.outbox.clone(),
+                client_id: payload.client_id().map(str::to_string),
+                recipients,
+                upload_id: payload.upload_id().map(str::to_string),
+            };
             slot.submit(Record { room: who.room.name.clone(), message }, Some(ack));
         }
         drop(state);
         counter.increment(1);
         self.metrics.delivered.increment(recipients as u64);
         self.metrics.fanout_seconds.record(fanout_started.elapsed().as_secs_f64());
-        Published { room: who.room.name.clone(), seq, msg_id, recipients, ts }
+        Published { room: who.room.name.clone(), seq, msg_id, recipients, ts_ms }
     }
 
     /// Change `who`'s name (normalized, see `names`) and tell its room

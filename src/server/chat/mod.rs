@@ -12,8 +12,11 @@ pub mod hub;
 pub mod outbox;
 pub mod reasons;
 pub mod session;
+mod transfer;
+pub mod uploads;
 
 pub use archive::{Archive, NoArchive};
 pub use hub::Hub;
 pub use reasons::{EndReason, Violation};
 pub use session::{Account, Admission, SessionConfig};
+pub use uploads::{FileStore, NoFiles};

@@ -6,7 +6,6 @@
 //! the hub. The session is generic over `Sink + Stream` so tests can drive it
 //! without a socket.
 
-use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -19,6 +18,8 @@ use super::archive::HistoryRequest;
 use super::hub::{Hub, Payload, Presence};
 use super::outbox::{LagPolicy, Outbound, Outbox, OutboxReceiver, SessionEnd};
 use super::reasons::{EndReason, Violation};
+use super::transfer;
+use super::uploads::{UploadLimits, Uploads};
 use crate::names;
 use crate::protocol::{ClientFrame, ErrorCode, Refusal, ServerEvent, check_client_id, decode_client_text};
 use crate::server::limits::{MessageLimiter, RateLimit, Verdict};
@@ -44,6 +45,8 @@ pub struct SessionConfig {
     pub max_gap: u64,
     /// With history on: close a connection that keeps missing messages for longer than this.
     pub max_lag: Duration,
+    /// Uploads in progress at once, and how long one may go without a chunk.
+    pub uploads: UploadLimits,
 }
 
 impl Default for SessionConfig {
@@ -57,6 +60,7 @@ impl Default for SessionConfig {
             rate_limit: Some(RateLimit::default()),
             max_gap: 10_000,
             max_lag: Duration::from_secs(30),
+            uploads: UploadLimits { max_uploads: 2, timeout: Duration::from_secs(60) },
         }
     }
 }
@@ -134,7 +138,10 @@ where
     // Echo mode (protocol conformance): no hub, no welcome, frames go back as they came.
     let presence =
         (!admission.echo).then(|| hub.connect_as(outbox.clone(), admission.username(), admission.room.as_deref()));
-    let mut conn = Conn { hub, presence, outbox, admission, limiter: MessageLimiter::new(config.rate_limit) };
+    let limiter = MessageLimiter::new(config.rate_limit);
+    let upload_limits = config.uploads;
+    let expiry = admission.expiry();
+    let mut conn = Conn { hub, presence, outbox, admission, limiter, uploads: None, upload_limits, expiry };
     tracing::debug!(conn = conn.id(), user = conn.username(), "connected");
     let (sink, stream) = ws.split();
     let (stream, sink) =
@@ -156,6 +163,12 @@ struct Conn<'a> {
     outbox: Outbox,
     admission: Admission,
     limiter: MessageLimiter,
+    /// Uploads in progress, made at the first offer (an idle connection
+    /// does not pay for them).
+    uploads: Option<Box<Uploads>>,
+    upload_limits: UploadLimits,
+    /// When the token runs out (computed once: an instant, not a countdown).
+    expiry: Option<Instant>,
 }
 
 impl Conn<'_> {
@@ -167,34 +180,106 @@ impl Conn<'_> {
         self.presence.as_ref().map_or("(echo)", |p| &p.username)
     }
 
-    /// A text or binary message from the client: rate-limited, then echoed
-    /// or handled as chat.
+    /// A text or binary message from the client: echoed (echo mode), or a
+    /// chunk of an upload, or rate-limited and handled as chat.
     async fn on_data(&mut self, message: Message, end: &SessionEnd) {
-        match self.limiter.check() {
-            Verdict::Allow => {}
-            Verdict::Drop => {
-                let client_id = client_id_of(&message);
-                return refuse(self.hub, &self.outbox, &rate_limited(&self.limiter), client_id.as_deref());
-            }
-            Verdict::Close => return end.end(EndReason::RateLimited),
-        }
-        let Some(presence) = self.presence.as_mut() else {
+        let Conn { hub, presence, outbox, admission, limiter, uploads, upload_limits, .. } = self;
+        let hub: &Hub = hub;
+        let Some(presence) = presence.as_mut() else {
             let echo = match message {
                 Message::Text(text) => Outbound::Text(text),
                 Message::Binary(data) => Outbound::Bare(data),
                 _ => return,
             };
-            let _ = self.outbox.push(echo);
+            let _ = outbox.push(echo);
             return;
         };
-        match message {
-            Message::Text(text) => handle_text(self.hub, presence, &text, &self.admission).await,
-            Message::Binary(data) => {
-                if let Err(refusal) = send(self.hub, presence, Payload::Binary(&data)).await {
-                    refuse(self.hub, &presence.outbox, &refusal, None);
-                }
+        if let Some(uploads) = uploads.as_deref_mut().filter(|u| u.expecting()) {
+            if let Message::Binary(data) = message {
+                return transfer::chunk(hub, presence, uploads, data).await;
             }
-            _ => {}
+            transfer::chunk_missing(hub, presence, uploads);
+        }
+        let mut allowed = |client_id: Option<&str>| allowed(limiter, hub, outbox, end, client_id);
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Binary(data) => {
+                if allowed(None)
+                    && let Err(refusal) = send(hub, presence, Payload::Binary(&data)).await
+                {
+                    refuse(hub, &presence.outbox, &refusal, None);
+                }
+                return;
+            }
+            _ => return,
+        };
+        let frame = match decode_client_text(&text) {
+            Ok(frame) => frame,
+            Err(refusal) => {
+                if allowed(None) {
+                    refuse(hub, &presence.outbox, &refusal, None);
+                }
+                return;
+            }
+        };
+        // A chunk header for an upload in progress is not a message: the
+        // rate limit is for chat, and a file is bounded by its offer.
+        if let ClientFrame::FileChunk { upload_id, offset } = &frame
+            && let Some(uploads) = uploads.as_deref_mut()
+            && transfer::chunk_header(hub, presence, uploads, upload_id, *offset)
+        {
+            return;
+        }
+        let client_id = match &frame {
+            ClientFrame::Chat { client_id, .. } => client_id.as_deref(),
+            _ => None,
+        };
+        if allowed(client_id) {
+            handle_frame(hub, presence, frame, admission, (uploads, *upload_limits)).await;
+        }
+    }
+
+    /// When the session must next look at the clock: the token's expiry, or
+    /// an upload's timeout.
+    fn next_deadline(&self) -> Option<Instant> {
+        let upload = self.uploads.as_ref().and_then(|u| u.next_deadline());
+        [self.expiry, upload].into_iter().flatten().min()
+    }
+
+    /// The deadline came: the token expired, or uploads timed out.
+    fn deadline_passed(&mut self, end: &SessionEnd) {
+        let now = Instant::now();
+        if self.expiry.is_some_and(|at| at <= now) {
+            tracing::debug!(conn = self.id(), "token expired");
+            return end.end(EndReason::Expired);
+        }
+        if let (Some(uploads), Some(presence)) = (self.uploads.as_deref_mut(), self.presence.as_ref()) {
+            for failed in uploads.expire(now) {
+                transfer::report(self.hub, presence, &failed);
+            }
+        }
+    }
+}
+
+/// Account for one message under the rate limit: true to handle it; false
+/// when it is dropped (answered with `rate_limited`, echoing `client_id`) or
+/// the connection is closed for flooding.
+fn allowed(
+    limiter: &mut MessageLimiter,
+    hub: &Hub,
+    outbox: &Outbox,
+    end: &SessionEnd,
+    client_id: Option<&str>,
+) -> bool {
+    match limiter.check() {
+        Verdict::Allow => true,
+        Verdict::Drop => {
+            refuse(hub, outbox, &rate_limited(limiter), client_id);
+            false
+        }
+        Verdict::Close => {
+            end.end(EndReason::RateLimited);
+            false
         }
     }
 }
@@ -211,15 +296,6 @@ fn rate_limited(limiter: &MessageLimiter) -> Refusal {
     Refusal::new(ErrorCode::RateLimited, why)
 }
 
-/// The `client_id` of a chat frame, to echo in its `error`.
-fn client_id_of(message: &Message) -> Option<String> {
-    let Message::Text(text) = message else { return None };
-    match decode_client_text(text) {
-        Ok(ClientFrame::Chat { client_id, .. }) => client_id.map(Cow::into_owned),
-        _ => None,
-    }
-}
-
 /// Read frames until the session ends, handling each.
 async fn read_loop<St>(mut stream: St, conn: &mut Conn<'_>, config: &SessionConfig, end: &SessionEnd) -> St
 where
@@ -229,9 +305,10 @@ where
     let mut ping_sent: Option<Instant> = None;
     let keepalive = tokio::time::sleep(config.ping_interval);
     tokio::pin!(keepalive);
-    let expiry = conn.admission.expiry();
-    let token_expired = tokio::time::sleep_until(expiry.unwrap_or_else(|| last_seen + FOREVER));
-    tokio::pin!(token_expired);
+    // One timer for the token's expiry and the uploads' timeouts.
+    let mut deadline = conn.next_deadline();
+    let timer = tokio::time::sleep_until(deadline.unwrap_or_else(|| last_seen + FOREVER));
+    tokio::pin!(timer);
     // One wait for the end, polled by every turn: a fresh one per turn would
     // register with (and leave) the cancellation token under its lock each time.
     let ended = end.ended();
@@ -253,9 +330,10 @@ where
                 .await;
                 return stream;
             }
-            () = &mut token_expired, if expiry.is_some() => {
-                tracing::debug!(conn = conn.id(), "token expired");
-                end.end(EndReason::Expired);
+            () = &mut timer, if deadline.is_some() => {
+                conn.deadline_passed(end);
+                deadline = conn.next_deadline();
+                timer.as_mut().reset(deadline.unwrap_or_else(|| Instant::now() + FOREVER));
             }
             () = &mut keepalive => {
                 let now = Instant::now();
@@ -282,7 +360,12 @@ where
                         // Boxed: handling a message (a history answer, a wait
                         // for the history writer) needs more state than an
                         // idle connection should carry.
-                        Box::pin(conn.on_data(message, end)).await
+                        Box::pin(conn.on_data(message, end)).await;
+                        let next = conn.next_deadline();
+                        if next != deadline {
+                            deadline = next;
+                            timer.as_mut().reset(deadline.unwrap_or_else(|| Instant::now() + FOREVER));
+                        }
                     }
                     Some(Ok(Message::Close(_))) => {
                         end.end(EndReason::Quit);
@@ -321,13 +404,15 @@ fn classify_read_error(err: &WsError) -> EndReason {
     }
 }
 
-/// One text frame from the client.
-async fn handle_text(hub: &Hub, presence: &mut Presence, text: &str, admission: &Admission) {
+/// One request from the client (`files`: the connection's uploads and their limits).
+async fn handle_frame(
+    hub: &Hub,
+    presence: &mut Presence,
+    frame: ClientFrame<'_>,
+    admission: &Admission,
+    files: (&mut Option<Box<Uploads>>, UploadLimits),
+) {
     let outbox = presence.outbox.clone();
-    let frame = match decode_client_text(text) {
-        Ok(frame) => frame,
-        Err(refusal) => return refuse(hub, &outbox, &refusal, None),
-    };
     let result = match frame {
         ClientFrame::Chat { text, room, client_id } => {
             let client_id = client_id.as_deref();
@@ -357,6 +442,24 @@ async fn handle_text(hub: &Hub, presence: &mut Presence, text: &str, admission: 
                     })
                 }
             }
+        }
+        ClientFrame::FileOffer(offer) => {
+            let (uploads, limits) = files;
+            let uploads = uploads.get_or_insert_with(|| Box::new(Uploads::new(limits)));
+            return transfer::offer(hub, presence, uploads, &offer).await;
+        }
+        ClientFrame::FileChunk { upload_id, offset } => {
+            // Not an upload in progress (those are taken before the rate limit).
+            let mut none = Uploads::new(files.1);
+            let uploads = files.0.as_deref_mut().unwrap_or(&mut none);
+            transfer::chunk_header(hub, presence, uploads, &upload_id, offset);
+            return;
+        }
+        ClientFrame::FileCancel { upload_id } => {
+            if let Some(uploads) = files.0.as_deref_mut() {
+                uploads.cancel(&upload_id);
+            }
+            return;
         }
     };
     if let Err(refusal) = result {
@@ -391,7 +494,7 @@ async fn chat(
 
 /// Publish a message. With history on, it first waits for room in the
 /// writer queue, and the writer acks once the message is stored.
-async fn send(hub: &Hub, presence: &Presence, payload: Payload<'_>) -> Result<(), Refusal> {
+pub(super) async fn send(hub: &Hub, presence: &Presence, payload: Payload<'_>) -> Result<(), Refusal> {
     let end = presence.outbox.session_end();
     let slot = tokio::select! {
         biased;
@@ -401,17 +504,13 @@ async fn send(hub: &Hub, presence: &Presence, payload: Payload<'_>) -> Result<()
     let acked_later = slot.is_some();
     let published = hub.publish(presence, payload, slot);
     if !acked_later {
-        let client_id = match payload {
-            Payload::Text { client_id, .. } => client_id,
-            Payload::Binary(_) => None,
-        };
-        let _ = presence.outbox.push_text(published.ack(client_id));
+        let _ = presence.outbox.push_text(published.ack(&payload));
     }
     Ok(())
 }
 
 /// Answer a refused request with an `error` event.
-fn refuse(hub: &Hub, outbox: &Outbox, refusal: &Refusal, client_id: Option<&str>) {
+pub(super) fn refuse(hub: &Hub, outbox: &Outbox, refusal: &Refusal, client_id: Option<&str>) {
     hub.metrics().errors.increment(1);
     let event = ServerEvent::refused(refusal, client_id);
     let _ = outbox.push_text(event.encode());

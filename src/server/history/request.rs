@@ -4,11 +4,10 @@
 
 use std::borrow::Cow;
 
-use base64::Engine as _;
-
-use super::store::{Body, Message, Range, Store, StoreError};
+use super::store::{Message, Range, Store, StoreError};
 use crate::ids::format_ts_millis;
 use crate::protocol::{ErrorCode, HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT, Refusal, ServerEvent};
+use crate::server::chat::archive::Envelope;
 
 /// An answer stops adding messages past this many bytes (it always holds at
 /// least one), so that it fits a connection's queue and any client's frame
@@ -39,29 +38,15 @@ pub fn range_from_request(after: Option<u64>, before: Option<u64>, limit: Option
 /// A stored message as the event a live recipient got, with a binary
 /// payload in `data` (base64).
 pub fn message_event<'a>(room: &'a str, message: &'a Message) -> ServerEvent<'a> {
-    let ts = Cow::Owned(format_ts_millis(message.ts_ms));
-    match &message.body {
-        Body::Text { text, client_id } => ServerEvent::Chat {
-            room: Cow::Borrowed(room),
-            seq: message.seq,
-            msg_id: Cow::Borrowed(&message.msg_id),
-            from: Cow::Borrowed(&message.username),
-            user_id: Cow::Borrowed(&message.user_id),
-            text: Cow::Borrowed(text),
-            ts,
-            client_id: client_id.as_deref().map(Cow::Borrowed),
-        },
-        Body::Binary(data) => ServerEvent::Binary {
-            room: Cow::Borrowed(room),
-            seq: message.seq,
-            msg_id: Cow::Borrowed(&message.msg_id),
-            from: Cow::Borrowed(&message.username),
-            user_id: Cow::Borrowed(&message.user_id),
-            bytes: data.len(),
-            ts,
-            data: Some(Cow::Owned(base64::engine::general_purpose::STANDARD.encode(data))),
-        },
-    }
+    let envelope = Envelope {
+        room,
+        seq: message.seq,
+        msg_id: &message.msg_id,
+        from: &message.username,
+        user_id: &message.user_id,
+        ts: Cow::Owned(format_ts_millis(message.ts_ms)),
+    };
+    envelope.event(message.body.payload(), true)
 }
 
 /// The `history` event for `room` and `range`, read from `store`: messages
@@ -99,7 +84,7 @@ pub fn answer(
 mod tests {
     use super::*;
     use crate::server::history::store::tests::{record, text};
-    use crate::server::history::store::{MemoryStore, Record, Retention};
+    use crate::server::history::store::{Body, MemoryStore, Record, Retention};
     use bytes::Bytes;
 
     #[test]

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::store::{PRUNE_CHUNK, Record, Store, StoreError};
 use super::{AckTo, PRUNE_EVERY};
-use crate::ids::{format_ts_millis, now_millis};
+use crate::ids::now_millis;
 use crate::protocol::{ErrorCode, ServerEvent};
 use crate::server::metrics::Metrics;
 use crate::sync::lock;
@@ -304,14 +304,7 @@ impl Writer {
 fn answer(record: &Record, ack: &AckTo, failed: Option<&StoreError>) -> String {
     let message = &record.message;
     match failed {
-        None => ServerEvent::Ack {
-            client_id: ack.client_id.as_deref().map(Cow::Borrowed),
-            msg_id: Cow::Borrowed(&message.msg_id),
-            seq: message.seq,
-            recipients: ack.recipients,
-            ts: Cow::Owned(format_ts_millis(message.ts_ms)),
-        }
-        .encode(),
+        None => ack.ack(record),
         Some(err) => ServerEvent::Error {
             code: Cow::Borrowed(ErrorCode::StorageFailed.as_str()),
             message: Cow::Owned(format!(
@@ -320,6 +313,7 @@ fn answer(record: &Record, ack: &AckTo, failed: Option<&StoreError>) -> String {
                 record.room, message.seq, ack.recipients
             )),
             client_id: ack.client_id.as_deref().map(Cow::Borrowed),
+            upload_id: ack.upload_id.as_deref().map(Cow::Borrowed),
         }
         .encode(),
     }

@@ -5,6 +5,7 @@
 //! `chat::session`.
 
 pub mod accept;
+mod downloads;
 pub mod frames;
 pub mod http;
 pub mod routes;

@@ -34,6 +34,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/ws", any(not_a_handshake))
+        .route("/files/{file_id}/{name}", get(super::downloads::download))
         .with_state(shared)
         .merge(api::routes(api))
         .fallback(not_found)

@@ -37,7 +37,7 @@ use super::{Body, Message, PRUNE_CHUNK, Range, Record, Retention, Store, StoreEr
 use crate::sync::lock;
 
 /// The history part of the schema, as this build writes it.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 /// How long a statement waits for a lock held by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle reader connections kept open.
@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS messages (
     client_id TEXT,
     text      TEXT,
     data      BLOB,
+    file      TEXT,
     CHECK ((text IS NULL) <> (data IS NULL)),
     UNIQUE (room_id, seq)
 );
@@ -120,7 +121,7 @@ macro_rules! raise_last_seq_sql {
 macro_rules! scan_sql {
     ($order:literal) => {
         concat!(
-            "SELECT m.seq, m.msg_id, m.user_id, m.username, m.ts_ms, m.client_id, m.text, m.data \
+            "SELECT m.seq, m.msg_id, m.user_id, m.username, m.ts_ms, m.client_id, m.text, m.data, m.file \
              FROM messages m JOIN history_rooms r ON r.id = m.room_id \
              WHERE r.name = ?1 AND m.seq > ?2 AND m.seq < ?3 AND m.ts_ms >= ?4 \
              ORDER BY m.seq ",
@@ -236,6 +237,12 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             tx.execute("INSERT INTO schema_versions (component, version) VALUES ('history', ?1)", [SCHEMA_VERSION])?;
         }
         Some(SCHEMA_VERSION) => {}
+        // Version 1 had no file messages: a column for them (a shared file's
+        // description as JSON; such a row has text NULL and an empty `data`).
+        Some(1) => {
+            tx.execute_batch("ALTER TABLE messages ADD COLUMN file TEXT")?;
+            tx.execute("UPDATE schema_versions SET version = ?1 WHERE component = 'history'", [SCHEMA_VERSION])?;
+        }
         Some(other) => {
             return Err(StoreError::Corrupt(format!(
                 "its history schema is version {other}, written by another chorus version (this one reads \
@@ -276,13 +283,17 @@ fn insert_messages(
     ids: &HashMap<&str, i64>,
 ) -> Result<(), StoreError> {
     let mut insert = tx.prepare_cached(
-        "INSERT INTO messages (room_id, seq, msg_id, user_id, username, ts_ms, client_id, text, data) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO messages (room_id, seq, msg_id, user_id, username, ts_ms, client_id, text, data, file) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
     for Record { room, message: m } in batch {
-        let (client_id, text, data) = match &m.body {
-            Body::Text { text, client_id } => (client_id.as_deref(), Some(text.as_str()), None),
-            Body::Binary(data) => (None, None, Some(&data[..])),
+        let (client_id, text, data, file) = match &m.body {
+            Body::Text { text, client_id } => (client_id.as_deref(), Some(text.as_str()), None, None),
+            Body::Binary(data) => (None, None, Some(&data[..]), None),
+            Body::File { file, client_id } => {
+                let json = serde_json::to_string(file).map_err(|err| StoreError::Io(std::io::Error::other(err)))?;
+                (client_id.as_deref(), None, Some(&[][..]), Some(json))
+            }
         };
         let room_id = ids.get(&**room).copied().unwrap_or_default();
         insert.execute(params![
@@ -294,7 +305,8 @@ fn insert_messages(
             m.ts_ms,
             client_id,
             text,
-            data
+            data,
+            file
         ])?;
     }
     Ok(())
@@ -302,9 +314,16 @@ fn insert_messages(
 
 fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
     let text: Option<String> = row.get(6)?;
-    let body = match text {
-        Some(text) => Body::Text { text, client_id: row.get(5)? },
-        None => Body::Binary(row.get::<_, Option<Vec<u8>>>(7)?.unwrap_or_default().into()),
+    let file: Option<String> = row.get(8)?;
+    let body = match (text, file) {
+        (Some(text), _) => Body::Text { text, client_id: row.get(5)? },
+        (None, Some(file)) => {
+            let file = serde_json::from_str(&file).map_err(|err| {
+                rusqlite::Error::FromSqlConversionFailure(8, rusqlite::types::Type::Text, Box::new(err))
+            })?;
+            Body::File { file, client_id: row.get(5)? }
+        }
+        (None, None) => Body::Binary(row.get::<_, Option<Vec<u8>>>(7)?.unwrap_or_default().into()),
     };
     Ok(Message {
         seq: u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0),
