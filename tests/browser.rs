@@ -7,6 +7,8 @@
 //! (`cargo test -- --include-ignored`). A failing test leaves screenshots in
 //! `target/browser-screenshots/`.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 mod web;
 
@@ -14,20 +16,30 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use chorus::server::{HistoryConfig, ServerHandle};
+use chorus::server::auth::AuthMode;
+use chorus::server::{HistoryConfig, SecurityConfig, ServerConfig, ServerHandle};
 use common::Client;
 use web::{Driver, Page, checked, screenshot_dir};
+
+/// Script: an own line with the text `arguments[0]` is confirmed by the server.
+const CONFIRMED: &str = "return [...document.querySelectorAll('#messages li.msg.own')]
+    .some(li => li.dataset.state === 'confirmed' && li.querySelector('.body').textContent === arguments[0])";
+
+/// Script: the room on screen is `arguments[0]`.
+const IN_ROOM: &str = "return document.getElementById('room-title').textContent === '#' + arguments[0]";
+
+/// Script: the rooms panel shows `arguments[1]` unread for room `arguments[0]`.
+const UNREAD: &str = "const b = document.querySelector(`#room-list button[data-room=\"${arguments[0]}\"]`);
+    return b?.querySelector('.unread')?.textContent === arguments[1]";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs chromium and chromium-driver (apt)"]
 async fn two_browsers_and_a_protocol_client_chat() {
     let server = common::server().await;
     let driver = Driver::start().await;
-    let alice = Page::open(&driver, server.addr(), "alice").await;
-    let bob = Page::open(&driver, server.addr(), "bob").await;
+    let alice = Page::named(&driver, server.addr(), "alice").await;
+    let bob = Page::named(&driver, server.addr(), "bob").await;
     checked("chat", &[&alice, &bob], async {
-        alice.rename("alice").await;
-        bob.rename("bob").await;
         let mut carol = Client::named(&server.url(), "carol").await;
         alice.wait_people(&["alice", "bob", "carol"]).await;
 
@@ -100,23 +112,66 @@ async fn two_browsers_and_a_protocol_client_chat() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs chromium and chromium-driver (apt)"]
+async fn rooms_are_created_switched_by_click_and_count_what_you_missed() {
+    let server = common::server().await;
+    let driver = Driver::start().await;
+    let alice = Page::named(&driver, server.addr(), "alice").await;
+    checked("rooms", &[&alice], async {
+        // Create a room with the panel's form, keyboard only.
+        let field = alice.client.find(fantoccini::Locator::Id("new-room")).await.unwrap();
+        field.send_keys("design\u{E007}").await.unwrap();
+        alice.wait_js("#design on screen", IN_ROOM, vec![json!("design")]).await;
+        alice.wait_notice("You joined #design").await;
+        alice.type_line("first draft is up").await;
+        alice.wait_js("the line confirmed", CONFIRMED, vec![json!("first draft is up")]).await;
+
+        // Back to the lobby by clicking it in the list.
+        let lobby = alice.client.find(fantoccini::Locator::Css("#room-list button[data-room='lobby']")).await.unwrap();
+        lobby.click().await.unwrap();
+        alice.wait_js("back in the lobby", IN_ROOM, vec![json!("lobby")]).await;
+
+        // Two messages in #design while alice is away; someone joining the lobby refreshes the list.
+        let mut nora = Client::named(&format!("{}?room=design", server.url()), "nora").await;
+        nora.chat("looks good", "n1").await;
+        nora.chat("ship it", "n2").await;
+        nora.expect_where("ack", |e| e["client_id"] == "n2").await;
+        let _sam = Client::named(&server.url(), "sam").await;
+        alice.wait_js("2 unread in #design", UNREAD, vec![json!("design"), json!("2")]).await;
+        let label = alice
+            .js(
+                "return document.querySelector('#room-list button[data-room=\"design\"]').getAttribute('aria-label')",
+                vec![],
+            )
+            .await;
+        assert_eq!(label, "#design, 1 member, 2 unread", "screen readers hear the counts");
+
+        let design =
+            alice.client.find(fantoccini::Locator::Css("#room-list button[data-room='design']")).await.unwrap();
+        design.click().await.unwrap();
+        alice.wait_js("#design again", IN_ROOM, vec![json!("design")]).await;
+        alice.wait_message("nora", "ship it").await;
+        let line = alice.wait_message("alice", "first draft is up").await;
+        assert_eq!(line["own"], true);
+        let unread = alice.js("return document.querySelectorAll('#room-list .unread').length", vec![]).await;
+        assert_eq!(unread, 0, "the room on screen has nothing unread");
+    })
+    .await;
+    alice.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver (apt)"]
 async fn a_rename_shows_for_everyone() {
     let server = common::server().await;
     let driver = Driver::start().await;
-    let alice = Page::open(&driver, server.addr(), "alice").await;
-    let bob = Page::open(&driver, server.addr(), "bob").await;
+    let alice = Page::named(&driver, server.addr(), "alice").await;
+    let bob = Page::named(&driver, server.addr(), "bob").await;
     checked("rename", &[&alice, &bob], async {
-        alice.rename("alice").await;
-        bob.rename("bob").await;
         let mut carol = Client::named(&server.url(), "carol").await;
         bob.wait_people(&["alice", "bob", "carol"]).await;
 
         // Keyboard only: the name button opens a dialog; type, Enter.
-        let button = alice.client.find(fantoccini::Locator::Id("name-button")).await.unwrap();
-        button.click().await.unwrap();
-        let field = alice.client.find(fantoccini::Locator::Id("name-input")).await.unwrap();
-        field.clear().await.unwrap();
-        field.send_keys("alicia\u{E007}").await.unwrap();
+        alice.rename_in_dialog("alicia").await;
         alice.wait_name("alicia").await;
         alice.wait_notice("You are now alicia").await;
 
@@ -126,11 +181,7 @@ async fn a_rename_shows_for_everyone() {
         assert_eq!((renamed["old"].as_str(), renamed["new"].as_str()), (Some("alice"), Some("alicia")));
 
         // A taken name is refused in the dialog, and the name stays.
-        let button = bob.client.find(fantoccini::Locator::Id("name-button")).await.unwrap();
-        button.click().await.unwrap();
-        let field = bob.client.find(fantoccini::Locator::Id("name-input")).await.unwrap();
-        field.clear().await.unwrap();
-        field.send_keys("carol\u{E007}").await.unwrap();
+        bob.rename_in_dialog("carol").await;
         bob.wait_js(
             "the name_taken error in the dialog",
             "return document.getElementById('name-error').textContent.length > 0",
@@ -192,14 +243,7 @@ async fn after_a_server_restart_the_page_reconnects_and_shows_what_it_missed() {
         // The line typed offline went out after the reconnect, once.
         let late = carol.expect_where("chat", |e| e["text"] == "typed while offline").await;
         assert_eq!(late["from"], "alice");
-        alice
-            .wait_js(
-                "the offline line confirmed",
-                "return [...document.querySelectorAll('#messages li.msg.own')]
-                   .some(li => li.dataset.state === 'confirmed' && li.querySelector('.body').textContent === 'typed while offline')",
-                vec![],
-            )
-            .await;
+        alice.wait_js("the offline line confirmed", CONFIRMED, vec![json!("typed while offline")]).await;
         // Nothing twice, everything in seq order.
         let lines = alice.messages().await;
         let seqs: Vec<u64> = lines.as_array().unwrap().iter().filter_map(|m| m["seq"].as_u64()).collect();
@@ -223,24 +267,14 @@ async fn a_reload_keeps_the_name_and_shows_the_room_again() {
     checked("reload", &[&alice], async {
         alice.rename("alice").await;
         alice.type_line("/join rust").await;
-        alice
-            .wait_js("#rust on screen", "return document.getElementById('room-title').textContent === '#rust'", vec![])
-            .await;
+        alice.wait_js("#rust on screen", IN_ROOM, vec![json!("rust")]).await;
         alice.type_line("said before the reload").await;
-        alice
-            .wait_js(
-                "the line confirmed",
-                "return document.querySelector('#messages li.msg.own')?.dataset.state === 'confirmed'",
-                vec![],
-            )
-            .await;
+        alice.wait_js("the line confirmed", CONFIRMED, vec![json!("said before the reload")]).await;
 
         alice.client.refresh().await.unwrap();
         alice.wait_connected().await;
         alice.wait_name("alice").await;
-        alice
-            .wait_js("#rust again", "return document.getElementById('room-title').textContent === '#rust'", vec![])
-            .await;
+        alice.wait_js("#rust again", IN_ROOM, vec![json!("rust")]).await;
         let line = alice.wait_message("alice", "said before the reload").await;
         assert_eq!(line["own"], true, "a stored line under your name is shown as yours");
 
@@ -279,6 +313,176 @@ async fn markup_stays_text_and_invisible_characters_show() {
         // The page's own headers and notices never take HTML either (a notice quotes a name).
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(alice.client.find(fantoccini::Locator::Css("#messages img")).await.is_err());
+    })
+    .await;
+    alice.close().await;
+}
+
+/// The hex SHA-256 of `bytes`.
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Offer `content` over the protocol and send it in chunks; the sender's ack.
+async fn upload(client: &mut Client, name: &str, media_type: &str, content: &[u8]) -> serde_json::Value {
+    client
+        .send_json(json!({
+            "type": "file_offer", "upload_id": "u1", "name": name, "size": content.len(),
+            "media_type": media_type, "sha256": sha256(content), "client_id": "f1",
+        }))
+        .await;
+    let ready = client.expect("upload_ready").await;
+    let chunk = ready["chunk_size"].as_u64().unwrap() as usize;
+    for (i, piece) in content.chunks(chunk).enumerate() {
+        client.send_json(json!({"type": "file_chunk", "upload_id": "u1", "offset": i * chunk})).await;
+        client.send_binary(piece).await;
+    }
+    client.expect_where("ack", |e| e["upload_id"] == "u1").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver (apt)"]
+async fn a_file_from_a_protocol_client_downloads_in_the_browser_with_the_same_sha256() {
+    let server = common::server().await;
+    let driver = Driver::start().await;
+    let alice = Page::open(&driver, server.addr(), "alice").await;
+    checked("download", &[&alice], async {
+        let mut carol = Client::named(&server.url(), "carol").await;
+        // Several chunks, and bytes that are not text.
+        let content: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        upload(&mut carol, "quarterly report.pdf", "application/pdf", &content).await;
+
+        let line = alice.wait_message("carol", "quarterly report.pdf293 KiB").await;
+        assert_eq!(line["own"], false);
+        let link = alice.client.find(fantoccini::Locator::Css("#messages .file a.file-name")).await.unwrap();
+        link.click().await.unwrap();
+        let deadline = tokio::time::Instant::now() + web::PAGE_WAIT;
+        let saved = alice.downloads.path().join("quarterly report.pdf");
+        while std::fs::metadata(&saved).map(|m| m.len()).unwrap_or(0) != content.len() as u64 {
+            assert!(tokio::time::Instant::now() < deadline, "no download at {}", saved.display());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let downloaded = std::fs::read(&saved).unwrap();
+        assert_eq!(sha256(&downloaded), sha256(&content), "the browser saved the very bytes sent");
+    })
+    .await;
+    alice.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver (apt)"]
+async fn an_image_sent_from_one_browser_shows_inline_in_the_other() {
+    let server = common::server().await;
+    let driver = Driver::start().await;
+    let alice = Page::named(&driver, server.addr(), "maya").await;
+    let bob = Page::named(&driver, server.addr(), "leo").await;
+    checked("image", &[&alice, &bob], async {
+        // Leo was in #design before, and two messages came there since (the screenshot shows the count).
+        bob.type_line("/join design").await;
+        bob.type_line("Mockups for the landing page are up.").await;
+        bob.wait_js("the line in #design confirmed", CONFIRMED, vec![json!("Mockups for the landing page are up.")])
+            .await;
+        bob.type_line("/join lobby").await;
+        bob.wait_js("back in the lobby", IN_ROOM, vec![json!("lobby")]).await;
+        let mut nora = Client::named(&format!("{}?room=design", server.url()), "nora").await;
+        nora.chat("Looks great!", "n1").await;
+        nora.chat("One note on the header spacing.", "n2").await;
+        nora.expect_where("ack", |e| e["client_id"] == "n2").await;
+        let mut sam = Client::named(&server.url(), "sam").await;
+        bob.wait_people(&["leo", "maya", "sam"]).await;
+        bob.wait_js("2 unread in #design", UNREAD, vec![json!("design"), json!("2")]).await;
+        sam.chat("Is the harbour photo ready?", "s1").await;
+        alice.wait_message("sam", "Is the harbour photo ready?").await;
+        alice.type_line("Yes, here it is.").await;
+
+        // A PNG drawn by the browser, saved to disk, then chosen with the file picker.
+        let png = alice.draw_png().await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("harbour.png");
+        std::fs::write(&path, &png).unwrap();
+        let picker = alice.client.find(fantoccini::Locator::Id("file-input")).await.unwrap();
+        picker.send_keys(&path.display().to_string()).await.unwrap();
+
+        let file = sam.expect("file").await;
+        assert_eq!((file["name"].as_str(), file["media_type"].as_str()), (Some("harbour.png"), Some("image/png")));
+        assert_eq!(file["sha256"], sha256(&png), "the browser hashed the file it sent");
+        let shown = "const img = document.querySelector('#messages figure.image img[alt=\"harbour.png\"]');
+                     return img && img.complete && img.naturalWidth > 0 ? img.naturalWidth : null";
+        assert_eq!(bob.wait_js("the image inline", shown, vec![]).await, 480);
+        assert_eq!(alice.wait_js("the image on the sender's side too", shown, vec![]).await, 480);
+        let upload = "return document.querySelector('#messages li.own figure.image')?.closest('li').dataset.state === 'confirmed'";
+        alice.wait_js("the upload confirmed", upload, vec![]).await;
+
+        // Drag and drop, and paste: a text file each, shown as download links.
+        bob.js(web::DROP_FILE, vec![json!("drop"), json!("notes.txt"), json!("dropped text\n")]).await;
+        bob.js(web::DROP_FILE, vec![json!("paste"), json!("pasted.txt"), json!("pasted text\n")]).await;
+        alice.wait_message("leo", "notes.txt13 B").await;
+        alice.wait_message("leo", "pasted.txt12 B").await;
+        sam.chat("Lovely light. Printing it for the wall.", "s2").await;
+        bob.wait_message("sam", "Lovely light. Printing it for the wall.").await;
+        bob.js("document.getElementById('input').blur()", vec![]).await;
+        bob.client.set_window_size(1280, 900).await.unwrap();
+        bob.js("const s = document.getElementById('scroller'); s.scrollTop = s.scrollHeight", vec![]).await;
+        let readme = screenshot_dir().join("web-client.png");
+        bob.screenshot(&readme).await;
+        if std::env::var_os("CHORUS_UPDATE_SCREENSHOT").is_some() {
+            std::fs::create_dir_all(concat!(env!("CARGO_MANIFEST_DIR"), "/docs")).unwrap();
+            std::fs::copy(&readme, concat!(env!("CARGO_MANIFEST_DIR"), "/docs/web-client.png")).unwrap();
+        }
+    })
+    .await;
+    alice.close().await;
+    bob.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver (apt)"]
+async fn with_accounts_required_the_page_signs_in_and_keeps_the_token() {
+    let data = tempfile::tempdir().unwrap();
+    let secret = "a test secret, long enough for HS256 keys";
+    let config = ServerConfig {
+        data_dir: data.path().to_path_buf(),
+        security: SecurityConfig {
+            auth: AuthMode::Required,
+            auth_secret: Some(secret.into()),
+            api_rate_limit: None,
+            ..Default::default()
+        },
+        ..common::quick_close()
+    };
+    let server = common::server_with(config).await;
+    let driver = Driver::start().await;
+    let alice = Page::launch(&driver, server.addr(), "alice").await;
+    checked("accounts", &[&alice], async {
+        // Guests are refused (401 at the handshake): the page asks to sign in, with no guest way out.
+        let form = "const d = document.getElementById('auth-dialog');
+                    return d.open && document.getElementById('auth-guest').hidden";
+        alice.wait_js("the sign-in form", form, vec![]).await;
+        let find = |id| alice.client.find(fantoccini::Locator::Id(id));
+        find("auth-user").await.unwrap().send_keys("alice").await.unwrap();
+        find("auth-password").await.unwrap().send_keys("correct horse battery").await.unwrap();
+        find("auth-register").await.unwrap().click().await.unwrap();
+        alice.wait_connected().await;
+        alice.wait_name("alice").await;
+
+        // The token is kept: a reload connects as alice at once.
+        alice.client.refresh().await.unwrap();
+        alice.wait_connected().await;
+        alice.wait_name("alice").await;
+        let signed_in = alice.js("return document.getElementById('auth-button').textContent", vec![]).await;
+        assert_eq!(signed_in, "Sign out");
+
+        // Files need the token too: the page adds it, so an image from dana shows.
+        let token = chorus::server::auth::issue_token(data.path(), Some(secret), "dana", Duration::from_secs(60))
+            .unwrap()
+            .token;
+        let mut dana = Client::connect(&format!("{}?token={token}", server.url())).await;
+        let png = alice.draw_png().await;
+        upload(&mut dana, "harbour.png", "image/png", &png).await;
+        let shown = "const img = document.querySelector('#messages figure.image img');
+                     return img && img.complete && img.naturalWidth > 0";
+        alice.wait_js("dana's image", shown, vec![]).await;
     })
     .await;
     alice.close().await;

@@ -83,6 +83,13 @@ pub struct Page {
 impl Page {
     /// A new browser on `http://<addr>/`, connected (its status says so).
     pub async fn open(driver: &Driver, addr: std::net::SocketAddr, label: &str) -> Page {
+        let page = Page::launch(driver, addr, label).await;
+        page.wait_connected().await;
+        page
+    }
+
+    /// A new browser on `http://<addr>/`, whatever the page then shows.
+    pub async fn launch(driver: &Driver, addr: std::net::SocketAddr, label: &str) -> Page {
         let profile = tempfile::tempdir().unwrap();
         let downloads = tempfile::tempdir().unwrap();
         let mut caps = serde_json::Map::new();
@@ -108,8 +115,22 @@ impl Page {
             .expect("a chromium session");
         let page = Page { client, label: label.to_string(), profile, downloads };
         page.client.goto(&format!("http://{addr}/")).await.unwrap();
-        page.wait_connected().await;
         page
+    }
+
+    /// A new browser, connected, that took the name `name`.
+    pub async fn named(driver: &Driver, addr: std::net::SocketAddr, name: &str) -> Page {
+        let page = Page::open(driver, addr, name).await;
+        page.rename(name).await;
+        page
+    }
+
+    /// Change the name the way a person would: the name button, the dialog, Enter.
+    pub async fn rename_in_dialog(&self, name: &str) {
+        self.client.find(Locator::Id("name-button")).await.unwrap().click().await.unwrap();
+        let field = self.client.find(Locator::Id("name-input")).await.unwrap();
+        field.clear().await.unwrap();
+        field.send_keys(&format!("{name}\u{E007}")).await.unwrap();
     }
 
     /// Close the browser.
@@ -247,6 +268,12 @@ impl Page {
         }
     }
 
+    /// A 480x300 PNG picture, drawn by the browser.
+    pub async fn draw_png(&self) -> Vec<u8> {
+        let png = self.js(DRAW_PNG, vec![]).await;
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, png.as_str().unwrap()).unwrap()
+    }
+
     pub async fn screenshot(&self, path: &Path) {
         if let Ok(png) = self.client.screenshot().await {
             let _ = std::fs::create_dir_all(path.parent().unwrap());
@@ -268,3 +295,36 @@ pub async fn checked(test: &str, pages: &[&Page], body: impl Future<Output = ()>
         std::panic::resume_unwind(panic);
     }
 }
+
+/// A script that draws a 480x300 picture and returns it as base64 PNG.
+const DRAW_PNG: &str = "
+    const c = document.createElement('canvas');
+    c.width = 480; c.height = 300;
+    const g = c.getContext('2d');
+    const sky = g.createLinearGradient(0, 0, 0, 300);
+    sky.addColorStop(0, '#f6c28b'); sky.addColorStop(0.55, '#e98a6b'); sky.addColorStop(1, '#5b6fa8');
+    g.fillStyle = sky; g.fillRect(0, 0, 480, 300);
+    g.fillStyle = '#fff3d6'; g.beginPath(); g.arc(340, 170, 38, 0, Math.PI * 2); g.fill();
+    g.fillStyle = '#34406b'; g.fillRect(0, 200, 480, 100);
+    g.fillStyle = '#1f2747';
+    g.beginPath(); g.moveTo(60, 230); g.lineTo(180, 230); g.lineTo(165, 250); g.lineTo(75, 250); g.fill();
+    g.fillRect(118, 150, 4, 80);
+    g.beginPath(); g.moveTo(122, 155); g.lineTo(170, 222); g.lineTo(122, 222); g.fill();
+    g.strokeStyle = 'rgba(255,243,214,.5)'; g.lineWidth = 2;
+    for (let y = 215; y < 300; y += 14) { g.beginPath(); g.moveTo(300, y); g.lineTo(380, y); g.stroke(); }
+    return c.toDataURL('image/png').split(',')[1];";
+
+/// A script that hands the page a file as a user would by dropping it on
+/// the messages (`arguments[0]` = \"drop\") or pasting it into the message
+/// box (\"paste\"): `arguments[1]` is its name, `arguments[2]` its text.
+pub const DROP_FILE: &str = "
+    const [how, name, text] = arguments;
+    const data = new DataTransfer();
+    data.items.add(new File([text], name, { type: 'text/plain' }));
+    if (how === 'drop') {
+      const chat = document.getElementById('chat');
+      chat.dispatchEvent(new DragEvent('dragenter', { dataTransfer: data, bubbles: true }));
+      chat.dispatchEvent(new DragEvent('drop', { dataTransfer: data, bubbles: true, cancelable: true }));
+    } else {
+      document.getElementById('input').dispatchEvent(new ClipboardEvent('paste', { clipboardData: data, bubbles: true, cancelable: true }));
+    }";
