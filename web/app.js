@@ -31,7 +31,7 @@ const state = {
   everWelcomed: false,
   /** The room is complete (entered or caught up): new lines can go straight out. */
   ready: false,
-  /** The name sent after `welcome` from localStorage, until answered. */
+  /** `{name, attempt}`: the remembered name, sent after `welcome`, until answered. */
   restoring: null,
   /** client_id -> {line, text, room}: own chat lines not acknowledged yet, in order. */
   own: new Map(),
@@ -173,19 +173,31 @@ function welcome(event) {
   state.room = event.room;
   setStatus("connected", "Connected");
   showIdentity();
-  const saved = localStorage.getItem(NAME_KEY);
-  if (!state.account && saved && saved !== event.username) {
-    state.restoring = saved;
-    conn.send({ type: "username", name: saved });
-  }
+  restoreName(0);
   rooms.setCurrent(event.room);
   people.clear(event.room);
   showRoom(event.room);
-  if (state.everWelcomed) sync.reconnected(event.room);
+  if (state.everWelcomed) sync.reconnected(event.room, unconfirmedSince(event.room));
   else sync.enter(event.room);
   state.everWelcomed = true;
   conn.send({ type: "who" });
   conn.send({ type: "rooms" });
+}
+
+/**
+ * Take back the name this browser remembers. Right after a reconnect the
+ * server may still hold it for the connection that was lost (until its
+ * keepalive gives up), so a refusal is tried again a few times.
+ */
+function restoreName(attempt) {
+  clearTimeout(restoreName.timer);
+  const saved = localStorage.getItem(NAME_KEY);
+  if (!state.welcomed || state.account || !saved || saved === state.me.username) {
+    state.restoring = null;
+    return;
+  }
+  state.restoring = { name: saved, attempt };
+  conn.send({ type: "username", name: saved });
 }
 
 /** The room is complete on screen: lines waiting for the connection go out now, in order. */
@@ -246,14 +258,16 @@ function joined(event) {
 
 function renamed(event) {
   people.renamed(event);
-  if (event.user_id === state.me.user_id) {
+  const mine = event.user_id === state.me.user_id;
+  const restored = mine && state.restoring?.name === event.new;
+  if (mine) {
     state.me.username = event.new;
     if (!state.account) localStorage.setItem(NAME_KEY, event.new);
     state.restoring = null;
     showIdentity();
     if ($("name-dialog").open) $("name-dialog").close();
   }
-  sync.live(event);
+  if (!restored) sync.live(event); // taking back your own name is no news to you
 }
 
 function who(event) {
@@ -296,9 +310,15 @@ function refused(event) {
     return;
   }
   if (NAME_ERRORS.has(event.code)) {
-    if (state.restoring) {
-      list.notice(`Your name ${state.restoring} could not be taken back (${event.message}); you are ${state.me.username} for now.`, { kind: "warning" });
+    const restoring = state.restoring;
+    if (restoring) {
       state.restoring = null;
+      const again = event.code === "name_taken" && restoring.attempt < 3;
+      if (restoring.attempt === 0) {
+        const next = again ? " Trying again in a moment." : "";
+        list.notice(`Your name ${restoring.name} could not be taken back (${event.message}); you are ${state.me.username} for now.${next}`, { kind: "warning" });
+      }
+      if (again) restoreName.timer = setTimeout(() => restoreName(restoring.attempt + 1), 15000);
       return;
     }
     if ($("name-dialog").open) {
@@ -338,7 +358,20 @@ function sendChat(text) {
 function transmit(clientId, entry) {
   if (conn.send({ type: "chat", text: entry.text, room: entry.room, client_id: clientId })) {
     entry.line.setState("sending");
+    // Its seq will be above what was seen by now: after a reconnect, history from here tells whether it was stored.
+    entry.after = sync.baseline ?? 0;
   }
+}
+
+/** The lowest seq after which a line of ours in `room` may have been stored unconfirmed; null for none. */
+function unconfirmedSince(room) {
+  let since = null;
+  for (const entry of state.own.values()) {
+    if (entry.room === room && entry.line.el.dataset.state === "unconfirmed") {
+      since = since === null ? entry.after : Math.min(since, entry.after);
+    }
+  }
+  return since;
 }
 
 function sendBinary(bytes) {

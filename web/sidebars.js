@@ -22,6 +22,8 @@ export class RoomList {
     this.lastSeen = new Map(Object.entries(readJson(SEEN_KEY)));
     /** room -> messages since lastSeen. */
     this.unread = new Map();
+    /** room -> its list item, kept across updates. */
+    this.items = new Map();
   }
 
   /** A `rooms` event. */
@@ -70,36 +72,45 @@ export class RoomList {
       }
     }
     rooms.sort((a, b) => (a.room < b.room ? -1 : a.room > b.room ? 1 : 0));
-    const focused = document.activeElement?.dataset?.room;
-    this.list.replaceChildren(...rooms.map((r) => this.item(r)));
-    if (focused) this.list.querySelector(`button[data-room="${CSS.escape(focused)}"]`)?.focus();
+    // Update in place (a button being clicked or focused is never replaced), then fix the order.
+    const items = rooms.map((r) => this.fill(this.items.get(r.room) ?? this.item(r.room), r));
+    for (const [room, li] of this.items) if (!names.has(room)) li.remove();
+    items.forEach((li, i) => {
+      if (this.list.children[i] !== li) this.list.insertBefore(li, this.list.children[i] ?? null);
+    });
+    this.items = new Map(rooms.map((r, i) => [r.room, items[i]]));
   }
 
-  item({ room, members }) {
+  item(room) {
     const li = document.createElement("li");
     const button = document.createElement("button");
     button.type = "button";
     button.className = "room";
     button.dataset.room = room;
-    const unread = this.unread.get(room) ?? 0;
-    button.append(textElement("span", "room-name", `#${room}`));
     const count = document.createElement("span");
     count.className = "members";
+    const badge = document.createElement("span");
+    badge.className = "unread";
+    button.append(textElement("span", "room-name", `#${room}`), count, badge);
+    button.addEventListener("click", () => this.onSelect(room));
+    li.append(button);
+    return li;
+  }
+
+  /** Show `members` and the unread count on a room's item. */
+  fill(li, { room, members }) {
+    const button = li.firstChild;
+    const [, count, badge] = button.children;
+    const unread = this.unread.get(room) ?? 0;
     count.textContent = String(members);
     count.title = `${members} ${members === 1 ? "person" : "people"} here`;
-    button.append(count);
-    if (unread) {
-      const badge = document.createElement("span");
-      badge.className = "unread";
-      badge.textContent = unread > 999 ? "999+" : String(unread);
-      button.append(badge);
-    }
+    badge.textContent = unread > 999 ? "999+" : String(unread);
+    badge.hidden = !unread;
     const label = [`#${room}`, `${members} ${members === 1 ? "member" : "members"}`];
     if (unread) label.push(`${unread} unread`);
     button.setAttribute("aria-label", label.join(", "));
     if (room === this.current) button.setAttribute("aria-current", "true");
-    button.addEventListener("click", () => this.onSelect(room));
-    li.append(button);
+    else button.removeAttribute("aria-current");
     return li;
   }
 }

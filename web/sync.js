@@ -83,8 +83,12 @@ export class RoomSync {
     this.block({ kind: "entry" }, { room, limit: ENTRY_LIMIT });
   }
 
-  /** A new connection is in `room`: fill what was missed, or start over. */
-  reconnected(room) {
+  /**
+   * A new connection is in `room`: fill what was missed, or start over.
+   * `ownSince`: own lines the server may have stored without confirming
+   * have seqs above this (null: none), so the fetch starts there at the latest.
+   */
+  reconnected(room, ownSince = null) {
     if (room !== this.room || this.baseline === null) return this.enter(room);
     this.restart();
     if (this.historyOff) {
@@ -92,7 +96,7 @@ export class RoomSync {
       this.onCaughtUp();
       return;
     }
-    this.block({ kind: "probe", since: this.baseline }, { room, limit: 1 });
+    this.block({ kind: "probe", since: this.baseline, from: Math.min(this.baseline, ownSince ?? this.baseline) }, { room, limit: 1 });
   }
 
   /** The connection dropped: answers due will never come; show what was held. */
@@ -144,7 +148,7 @@ export class RoomSync {
       this.unblock();
       this.onCaughtUp();
     } else if (purpose.kind === "probe") {
-      this.probed(purpose.since, messages.at(-1)?.seq ?? 0);
+      this.probed(purpose.since, purpose.from, messages.at(-1)?.seq ?? 0);
     } else if (purpose.kind === "fill") {
       this.filled(purpose, messages);
     } else if (purpose.kind === "older") {
@@ -192,22 +196,26 @@ export class RoomSync {
     this.block(purpose, { room: this.room, after_seq: after, before_seq: purpose.upTo + 1, limit: PAGE });
   }
 
-  /** The room's latest seq after a reconnect: anything newer than what we saw is fetched. */
-  probed(since, latest) {
+  /**
+   * The room's latest seq after a reconnect: anything newer than what we
+   * saw (`since`) is fetched, from `from` (<= since, for own lines to check).
+   */
+  probed(since, from, latest) {
     if (latest < since) {
       // The server lost its history (a restart without storage): seqs start again.
       this.list.newEpoch();
       this.baseline = 0;
       this.list.notice("The server restarted without keeping its history: earlier messages cannot be fetched, and numbering starts over.", { kind: "warning" });
       since = 0;
+      from = 0;
     }
-    if (latest === since) {
+    if (latest === since && from === since) {
       this.list.notice("Reconnected. You missed nothing.");
       this.unblock();
       this.onCaughtUp();
       return;
     }
-    this.fill({ kind: "fill", reason: "resume", since, upTo: latest, got: 0 }, since);
+    this.fill({ kind: "fill", reason: "resume", since: from, upTo: latest, got: 0 }, from);
     this.unblock(); // the probe itself; the fill still blocks
   }
 
