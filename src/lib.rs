@@ -21,12 +21,14 @@
 //! - [`demo`]: `chorus demo`, an embedded server and scripted bots.
 //! - [`ids`], [`units`], [`sync`]: ids and timestamps; durations and sizes as
 //!   people write them; the lock helper.
+//! - [`printable`]: text from the network made safe to print on a terminal.
 
 pub mod client;
 pub mod demo;
 pub mod harness;
 pub mod ids;
 pub mod names;
+pub mod printable;
 pub mod protocol;
 pub mod server;
 pub mod sync;

@@ -121,6 +121,21 @@ struct RunArgs {
     /// per address). Default: only past 25,000 clients, 25,000 per address.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=254))]
     source_addresses: Option<u8>,
+    /// Override the total length of the steady phase(s), e.g. 3s (several steady phases are scaled together).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Multiply every group's message rate, e.g. 0.5.
+    #[arg(long, value_name = "FACTOR")]
+    rate_multiplier: Option<f64>,
+    /// Multiply every group's client count (each keeps at least 1), e.g. 0.1.
+    #[arg(long, value_name = "FACTOR")]
+    clients_multiplier: Option<f64>,
+    /// Override the scenario's seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Set any scenario key (repeatable): --set ramp_up=1s --set group.0.rate=2 --set server.history=off.
+    #[arg(long, value_name = "KEY=VALUE")]
+    set: Vec<String>,
     /// wss:// trust and the access token every simulated client presents.
     #[command(flatten)]
     connect: ConnectArgs,
@@ -234,7 +249,14 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
 
 async fn run_scenario(args: RunArgs) -> anyhow::Result<u8> {
     use chorus::harness;
-    let scenario = harness::Scenario::load(&args.scenario)?;
+    let overrides = harness::scenario::Overrides {
+        duration: args.duration,
+        rate_multiplier: args.rate_multiplier,
+        clients_multiplier: args.clients_multiplier,
+        seed: args.seed,
+        set: args.set.clone(),
+    };
+    let scenario = harness::Scenario::load_with(&args.scenario, &overrides)?;
     let target = args.target.clone().or_else(|| scenario.target.clone());
     eprintln!(
         "running {} ({} clients, {:.0}s) against {}",
@@ -331,7 +353,8 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("chorus: {err:#}");
+            // The chain may quote a server (a close reason, an HTTP body): never raw.
+            eprintln!("chorus: {}", chorus::printable::printable(&format!("{err:#}")));
             ExitCode::FAILURE
         }
     }

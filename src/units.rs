@@ -64,9 +64,43 @@ pub fn format_duration(duration: Duration) -> String {
     }
 }
 
+/// A byte rate as people read it: `850 B/s`, `12.3 KiB/s`, `4.20 MiB/s`.
+pub fn format_bytes_rate(per_second: f64) -> String {
+    format!("{}/s", format_bytes(per_second))
+}
+
+/// A byte count as people read it: `850 B`, `12.3 KiB`, `4.20 MiB`, `1.50 GiB`.
+pub fn format_bytes(bytes: f64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024.0 {
+        return format!("{bytes:.0} B");
+    }
+    let mut value = bytes / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    let digits = if value >= 100.0 {
+        0
+    } else if value >= 10.0 {
+        1
+    } else {
+        2
+    };
+    format!("{value:.digits$} {}", UNITS[unit])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_rates_read_like_people_write_them() {
+        assert_eq!(format_bytes_rate(850.0), "850 B/s");
+        assert_eq!(format_bytes_rate(12.3 * 1024.0), "12.3 KiB/s");
+        assert_eq!(format_bytes_rate(4.2 * 1024.0 * 1024.0), "4.20 MiB/s");
+    }
 
     #[test]
     fn durations() {

@@ -92,8 +92,59 @@ async fn an_unreachable_server_gives_one_clear_line_and_a_failure_code() {
         assert!(!ok, "{command} must fail");
         assert_eq!(stderr.trim().lines().count(), 1, "{command}: one line: {stderr}");
         assert!(stderr.contains("could not reach") && stderr.contains(&url), "{stderr}");
+        assert_eq!(stderr.matches("Connection refused").count(), 1, "the cause, once: {stderr}");
+        assert!(stderr.contains("start one with `chorus server`"), "the way out: {stderr}");
         assert!(stdout.is_empty());
     }
+}
+
+/// A plain HTTP server that answers every request with `response`.
+async fn http_server(response: &'static str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = tcp.read(&mut buf).await;
+            let _ = tcp.write_all(response.as_bytes()).await;
+        }
+    });
+    format!("ws://{addr}/")
+}
+
+#[tokio::test]
+async fn a_server_that_does_not_speak_websocket_or_tls_is_named_as_such() {
+    let http10 =
+        http_server("HTTP/1.0 200 OK\r\nContent-Type: text/html\r\n\r\n<html>\x1b[2Jdirectory listing</html>").await;
+    let http11 = http_server("HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found").await;
+    for url in [http10, http11] {
+        for command in ["client", "simple-client"] {
+            let (ok, _, stderr) = run(&[command, &url], "").await;
+            assert!(!ok, "{command} must fail");
+            assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+            assert!(
+                stderr.contains("is not a WebSocket endpoint") && stderr.contains("is this a chorus server?"),
+                "{stderr}"
+            );
+            assert!(!stderr.contains("HTTP version must be") && !stderr.contains('\x1b'), "{stderr}");
+        }
+    }
+    let server = server().await;
+    let wss = server.url().replace("ws://", "wss://");
+    let (ok, _, stderr) = run(&["client", "--insecure", &wss], "").await;
+    assert!(!ok);
+    assert!(stderr.contains("does not speak TLS on this port; use ws:// instead of wss://"), "{stderr}");
+    assert!(!stderr.contains("InvalidContentType"), "{stderr}");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_scenario_file_says_so_once_and_where_the_scenarios_are() {
+    let (ok, _, stderr) = run(&["run", "/nonexistent/x.toml"], "").await;
+    assert!(!ok);
+    assert_eq!(stderr.matches("No such file or directory").count(), 1, "the cause, once: {stderr}");
+    assert!(stderr.contains("scenarios/smoke.toml"), "the way out: {stderr}");
 }
 
 #[tokio::test]
@@ -156,4 +207,26 @@ fn an_address_without_a_host_says_what_an_address_looks_like() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("host:port") && stderr.contains("127.0.0.1:8080"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_server_does_not_log_every_connection_at_the_default_level() {
+    let data = tempfile::tempdir().unwrap();
+    let command = common::process::server_command("127.0.0.1:0", data.path(), &[]);
+    let mut server = common::process::ServerProcess::spawn(command).unwrap();
+    for name in ["a", "b", "c"] {
+        let mut client = Client::named(&server.url, name).await;
+        client.ws.close(None).await.unwrap();
+    }
+    assert_eq!(server.terminate().code(), Some(0));
+    let mut logs = server.logs();
+    for _ in 0..100 {
+        if logs.iter().any(|l| l.contains("everything stored")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        logs = server.logs();
+    }
+    assert!(logs.iter().any(|l| l.contains("everything stored")), "the last line was read: {logs:?}");
+    assert!(logs.iter().all(|l| !l.contains("connected")), "a line per connection is for RUST_LOG=debug: {logs:?}");
 }

@@ -69,9 +69,17 @@ async fn the_smoke_scenario_delivers_everything_with_no_errors() {
         assert!(outcome.dir.join(file).is_file(), "{file} is written");
     }
     let html = std::fs::read_to_string(outcome.dir.join("report.html")).unwrap();
-    assert_eq!(html.matches("<svg").count(), 3, "percentile curve, throughput, p99 over time");
+    assert_eq!(html.matches("<svg").count(), 5, "percentiles; messages, bytes, clients and errors, p99 over time");
+    assert!(html.contains("viewBox=") && html.contains("<table") && !html.contains("<pre>"), "charts scale, tables");
+    assert!(html.contains("delivered/s (right axis)") && html.contains("\nsteady\n"), "own scales, phases marked");
+    assert!(html.contains("bytes in/s"), "bytes per second are charted");
+    assert!(!html.contains("src=") && !html.contains("<link") && !html.contains("<script"), "self-contained");
     let csv = std::fs::read_to_string(outcome.dir.join("timeseries.csv")).unwrap();
     assert!(csv.starts_with("second,phase,connected,sent,delivered"));
+    assert!(csv.lines().next().unwrap().ends_with(",sent_bytes,received_bytes"));
+    assert!(s.messages.bytes_sent > 0 && s.messages.bytes_received > s.messages.bytes_sent);
+    assert!(s.throughput.received_bytes_per_sec > 0.0);
+    assert!(outcome.report.contains(" in (steady phases)"), "{}", outcome.report);
     assert!(csv.lines().count() >= 5);
 }
 
@@ -293,10 +301,21 @@ async fn ctrl_c_stops_sending_and_writes_a_partial_report() {
     assert!(started.elapsed() < Duration::from_secs(10), "it stops promptly");
     assert_eq!(output.status.code(), Some(4), "{}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("INTERRUPTED"), "{stdout}");
+    assert!(stdout.contains("result: INTERRUPTED (partial)"), "{stdout}");
+    assert!(!stdout.contains("PASSED"), "an interrupted run never passes: {stdout}");
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["run"]["interrupted"], true);
+    assert_eq!(summary["passed"], false);
+    // After the stop nothing is sent: the rates are over the time spent sending.
+    let stopped = summary["run"]["stopped_after_secs"].as_f64().unwrap();
+    let steady = summary["run"]["steady_secs"].as_f64().unwrap();
+    assert!(steady <= stopped, "steady {steady}s counted past the stop at {stopped}s");
+    let sent = (summary["messages"]["sent_text"].as_u64().unwrap()
+        + summary["messages"]["sent_binary"].as_u64().unwrap()) as f64;
+    assert!((summary["throughput"]["sent_per_sec"].as_f64().unwrap() - sent / steady).abs() < 1e-6);
+    let csv = std::fs::read_to_string(out.join("timeseries.csv")).unwrap();
+    assert!(csv.lines().last().unwrap().contains(",stopped,"), "{csv}");
     assert!(summary["messages"]["sent"].as_u64().unwrap() > 0);
     assert_eq!(summary["delivery"]["ratio"], 1.0, "in-flight messages were drained");
 }
@@ -360,4 +379,109 @@ async fn clients_can_connect_from_several_loopback_addresses() {
     let outcome = harness::run(scenario(text), options, CancellationToken::new()).await.unwrap();
     assert_eq!(outcome.summary.connections.ok, 6, "{}", outcome.report);
     assert_eq!(outcome.summary.delivery.ratio, Some(1.0));
+}
+
+#[tokio::test]
+async fn a_run_the_server_refuses_cannot_pass() {
+    let results = tempfile::tempdir().unwrap();
+    // No thresholds at all; the server closes every connection for flooding.
+    let text = "name = \"refused\"\nduration = \"1s\"\ndrain = \"500ms\"\n[server]\nrate_limit = \"2/s\"\nrate_burst = 2\n\
+                [[group]]\nclients = 3\nrate = 300.0\n";
+    let outcome = harness::run(scenario(text), options(results.path()), CancellationToken::new()).await.unwrap();
+    let s = &outcome.summary;
+    assert!(!s.passed, "{}", outcome.report);
+    assert_eq!(harness::exit_code(s), harness::EXIT_THRESHOLDS_FAILED);
+    assert!(s.errors.values().sum::<u64>() > 0, "{}", outcome.report);
+    assert!(outcome.report.contains("(default: the scenario sets no errors threshold)"), "{}", outcome.report);
+    assert!(outcome.report.contains("result: FAILED"), "{}", outcome.report);
+}
+
+#[tokio::test]
+async fn progress_lines_show_each_second_under_its_own_phase() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fast.toml");
+    std::fs::write(&file, FAST.replace("drain = \"500ms\"", "drain = \"2s\"")).unwrap();
+    let out = dir.path().join("run");
+    let args = ["run", file.to_str().unwrap(), "--out", out.to_str().unwrap()].map(String::from).to_vec();
+    let (code, stdout, stderr) = run_chorus(args).await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with('[')).collect();
+    for (second, phase) in [(0, "steady"), (1, "drain"), (2, "drain")] {
+        let line =
+            lines.iter().find(|l| l.starts_with(&format!("[{second:>4}s]"))).unwrap_or_else(|| panic!("{stderr}"));
+        assert!(line.contains(phase), "second {second} is {phase}: {line}");
+        if phase == "drain" {
+            assert!(line.contains(" 0 sent/s"), "nothing is sent while draining: {line}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_reused_results_folder_holds_only_the_last_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mixed.toml");
+    let out = dir.path().join("out");
+    let run_with = |text: String, extra: Vec<String>| {
+        std::fs::write(&file, text).unwrap();
+        let mut args = vec!["run".to_string(), file.display().to_string(), "--out".into(), out.display().to_string()];
+        args.extend(extra);
+        run_chorus(args)
+    };
+    let (code, _, stderr) = run_with(format!("{FAST}mix = {{ text = 1, binary = 1 }}\n"), vec![]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(out.join("hdr/delivery.binary.hgrm").is_file());
+    let (code, _, stderr) = run_with(FAST.to_string(), vec![]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!out.join("hdr/delivery.binary.hgrm").exists(), "no file of the earlier run is left");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let target = vec!["--target".to_string(), format!("ws://127.0.0.1:{port}/")];
+    let (code, _, _) = run_with(FAST.to_string(), target).await;
+    assert_eq!(code, 1, "the target is unreachable");
+    let (code, stdout, _) = run_chorus(vec!["report".into(), out.display().to_string()]).await;
+    assert_eq!(code, 1, "a run that failed to start has no report, not the earlier run's: {stdout}");
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+    let (code, _, stderr) = run_with(FAST.to_string(), vec![]).await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("notes.txt") && stderr.contains("not part of a chorus results folder"), "{stderr}");
+}
+
+#[tokio::test]
+async fn source_addresses_with_an_ipv6_target_say_ipv4_loopback_is_needed() {
+    let results = tempfile::tempdir().unwrap();
+    let options =
+        RunOptions { target: Some("ws://[::1]:9/".into()), source_addresses: Some(2), ..options(results.path()) };
+    let err = harness::run(scenario(FAST), options, CancellationToken::new()).await.unwrap_err().to_string();
+    assert!(err.contains("needs an IPv4 loopback target"), "{err}");
+}
+
+#[tokio::test]
+async fn groups_add_up_to_the_run_with_a_stuck_reader() {
+    let results = tempfile::tempdir().unwrap();
+    let text = r#"
+name = "stuck"
+duration = "3s"
+drain = "1s"
+[server]
+history = "off"
+max_queue_bytes = "64KiB"
+[[group]]
+name = "talkers"
+clients = 10
+rate = 25.0
+text_size = 2048
+[[group]]
+name = "stuck"
+clients = 1
+rate = 0
+stop_reading_after = "200ms"
+recv_buffer = "4KiB"
+"#;
+    let outcome = harness::run(scenario(text), options(results.path()), CancellationToken::new()).await.unwrap();
+    let s = &outcome.summary;
+    let sum = |f: fn(&chorus::harness::summary::GroupSummary) -> u64| s.groups.iter().map(f).sum::<u64>();
+    assert_eq!(sum(|g| g.lost), s.delivery.lost, "{}", outcome.report);
+    assert_eq!(sum(|g| g.expected), s.delivery.expected, "{}", outcome.report);
+    assert_eq!(sum(|g| g.received), s.delivery.received);
+    let talkers = s.groups.iter().find(|g| g.name == "talkers").unwrap();
+    assert!(talkers.lost <= s.delivery.lost / 10, "the readers lost (nearly) nothing\n{}", outcome.report);
 }

@@ -19,6 +19,7 @@ use chorus::client::{ConnectOptions, Received, TlsOptions, connect, split};
 use chorus::server::limits::RateLimit;
 use chorus::server::net::tls::TlsSource;
 use chorus::server::{SecurityConfig, ServerConfig, ServerHandle, SessionConfig};
+use common::process::{ServerProcess, server_command};
 use common::{Client, WAIT, code, server_with};
 
 /// A server speaking TLS with a self-signed certificate in a fresh directory.
@@ -233,6 +234,32 @@ async fn a_huge_claimed_length_is_settled_by_the_header_alone() {
     assert_eq!(claim_length(&server, 1 << 62).await, 1009);
     watcher.expect("left").await;
     server.shutdown().await.unwrap();
+}
+
+/// Resident memory of process `pid`, from /proc (Linux).
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+#[tokio::test]
+async fn a_frame_claiming_2_pow_62_bytes_closes_with_1009_without_memory_growth() {
+    // A server process of its own, so its memory is measured, not the test's.
+    let data = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn(server_command("127.0.0.1:0", data.path(), &[])).unwrap();
+    let mut watcher = Client::named(&server.url, "watcher").await;
+    let before = rss_bytes(server.child.id());
+    let mut tcp = raw_websocket(SocketAddr::from(([127, 0, 0, 1], server.port))).await;
+    let mut header = vec![0x82, 0x80 | 127];
+    header.extend_from_slice(&(1u64 << 62).to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    tcp.write_all(&header).await.unwrap();
+    // Not one payload byte follows: the header alone must settle it.
+    assert_eq!(close_code(&mut tcp).await, 1009);
+    watcher.expect("left").await;
+    let after = rss_bytes(server.child.id());
+    assert!(after < before + (8 << 20), "the server's memory grew from {before} to {after} bytes");
 }
 
 /// A masked client frame (mask key zero).

@@ -214,3 +214,35 @@ fn the_embedded_servers_history_settings_are_read() {
     let err = parse("duration = \"5s\"\n[[group]]\nclients = 1\n[server]\nhistory_commit_window = \"2s\"").unwrap_err();
     assert!(err.contains("server.history_commit_window") && err.contains("at most 1s"), "{err}");
 }
+
+#[test]
+fn the_command_line_overrides_duration_rate_clients_seed_and_any_key() {
+    use chorus::harness::scenario::Overrides;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("o.toml");
+    let text = "ramp_up = \"5s\"\n[[phase]]\nduration = \"10s\"\n[[phase]]\nduration = \"30s\"\nrate = 2.0\n\
+                [[group]]\nclients = 10\nrate = 4.0\n[[group]]\nclients = 3\nrate = 0\n";
+    std::fs::write(&file, text.replace("ramp_up = \"5s\"\n", "")).unwrap();
+    let overrides = Overrides {
+        duration: Some(Duration::from_secs(4)),
+        rate_multiplier: Some(0.5),
+        clients_multiplier: Some(0.1),
+        seed: Some(42),
+        set: vec!["group.1.rate=3".into(), "name=short".into()],
+    };
+    let scenario = Scenario::load_with(&file, &overrides).unwrap();
+    assert_eq!(scenario.steady_duration(), Duration::from_secs(4), "both steady phases, scaled together");
+    assert_eq!(scenario.phases[0].duration(), Duration::from_secs(1));
+    assert_eq!((scenario.groups[0].rate, scenario.groups[0].clients), (2.0, 1));
+    assert_eq!((scenario.groups[1].rate, scenario.groups[1].clients), (1.5, 1), "--set, then the multiplier");
+    assert_eq!((scenario.seed, scenario.name.as_str()), (42, "short"));
+    assert!(scenario.overrides.iter().any(|o| o == "--set group.1.rate=3"), "{:?}", scenario.overrides);
+    assert!(scenario.overrides.iter().any(|o| o.starts_with("--duration")), "{:?}", scenario.overrides);
+
+    let bad = Overrides { set: vec!["group.7.rate=1".into()], ..Overrides::default() };
+    let err = Scenario::load_with(&file, &bad).unwrap_err().to_string();
+    assert!(err.contains("group has 2 entries: name one as group.0 to group.1"), "{err}");
+    let bad = Overrides { set: vec!["group.0.rate=-1".into()], ..Overrides::default() };
+    let err = Scenario::load_with(&file, &bad).unwrap_err().to_string();
+    assert!(err.contains("group[0].rate must be >= 0 (got -1)"), "validated like the file: {err}");
+}

@@ -2,9 +2,11 @@
 //! the terminal clients, the demo and the tests.
 //!
 //! `connect` opens the TCP connection itself (so a caller can pick the source
-//! address, as the load harness does across 127.0.0.0/8), adds TLS for
-//! `wss://` (see `tls`), and performs the WebSocket handshake, with the
-//! token, if any, in an `Authorization: Bearer` header. A connection splits into a `Sender` and a `Receiver`
+//! address, as the load harness does across 127.0.0.0/8), then lets
+//! tokio-tungstenite add TLS for `wss://` (`Connector::Rustls` with the trust
+//! chosen in `tls`) and perform the WebSocket handshake, with the token, if
+//! any, in an `Authorization: Bearer` header. Each failure is one error that
+//! says its cause once and what to do. A connection splits into a `Sender` and a `Receiver`
 //! so one task can type while another prints.
 
 use std::net::SocketAddr;
@@ -15,18 +17,20 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
-use tokio_tungstenite::{WebSocketStream, client_async_with_config};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream, client_async_tls_with_config};
 
-use super::tls::{self, ClientStream, TlsOptions};
+use super::tls::{self, TlsOptions};
+use crate::printable::printable;
 use crate::protocol::{ClientFrame, ServerEvent};
 
 /// The WebSocket stream of a client connection (plain or TLS).
-pub type WsStream = WebSocketStream<ClientStream>;
+pub type WsStream = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Where a client connects by default.
 pub const DEFAULT_URL: &str = "ws://127.0.0.1:8080/";
@@ -63,19 +67,22 @@ impl Default for ConnectOptions {
     }
 }
 
-/// Why a connection could not be made, worded for the person who asked.
+/// Why a connection could not be made, worded for the person who asked:
+/// the cause once (no error source repeats it), then what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("{url:?} is not a WebSocket URL; write it like ws://127.0.0.1:8080/")]
     BadUrl { url: String },
     #[error("{url}: {reason}")]
     Tls { url: String, reason: String },
-    #[error("could not reach {url}: {source}; is a chorus server running there? (start one with `chorus server`)")]
-    Unreachable { url: String, source: std::io::Error },
+    #[error("could not reach {url}: {error}; is a chorus server running there? (start one with `chorus server`)")]
+    Unreachable { url: String, error: std::io::Error },
     #[error("could not connect to {url}: no answer within {timeout:?}")]
     TimedOut { url: String, timeout: Duration },
     #[error("{url} refused the WebSocket handshake: {reason}")]
     Refused { url: String, reason: String },
+    #[error("{url} is not a WebSocket endpoint (it answered {answer}): is this a chorus server?")]
+    NotWebSocket { url: String, answer: String },
 }
 
 /// Turn what a user typed (`127.0.0.1:8080`, `http://host`, `ws://host/`) into a ws:// URL.
@@ -124,7 +131,7 @@ async fn connect_inner(url: &str, options: &ConnectOptions) -> Result<WsStream, 
     };
     let host = uri.host().ok_or_else(bad_url)?.trim_start_matches('[').trim_end_matches(']').to_string();
     let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
-    let unreachable = |source| ConnectError::Unreachable { url: url.to_string(), source };
+    let unreachable = |error| ConnectError::Unreachable { url: url.to_string(), error };
     let addr = tokio::net::lookup_host((host.as_str(), port))
         .await
         .map_err(unreachable)?
@@ -139,30 +146,55 @@ async fn connect_inner(url: &str, options: &ConnectOptions) -> Result<WsStream, 
     }
     let tcp = socket.connect(addr).await.map_err(unreachable)?;
     let _ = tcp.set_nodelay(true);
-    let stream = if secure {
-        tls::connect(tcp, &host, &options.tls)
-            .await
-            .map_err(|reason| ConnectError::Tls { url: url.to_string(), reason })?
+    let connector = if secure {
+        let config =
+            tls::client_config(&options.tls).map_err(|reason| ConnectError::Tls { url: url.to_string(), reason })?;
+        Connector::Rustls(config)
     } else {
-        ClientStream::Plain(tcp)
+        Connector::Plain
     };
     let config = WebSocketConfig::default()
         .max_message_size(Some(options.max_message_size))
         .max_frame_size(Some(options.max_message_size))
         .read_buffer_size(16 * 1024)
         .write_buffer_size(16 * 1024);
-    match client_async_with_config(request, stream, Some(config)).await {
+    match client_async_tls_with_config(request, tcp, Some(config), Some(connector)).await {
         Ok((ws, _response)) => Ok(ws),
-        Err(WsError::Http(response)) => {
+        Err(err) => Err(handshake_error(url, err)),
+    }
+}
+
+/// What a failed TLS or WebSocket handshake means to the person connecting.
+fn handshake_error(url: &str, err: WsError) -> ConnectError {
+    let url = url.to_string();
+    match err {
+        WsError::Http(response) => {
+            let status = response.status();
             let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
-            let mut reason = format!("HTTP {}: {}", response.status(), body.trim());
-            if response.status() == 401 {
-                reason.push_str(" (chorus clients take the token with --token or CHORUS_TOKEN)");
+            let body: String = printable(body.trim()).chars().take(200).collect();
+            let answer = format!("HTTP {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") });
+            match status.as_u16() {
+                401 => ConnectError::Refused {
+                    url,
+                    reason: format!("{answer} (chorus clients take the token with --token or CHORUS_TOKEN)"),
+                },
+                403 | 429 | 503 => ConnectError::Refused { url, reason: answer },
+                _ => ConnectError::NotWebSocket { url, answer },
             }
-            Err(ConnectError::Refused { url: url.to_string(), reason })
         }
-        Err(WsError::Io(err)) => Err(unreachable(err)),
-        Err(err) => Err(ConnectError::Refused { url: url.to_string(), reason: err.to_string() }),
+        WsError::Protocol(ProtocolError::WrongHttpVersion) => {
+            ConnectError::NotWebSocket { url, answer: "with HTTP/1.0, which cannot carry WebSocket".into() }
+        }
+        WsError::Protocol(ProtocolError::HandshakeIncomplete) => {
+            ConnectError::NotWebSocket { url, answer: "nothing, or not HTTP, and closed".into() }
+        }
+        WsError::Io(err) => match tls::explain(&err) {
+            Some(reason) => ConnectError::Tls { url, reason },
+            None => ConnectError::Unreachable { url, error: err },
+        },
+        WsError::Tls(err) => ConnectError::Tls { url, reason: format!("TLS handshake failed: {err}") },
+        WsError::Protocol(err) => ConnectError::NotWebSocket { url, answer: format!("badly: {err}") },
+        other => ConnectError::Refused { url, reason: other.to_string() },
     }
 }
 

@@ -12,6 +12,7 @@ use rand::Rng;
 use super::connection::Received;
 use super::display::{Display, stored_payload};
 use super::recovery::{Fetch, Live, Recovery};
+use crate::printable::{printable as p, printable_json};
 use crate::protocol::{ClientFrame, DEFAULT_ROOM, ServerEvent};
 
 /// Something for the I/O side to do.
@@ -172,7 +173,7 @@ impl Conversation {
                 Received::Binary(data) => {
                     effects.push(Effect::Print(format!("* {} bytes of unannounced binary data", data.len())))
                 }
-                Received::Event { text, .. } => effects.push(Effect::Print(format!("? {}", text.as_str()))),
+                Received::Event { text, .. } => effects.push(Effect::Print(format!("? {}", p(text.as_str())))),
                 Received::Closed(_) => {}
             }
             return effects;
@@ -227,7 +228,11 @@ impl Conversation {
                 self.unacked.retain(|(id, _)| Some(id.as_str()) != client_id.as_deref());
                 if client_id.is_none() && self.restore_answers > 0 {
                     self.restore_answers -= 1;
-                    effects.push(Effect::Notice(format!("! could not restore your name or room ({code}: {message})")));
+                    effects.push(Effect::Notice(format!(
+                        "! could not restore your name or room ({}: {})",
+                        p(&code),
+                        p(&message)
+                    )));
                     return effects;
                 }
                 self.pending = self.pending.saturating_sub(1);
@@ -263,14 +268,14 @@ impl Conversation {
 
     fn prompt(&self, effects: &mut Vec<Effect>) {
         let name = self.name.as_deref().unwrap_or("");
-        effects.push(Effect::Prompt(format!("#{} {name}> ", self.room)));
+        effects.push(Effect::Prompt(format!("#{} {}> ", p(&self.room), p(name))));
     }
 
     /// Print an event the way the user reads it (raw in `--json` mode).
     fn show(&mut self, received: &Received, effects: &mut Vec<Effect>) {
         let Received::Event { text, data } = received else { return };
         if self.json {
-            effects.push(Effect::Print(text.to_string()));
+            effects.push(Effect::Print(printable_json(text).into_owned()));
             return;
         }
         if let Some(event) = received.event()
@@ -291,8 +296,11 @@ impl Conversation {
             return;
         };
         let (name, room) = (restore.name.clone(), restore.room.clone());
-        effects
-            .push(Effect::Notice(format!("* reconnected; restoring {} in #{room}", name.as_deref().unwrap_or("you"))));
+        effects.push(Effect::Notice(format!(
+            "* reconnected; restoring {} in #{}",
+            p(name.as_deref().unwrap_or("you")),
+            p(&room)
+        )));
         if let Some(name) = name.filter(|name| *name != username) {
             self.restore_answers += 1;
             effects.push(Effect::Send(ClientFrame::Username { name: name.into() }));
@@ -331,8 +339,9 @@ impl Conversation {
             Some(Fetch::Gap { .. }) => {
                 if !answer.fresh.is_empty() {
                     effects.push(Effect::Notice(format!(
-                        "* recovered {} missed message(s) in #{room}:",
-                        answer.fresh.len()
+                        "* recovered {} missed message(s) in #{}:",
+                        answer.fresh.len(),
+                        p(room)
                     )));
                 }
                 self.show_stored(&messages, &answer.fresh, effects);
@@ -343,7 +352,8 @@ impl Conversation {
                     if recovered < missed && !self.recovery.busy() {
                         let lost = missed - recovered;
                         effects.push(Effect::Notice(format!(
-                            "! {lost} missed message(s) of #{room} are no longer in its history"
+                            "! {lost} missed message(s) of #{} are no longer in its history",
+                            p(room)
                         )));
                     }
                 }
@@ -351,7 +361,7 @@ impl Conversation {
             Some(Fetch::Resume { .. }) => {
                 if let Some(restore) = &mut self.restoring {
                     if restore.missed == 0 && !answer.fresh.is_empty() {
-                        effects.push(Effect::Notice(format!("* missed while you were away, in #{room}:")));
+                        effects.push(Effect::Notice(format!("* missed while you were away, in #{}:", p(room))));
                     }
                     restore.missed += answer.fresh.len();
                     for &i in &answer.fresh {
@@ -395,10 +405,18 @@ impl Conversation {
             Some(Fetch::Baseline { .. }) => {}
             Some(Fetch::Gap { room, .. }) => {
                 self.gaps.remove(&room);
-                effects.push(Effect::Notice(format!("! cannot fetch the missed messages of #{room}: {message}")));
+                effects.push(Effect::Notice(format!(
+                    "! cannot fetch the missed messages of #{}: {}",
+                    p(&room),
+                    p(message)
+                )));
             }
             Some(Fetch::Resume { room }) => {
-                effects.push(Effect::Notice(format!("! cannot fetch what was said in #{room} while away: {message}")));
+                effects.push(Effect::Notice(format!(
+                    "! cannot fetch what was said in #{} while away: {}",
+                    p(&room),
+                    p(message)
+                )));
                 self.finish_restore(effects);
             }
         }
@@ -417,10 +435,11 @@ impl Conversation {
             (true, true, 0) => ": nothing missed".to_string(),
             (true, true, n) => format!(": {n} missed message(s) above"),
         };
-        effects.push(Effect::Notice(format!("* ─── resumed in #{}{missed} ───", restore.room)));
+        effects.push(Effect::Notice(format!("* ─── resumed in #{}{missed} ───", p(&restore.room))));
         for (_, text) in restore.unconfirmed {
             effects.push(Effect::Notice(format!(
-                "! not confirmed before the connection dropped, and not in the history: {text:?} (send it again if needed)"
+                "! not confirmed before the connection dropped, and not in the history: \"{}\" (send it again if needed)",
+                p(&text)
             )));
         }
     }
@@ -511,6 +530,32 @@ mod tests {
         assert!(notices.contains(r#"not in the history: "lost line""#), "{notices}");
         assert!(!notices.contains("delivered line"), "found in the history: {notices}");
         assert!(!notices.contains("typed after the reconnect"), "sent on the new connection: {notices}");
+    }
+
+    #[test]
+    fn what_the_server_says_is_printed_safely_in_lines_prompts_and_json() {
+        let hostile = crate::printable::HOSTILE;
+        let safe = |effects: &[Effect]| {
+            for effect in effects {
+                if let Effect::Print(line) | Effect::Notice(line) | Effect::Prompt(line) = effect {
+                    assert!(!line.chars().any(crate::printable::is_unsafe), "{effect:?}");
+                }
+            }
+        };
+        for json in [false, true] {
+            let mut conversation = Conversation::new(Display::new(false), json);
+            let welcome =
+                json!({"type": "welcome", "user_id": "u1", "username": hostile, "room": hostile, "protocol": 1});
+            let effects = conversation.on_received(event(welcome));
+            assert!(effects.iter().any(|e| matches!(e, Effect::Prompt(_))), "{effects:?}");
+            safe(&effects);
+            safe(&conversation.on_received(event(json!({"type": hostile, "x": hostile}))));
+            safe(&conversation.on_received(Received::Event { text: format!("not json {hostile}").into(), data: None }));
+            let gap = json!({"type": "gap", "room": hostile, "from_seq": 2, "to_seq": 3});
+            safe(&conversation.on_received(event(gap)));
+            let refused = json!({"type": "error", "code": "history_failed", "message": hostile});
+            safe(&conversation.on_received(event(refused)));
+        }
     }
 
     #[test]

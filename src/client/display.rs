@@ -1,8 +1,11 @@
 //! How the terminal clients show server events: one line each, system
-//! notices in colour when the output is a terminal.
+//! notices in colour when the output is a terminal. Everything that came
+//! from the network goes through [`printable`], so no one else's text can
+//! act on the terminal; the only escape sequences printed are our colours.
 
 use chrono::{DateTime, Local};
 
+use crate::printable::{is_unsafe, printable as p};
 use crate::protocol::ServerEvent;
 
 const DIM: &str = "\x1b[2m";
@@ -54,16 +57,16 @@ impl Display {
         Some(match event {
             ServerEvent::Welcome { user_id, username, room, protocol } => {
                 self.me = Some(user_id.to_string());
-                self.notice(format!("you are {username} in #{room} (protocol {protocol})"))
+                self.notice(format!("you are {} in #{} (protocol {protocol})", p(username), p(room)))
             }
             ServerEvent::Chat { room, from, text, ts, .. } => {
-                let name = self.paint(BOLD, format!("<{from}>"));
-                format!("{} #{room} {name} {text}", self.paint(DIM, clock(ts)))
+                let name = self.paint(BOLD, format!("<{}>", p(from)));
+                format!("{} #{} {name} {}", self.paint(DIM, clock(ts)), p(room), p(text))
             }
             ServerEvent::Binary { room, from, bytes, ts, .. } => {
-                let name = self.paint(BOLD, format!("<{from}>"));
+                let name = self.paint(BOLD, format!("<{}>", p(from)));
                 let preview = data.map(preview_bytes).unwrap_or_default();
-                format!("{} #{room} {name} [binary, {bytes} bytes] {preview}", self.paint(DIM, clock(ts)))
+                format!("{} #{} {name} [binary, {bytes} bytes] {preview}", self.paint(DIM, clock(ts)), p(room))
             }
             ServerEvent::File { room, from, name, size, media_type, ts, .. } => {
                 let name_tag = self.paint(BOLD, format!("<{from}>"));
@@ -74,46 +77,38 @@ impl Display {
                 if !self.show_acks {
                     return None;
                 }
-                let client = client_id.as_deref().map(|c| format!(" client_id={c}")).unwrap_or_default();
-                self.paint(DIM, format!("  ack: seq={seq} msg_id={msg_id} recipients={recipients}{client}"))
+                let client = client_id.as_deref().map(|c| format!(" client_id={}", p(c))).unwrap_or_default();
+                self.paint(DIM, format!("  ack: seq={seq} msg_id={} recipients={recipients}{client}", p(msg_id)))
             }
             ServerEvent::Joined { room, user_id, username, .. } => {
-                if self.is_me(user_id) {
-                    self.notice(format!("you joined #{room}"))
-                } else {
-                    self.notice(format!("{username} joined #{room}"))
-                }
+                let who = if self.is_me(user_id) { "you".into() } else { p(username) };
+                self.notice(format!("{who} joined #{}", p(room)))
             }
             ServerEvent::Left { room, username, reason, .. } => {
-                self.notice(format!("{username} left #{room} ({reason})"))
+                self.notice(format!("{} left #{} ({})", p(username), p(room), p(reason)))
             }
             ServerEvent::Renamed { user_id, old, new, .. } => {
                 if self.is_me(user_id) {
-                    self.notice(format!("you are now {new} (were {old})"))
+                    self.notice(format!("you are now {} (were {})", p(new), p(old)))
                 } else {
-                    self.notice(format!("{old} is now {new}"))
+                    self.notice(format!("{} is now {}", p(old), p(new)))
                 }
             }
             ServerEvent::Who { room, users } => {
-                let names: Vec<String> =
-                    users
-                        .iter()
-                        .map(|u| {
-                            if self.is_me(&u.user_id) {
-                                format!("{} (you)", u.username)
-                            } else {
-                                u.username.to_string()
-                            }
-                        })
-                        .collect();
-                self.notice(format!("{} in #{room}: {}", users.len(), names.join(", ")))
+                let names: Vec<String> = users
+                    .iter()
+                    .map(|u| {
+                        if self.is_me(&u.user_id) { format!("{} (you)", p(&u.username)) } else { p(&u.username).into() }
+                    })
+                    .collect();
+                self.notice(format!("{} in #{}: {}", users.len(), p(room), names.join(", ")))
             }
             ServerEvent::Rooms { rooms } => {
-                let list: Vec<String> = rooms.iter().map(|r| format!("#{} ({})", r.room, r.members)).collect();
+                let list: Vec<String> = rooms.iter().map(|r| format!("#{} ({})", p(&r.room), r.members)).collect();
                 self.notice(format!("rooms: {}", list.join(", ")))
             }
             ServerEvent::History { room, messages } => {
-                let mut lines = vec![self.notice(format!("history of #{room}: {} message(s)", messages.len()))];
+                let mut lines = vec![self.notice(format!("history of #{}: {} message(s)", p(room), messages.len()))];
                 for message in messages {
                     let payload = stored_payload(message);
                     if let Some(line) = self.line(message, payload.as_deref()) {
@@ -124,12 +119,13 @@ impl Display {
             }
             ServerEvent::Gap { room, from_seq, to_seq } => {
                 let count = to_seq.saturating_sub(*from_seq) + 1;
+                let room = p(room);
                 self.paint(
                     YELLOW,
                     format!("! fell behind: missed {count} message(s) in #{room} (seq {from_seq}..={to_seq})"),
                 )
             }
-            ServerEvent::Error { code, message, .. } => self.paint(RED, format!("! {code}: {message}")),
+            ServerEvent::Error { code, message, .. } => self.paint(RED, format!("! {}: {}", p(code), p(message))),
         })
     }
 }
@@ -149,7 +145,7 @@ pub fn stored_payload(event: &ServerEvent<'_>) -> Option<Vec<u8>> {
 fn clock(ts: &str) -> String {
     DateTime::parse_from_rfc3339(ts)
         .map(|t| t.with_timezone(&Local).format("%H:%M:%S").to_string())
-        .unwrap_or_else(|_| ts.to_string())
+        .unwrap_or_else(|_| p(ts).into_owned())
 }
 
 /// The first bytes of a payload, as hex and as text when printable.
@@ -158,7 +154,7 @@ pub fn preview_bytes(data: &[u8]) -> String {
     let hex: Vec<String> = data.iter().take(SHOWN).map(|b| format!("{b:02x}")).collect();
     let more = if data.len() > SHOWN { " …" } else { "" };
     let text = String::from_utf8_lossy(&data[..data.len().min(64)]).into_owned();
-    if text.chars().all(|c| !c.is_control()) {
+    if !text.chars().any(is_unsafe) {
         format!("{}{more} {text:?}", hex.join(" "))
     } else {
         format!("{}{more}", hex.join(" "))
@@ -209,6 +205,46 @@ mod tests {
             url: None,
         };
         assert!(display.line(&ack, None).is_none(), "acks are quiet unless asked for");
+    }
+
+    /// Every event kind, with every string the server sends set to `text`.
+    fn events_saying(text: &str) -> Vec<String> {
+        let chat = serde_json::json!({"type": "chat", "room": text, "seq": 1, "msg_id": text, "from": text,
+            "user_id": "u2", "text": text, "ts": text, "client_id": text});
+        let binary = serde_json::json!({"type": "binary", "room": text, "seq": 2, "msg_id": text, "from": text,
+            "user_id": "u2", "bytes": 3, "ts": text, "data": "AAEC"});
+        let user = serde_json::json!({"user_id": text, "username": text, "since": text});
+        [
+            serde_json::json!({"type": "welcome", "user_id": "u1", "username": text, "room": text, "protocol": 1}),
+            chat.clone(),
+            binary.clone(),
+            serde_json::json!({"type": "ack", "client_id": text, "msg_id": text, "seq": 1, "recipients": 2, "ts": text}),
+            serde_json::json!({"type": "joined", "room": text, "user_id": text, "username": text, "ts": text}),
+            serde_json::json!({"type": "left", "room": text, "user_id": text, "username": text, "ts": text, "reason": text}),
+            serde_json::json!({"type": "renamed", "room": text, "user_id": text, "old": text, "new": text, "ts": text}),
+            serde_json::json!({"type": "renamed", "room": text, "user_id": "u1", "old": text, "new": text, "ts": text}),
+            serde_json::json!({"type": "who", "room": text, "users": [user.clone(), user]}),
+            serde_json::json!({"type": "rooms", "rooms": [{"room": text, "members": 2}]}),
+            serde_json::json!({"type": "history", "room": text, "messages": [chat, binary]}),
+            serde_json::json!({"type": "gap", "room": text, "from_seq": 1, "to_seq": 2}),
+            serde_json::json!({"type": "error", "code": text, "message": text, "client_id": text}),
+        ]
+        .iter()
+        .map(|event| event.to_string())
+        .collect()
+    }
+
+    #[test]
+    fn nothing_from_the_network_reaches_the_terminal_raw() {
+        let mut display = Display::new(false);
+        display.show_acks = true;
+        for json in events_saying(crate::printable::HOSTILE) {
+            let event = ServerEvent::decode(&json).unwrap_or_else(|e| panic!("{json}: {e:?}"));
+            let line = display.line(&event, Some(b"\x1b[2J\xe2\x80\xae")).unwrap();
+            let raw = line.replace('\n', "");
+            assert!(!raw.chars().any(is_unsafe), "{json}\nprinted {line:?}");
+            assert!(line.contains("\\u{1b}[2K"), "shown visibly: {line:?}");
+        }
     }
 
     #[test]

@@ -1,11 +1,17 @@
 //! `chorus client`: chat from a terminal.
 //!
-//! On a terminal, a line editor (rustyline) reads what you type on one thread
+//! On a terminal, a line editor (reedline) reads what you type on one thread
 //! while incoming events are printed above the input line through its
-//! `ExternalPrinter`, so nothing you are typing gets garbled. With stdin not a
-//! terminal it reads one message per line and prints one event per line, so it
-//! can be scripted; at the end of input it waits for the answers to what it
-//! sent, then closes with 1000.
+//! `ExternalPrinter`; the prompt (`#room name> `) is redrawn with each printed
+//! line, so it changes as soon as `welcome`, `renamed` or `joined` is shown.
+//! With stdin not a terminal it reads one message per line and prints one
+//! event per line, so it can be scripted; at the end of input it waits for the
+//! answers to what it sent, then closes with 1000.
+//!
+//! `/quit`, ctrl-c and ctrl-d end it at once in every state: connecting,
+//! waiting for `welcome`, chatting or reconnecting. A server that does not
+//! greet with a chorus `welcome` within 5 s (a plain WebSocket echo server,
+//! say) ends it with an error instead of leaving it waiting.
 //!
 //! When the connection is lost it reconnects with jittered exponential
 //! backoff (lines typed meanwhile are sent once back), restores its name and
@@ -15,6 +21,7 @@
 
 use std::collections::VecDeque;
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,14 +29,21 @@ use anyhow::Context as _;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
-use super::connection::{ConnectError, ConnectOptions, Received, Receiver, Sender, WsStream, connect, split};
+use super::connection::{
+    ConnectError, ConnectOptions, Received, Receiver, Sender, WsStream, connect, normalize_url, split,
+};
 use super::conversation::{Conversation, Effect};
 use super::display::Display;
 use super::reconnect::Backoff;
+use crate::printable::printable;
 use crate::protocol::ClientFrame;
 
 /// How long, after the end of scripted input, to wait for outstanding answers.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a server has to greet a new connection with `welcome`.
+pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait for the server's answer to our close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most requests in flight: past this, typed (or piped) lines wait for
 /// answers, so a fast script never has the server queue more answers for
 /// it than it reads.
@@ -47,6 +61,11 @@ pub struct ClientOptions {
     pub connect: ConnectOptions,
 }
 
+/// The error for a server that is not chorus (no `welcome`).
+pub fn no_welcome(url: &str) -> anyhow::Error {
+    anyhow::anyhow!("no chorus welcome from {}: is this a chorus server?", normalize_url(url))
+}
+
 /// The help text for `/help`.
 pub const HELP: &str = "\
 commands:
@@ -59,7 +78,7 @@ commands:
   /binary <text>      send <text> as a binary message
   //text              send a message that starts with /
   /help               this help
-  /quit               leave (also ctrl-d)";
+  /quit               leave (also ctrl-c or ctrl-d)";
 
 /// One line the user typed, understood.
 #[derive(Debug, PartialEq, Eq)]
@@ -109,7 +128,7 @@ fn parse_command(line: &str) -> Command<'_> {
 
 /// Where output goes: above the line editor, or plain stdout.
 enum Output {
-    Editor(Box<dyn rustyline::ExternalPrinter + Send>),
+    Editor(std::sync::mpsc::SyncSender<String>),
     Plain,
 }
 
@@ -117,8 +136,8 @@ impl Output {
     fn print(&mut self, line: String) {
         match self {
             Output::Editor(printer) => {
-                if printer.print(format!("{line}\n")).is_err() {
-                    println!("{line}");
+                if let Err(err) = printer.send(line) {
+                    println!("{}", err.0);
                 }
             }
             Output::Plain => println!("{line}"),
@@ -129,7 +148,10 @@ impl Output {
 /// What the input side sends to the main loop.
 enum Input {
     Line(String),
+    /// The end of piped input: send what is left, wait for the answers.
     End,
+    /// ctrl-c or ctrl-d on the terminal: leave now.
+    Quit,
 }
 
 /// What ended one connection.
@@ -145,15 +167,33 @@ struct Terminal {
     output: Output,
     input: mpsc::Receiver<Input>,
     prompt: Arc<Mutex<String>>,
+    /// A person types: their input is read in every state (to see /quit
+    /// at once); piped input is read only when it can be sent.
+    interactive: bool,
     /// `--json`: client notices go to stderr, stdout stays JSON.
     json: bool,
-    /// Lines typed while disconnected, sent once back.
+    /// Lines typed while they could not be sent, sent once possible.
     backlog: VecDeque<String>,
     input_done: bool,
 }
 
+/// What one read of the input meant for the loop reading it.
+enum Typed {
+    /// Something to act on now (a line, when the loop can send it).
+    Line(String),
+    /// Kept in the backlog, or the input ended: carry on.
+    Kept,
+    Quit,
+}
+
 impl Terminal {
     fn apply_prints(&mut self, effects: &mut Vec<Effect>) {
+        // The prompt first: the editor redraws it with the lines printed next.
+        for effect in effects.iter() {
+            if let Effect::Prompt(prompt) = effect {
+                *self.prompt.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = prompt.clone();
+            }
+        }
         effects.retain(|effect| match effect {
             Effect::Print(line) => {
                 self.output.print(line.clone());
@@ -167,10 +207,7 @@ impl Terminal {
                 }
                 false
             }
-            Effect::Prompt(prompt) => {
-                *self.prompt.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = prompt.clone();
-                false
-            }
+            Effect::Prompt(_) => false,
             _ => true,
         });
     }
@@ -178,50 +215,109 @@ impl Terminal {
     fn notice(&mut self, line: String) {
         self.apply_prints(&mut vec![Effect::Notice(line)]);
     }
+
+    /// Wait for the next input; with `sendable`, a line is handed back to be
+    /// sent, otherwise it is kept for later. `/quit` and ctrl-c end at once.
+    async fn next(&mut self, sendable: bool) -> Typed {
+        match self.input.recv().await {
+            Some(Input::Quit) => Typed::Quit,
+            Some(Input::Line(line)) if parse_command(&line) == Command::Quit => Typed::Quit,
+            Some(Input::Line(line)) if sendable => Typed::Line(line),
+            Some(Input::Line(line)) => {
+                if matches!(parse_command(&line), Command::Chat(_) | Command::Binary(_) | Command::Frame(_)) {
+                    if self.interactive {
+                        self.notice("! not connected yet: it will be sent once connected".to_string());
+                    }
+                    self.backlog.push_back(line);
+                }
+                Typed::Kept
+            }
+            Some(Input::End) | None => {
+                self.input_done = true;
+                Typed::Kept
+            }
+        }
+    }
+
+    /// Read input now? Always for a person; for a script, only once what
+    /// it already sent has room, so piped input is not read ahead.
+    fn listening(&self, ready: bool) -> bool {
+        !self.input_done && (self.interactive || (ready && self.backlog.is_empty()))
+    }
 }
 
 /// Run the client until the user quits; reconnects when the connection is lost.
 pub async fn run(options: ClientOptions) -> anyhow::Result<()> {
-    let mut ws = connect(&options.url, &options.connect).await?;
-    let on_terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
-    let prompt = Arc::new(Mutex::new(String::from("> ")));
+    let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let prompt = Arc::new(Mutex::new(String::from("connecting> ")));
     let (input_tx, input) = mpsc::channel::<Input>(64);
-    let guard = if on_terminal { Some(TerminalGuard::save()) } else { None };
-    let output = if on_terminal {
-        Output::Editor(spawn_editor(input_tx, prompt.clone())?)
+    let guard = if interactive { Some(TerminalGuard::save()) } else { None };
+    let (output, editor) = if interactive {
+        let (printer, editor) = spawn_editor(input_tx, prompt.clone())?;
+        (Output::Editor(printer), Some(editor))
     } else {
         spawn_stdin_reader(input_tx);
-        Output::Plain
+        (Output::Plain, None)
     };
-    let mut terminal =
-        Terminal { output, input, prompt, json: options.json, backlog: VecDeque::new(), input_done: false };
-    if on_terminal {
-        terminal.notice(format!("* connected to {}; type /help for the commands", options.url));
+    let mut terminal = Terminal {
+        output,
+        input,
+        prompt,
+        interactive,
+        json: options.json,
+        backlog: VecDeque::new(),
+        input_done: false,
+    };
+    let outcome = chat(&options, &mut terminal).await;
+    if let Some(editor) = editor {
+        editor.stop().await;
     }
-    let mut display = Display::new(on_terminal && Display::color_for_stdout());
-    display.show_acks = !on_terminal;
+    drop(guard);
+    outcome
+}
+
+/// Connect, then converse until done, reconnecting whenever the connection is lost.
+async fn chat(options: &ClientOptions, terminal: &mut Terminal) -> anyhow::Result<()> {
+    let Some(mut ws) = connect_or_quit(options, terminal).await? else { return Ok(()) };
+    let mut display = Display::new(terminal.interactive && Display::color_for_stdout());
+    display.show_acks = !terminal.interactive;
     let mut conversation = Conversation::new(display, options.json);
-    let outcome = loop {
-        match converse(ws, &mut conversation, &mut terminal).await {
-            Ended::Done(result) => break result,
+    let mut announced = false;
+    loop {
+        match converse(ws, &mut conversation, terminal, &options.url, &mut announced).await {
+            Ended::Done(result) => return result,
             Ended::Lost(why) => {
                 let mut effects = conversation.disconnected();
                 terminal.apply_prints(&mut effects);
+                let why = printable(&why).into_owned();
                 if terminal.input_done && terminal.backlog.is_empty() {
-                    break Err(anyhow::anyhow!("the connection to the server was lost ({why})"));
+                    anyhow::bail!("the connection to the server was lost ({why})");
                 }
                 terminal.notice(format!("! connection lost ({why}); reconnecting"));
-                match reconnect(&options, &mut terminal).await {
-                    Ok(Some(new)) => ws = new,
-                    Ok(None) => break Ok(()),
-                    Err(err) => break Err(err),
+                match reconnect(options, terminal).await? {
+                    Some(new) => ws = new,
+                    None => return Ok(()),
                 }
                 conversation.reconnected();
             }
         }
-    };
-    drop(guard);
-    outcome
+    }
+}
+
+/// The first connection, unless the user quits while it is being made.
+async fn connect_or_quit(options: &ClientOptions, terminal: &mut Terminal) -> anyhow::Result<Option<WsStream>> {
+    let connecting = connect(&options.url, &options.connect);
+    tokio::pin!(connecting);
+    loop {
+        tokio::select! {
+            result = &mut connecting => return Ok(Some(result?)),
+            typed = terminal.next(false), if terminal.interactive && !terminal.input_done => {
+                if matches!(typed, Typed::Quit) {
+                    return Ok(None);
+                }
+            }
+        }
+    }
 }
 
 /// Try to connect again, with jittered exponential backoff, until it works
@@ -234,71 +330,67 @@ async fn reconnect(options: &ClientOptions, terminal: &mut Terminal) -> anyhow::
         if terminal.input_done && started.elapsed() >= SCRIPT_PATIENCE {
             anyhow::bail!(
                 "gave up reconnecting to {} after {}s; {} line(s) of input were not sent",
-                options.url,
+                normalize_url(&options.url),
                 SCRIPT_PATIENCE.as_secs(),
                 terminal.backlog.len()
             );
         }
-        let delay = backoff.next_delay();
-        let wake = tokio::time::Instant::now() + delay;
-        while tokio::time::Instant::now() < wake {
+        let wake = tokio::time::Instant::now() + backoff.next_delay();
+        let attempt = async {
+            tokio::time::sleep_until(wake).await;
+            connect(&options.url, &options.connect).await
+        };
+        tokio::pin!(attempt);
+        let result = loop {
             tokio::select! {
-                () = tokio::time::sleep_until(wake) => {}
-                input = terminal.input.recv(), if !terminal.input_done => match input {
-                    Some(Input::Line(line)) if parse_command(&line) == Command::Quit => return Ok(None),
-                    Some(Input::Line(line)) => {
-                        if matches!(parse_command(&line), Command::Chat(_) | Command::Binary(_) | Command::Frame(_)) {
-                            terminal.notice("! not connected: it will be sent once reconnected".to_string());
-                            terminal.backlog.push_back(line);
-                        }
-                    }
-                    Some(Input::End) | None => {
-                        terminal.input_done = true;
-                        if terminal.backlog.is_empty() {
-                            return Ok(None);
-                        }
-                    }
+                result = &mut attempt => break result,
+                typed = terminal.next(false), if !terminal.input_done => match typed {
+                    Typed::Quit => return Ok(None),
+                    _ if terminal.input_done && terminal.backlog.is_empty() => return Ok(None),
+                    _ => {}
                 },
             }
-        }
-        match connect(&options.url, &options.connect).await {
+        };
+        match result {
             Ok(ws) => {
-                terminal.notice(format!("* reconnected to {} (attempt {})", options.url, backoff.attempts()));
+                let url = normalize_url(&options.url);
+                terminal.notice(format!("* reconnected to {url} (attempt {})", backoff.attempts()));
                 return Ok(Some(ws));
             }
             Err(err) => {
                 let why = match &err {
-                    ConnectError::Unreachable { source, .. } => source.to_string(),
+                    ConnectError::Unreachable { error, .. } => error.to_string(),
                     other => other.to_string(),
                 };
-                terminal.notice(format!("! reconnect attempt {} failed: {why}", backoff.attempts()));
+                terminal.notice(format!("! reconnect attempt {} failed: {}", backoff.attempts(), printable(&why)));
             }
         }
     }
 }
 
 /// One connection, until it ends.
-async fn converse(ws: WsStream, conversation: &mut Conversation, terminal: &mut Terminal) -> Ended {
+async fn converse(
+    ws: WsStream,
+    conversation: &mut Conversation,
+    terminal: &mut Terminal,
+    url: &str,
+    announced: &mut bool,
+) -> Ended {
     let (mut sender, mut receiver) = split(ws);
-    let drain_deadline = tokio::time::sleep(Duration::from_secs(3600));
-    tokio::pin!(drain_deadline);
+    let deadline = tokio::time::sleep(WELCOME_TIMEOUT);
+    tokio::pin!(deadline);
     let mut draining = false;
     loop {
         let ready = conversation.welcomed() && conversation.pending() < MAX_IN_FLIGHT;
         let mut effects = tokio::select! {
-            input = terminal.input.recv(), if ready && terminal.backlog.is_empty() && !terminal.input_done => match input {
-                Some(Input::Line(line)) => match handle_line(&line, conversation, terminal) {
-                    Some(effects) => effects,
-                    None => return close(sender, receiver).await,
-                },
-                Some(Input::End) | None => {
-                    terminal.input_done = true;
-                    Vec::new()
-                }
+            typed = terminal.next(ready && terminal.backlog.is_empty()), if terminal.listening(ready) => match typed {
+                Typed::Quit => return close(sender, receiver).await,
+                Typed::Line(line) => handle_line(&line, conversation, terminal),
+                Typed::Kept => Vec::new(),
             },
             () = std::future::ready(()), if ready && !terminal.backlog.is_empty() => {
                 let line = terminal.backlog.pop_front().unwrap_or_default();
-                handle_line(&line, conversation, terminal).unwrap_or_default()
+                handle_line(&line, conversation, terminal)
             }
             received = receiver.recv() => match received {
                 None => return Ended::Lost("the connection dropped".to_string()),
@@ -307,23 +399,29 @@ async fn converse(ws: WsStream, conversation: &mut Conversation, terminal: &mut 
                     let why = frame.map_or_else(|| "closed without a code".to_string(), |f| format!("{} {}", u16::from(f.code), f.reason));
                     return Ended::Lost(why);
                 }
+                Some(Ok(received)) if !conversation.welcomed() && !is_welcome(&received) => {
+                    return Ended::Done(Err(no_welcome(url)));
+                }
                 Some(Ok(received)) => conversation.on_received(received),
             },
-            () = &mut drain_deadline, if draining => {
+            () = &mut deadline, if !conversation.welcomed() || draining => {
+                if !conversation.welcomed() {
+                    return Ended::Done(Err(no_welcome(url)));
+                }
                 terminal.notice(format!("! no answer to {} request(s) within {DRAIN_TIMEOUT:?}", conversation.pending()));
                 return close(sender, receiver).await;
             }
         };
+        if conversation.welcomed() && !*announced && terminal.interactive {
+            *announced = true;
+            effects.insert(
+                0,
+                Effect::Notice(format!("* connected to {}; type /help for the commands", normalize_url(url))),
+            );
+        }
         terminal.apply_prints(&mut effects);
-        for effect in effects {
-            let sent = match effect {
-                Effect::Send(frame) => sender.send_frame(&frame).await,
-                Effect::SendBinary(data) => sender.send_binary(data).await,
-                _ => Ok(()),
-            };
-            if let Err(err) = sent {
-                return Ended::Lost(format!("sending failed: {err}"));
-            }
+        if let Err(err) = carry_out(effects, &mut sender).await {
+            return Ended::Lost(format!("sending failed: {err}"));
         }
         if terminal.input_done && terminal.backlog.is_empty() && conversation.welcomed() {
             if conversation.pending() == 0 {
@@ -331,16 +429,33 @@ async fn converse(ws: WsStream, conversation: &mut Conversation, terminal: &mut 
             }
             if !draining {
                 draining = true;
-                drain_deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_TIMEOUT);
+                deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_TIMEOUT);
             }
         }
     }
 }
 
+/// Is this the `welcome` every chorus connection starts with?
+fn is_welcome(received: &Received) -> bool {
+    matches!(received.event(), Some(crate::protocol::ServerEvent::Welcome { .. }))
+}
+
+/// Send what the effects ask for.
+async fn carry_out(effects: Vec<Effect>, sender: &mut Sender) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    for effect in effects {
+        match effect {
+            Effect::Send(frame) => sender.send_frame(&frame).await?,
+            Effect::SendBinary(data) => sender.send_binary(data).await?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Close with 1000 and wait briefly for the server's reply, so the close is clean.
 async fn close(mut sender: Sender, mut receiver: Receiver) -> Ended {
-    let _ = sender.close().await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sender.close()).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
         while let Some(Ok(received)) = receiver.recv().await {
             if matches!(received, Received::Closed(_)) {
                 break;
@@ -351,11 +466,10 @@ async fn close(mut sender: Sender, mut receiver: Receiver) -> Ended {
     Ended::Done(Ok(()))
 }
 
-/// Act on one typed line: the effects to carry out, or `None` to quit.
-fn handle_line(line: &str, conversation: &mut Conversation, terminal: &mut Terminal) -> Option<Vec<Effect>> {
+/// Act on one typed line (not `/quit`, handled before): the effects to carry out.
+fn handle_line(line: &str, conversation: &mut Conversation, terminal: &mut Terminal) -> Vec<Effect> {
     let effect = match parse_command(line) {
-        Command::Quit => return None,
-        Command::Nothing => return Some(Vec::new()),
+        Command::Quit | Command::Nothing => return Vec::new(),
         Command::Help => Effect::Notice(HELP.to_string()),
         Command::Usage(usage) => Effect::Notice(format!("! usage: {usage}")),
         Command::Unknown(name) => Effect::Notice(format!("! unknown command /{name}; /help lists the commands")),
@@ -365,7 +479,7 @@ fn handle_line(line: &str, conversation: &mut Conversation, terminal: &mut Termi
     };
     let mut effects = vec![effect];
     terminal.apply_prints(&mut effects);
-    Some(effects)
+    effects
 }
 
 /// A typed request, detached from the line it was parsed from.
@@ -388,34 +502,80 @@ fn into_owned(frame: ClientFrame<'_>) -> ClientFrame<'static> {
     }
 }
 
+/// The line editor's thread, and how to stop it.
+struct Editor {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Editor {
+    /// Ask the editor to return (it restores the terminal) and wait a little for it.
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread;
+        let _ = tokio::time::timeout(Duration::from_secs(1), tokio::task::spawn_blocking(move || thread.join())).await;
+    }
+}
+
+/// The prompt, as the conversation last set it (read at every redraw).
+struct SharedPrompt(Arc<Mutex<String>>);
+
+impl reedline::Prompt for SharedPrompt {
+    fn render_prompt_left(&self) -> std::borrow::Cow<'_, str> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone().into()
+    }
+
+    fn render_prompt_right(&self) -> std::borrow::Cow<'_, str> {
+        "".into()
+    }
+
+    fn render_prompt_indicator(&self, _mode: reedline::PromptEditMode) -> std::borrow::Cow<'_, str> {
+        "".into()
+    }
+
+    fn render_prompt_multiline_indicator(&self) -> std::borrow::Cow<'_, str> {
+        "... ".into()
+    }
+
+    fn render_prompt_history_search_indicator(
+        &self,
+        search: reedline::PromptHistorySearch,
+    ) -> std::borrow::Cow<'_, str> {
+        format!("(search: {}) ", search.term).into()
+    }
+}
+
 /// Start the line editor on its own thread; returns the printer for output.
 fn spawn_editor(
     input: mpsc::Sender<Input>,
     prompt: Arc<Mutex<String>>,
-) -> anyhow::Result<Box<dyn rustyline::ExternalPrinter + Send>> {
-    use rustyline::error::ReadlineError;
-    let mut editor = rustyline::DefaultEditor::new().context("starting the line editor")?;
-    let printer = editor.create_external_printer().context("starting the line editor")?;
-    std::thread::spawn(move || {
-        loop {
-            let current = prompt.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-            match editor.readline(&current) {
-                Ok(line) => {
-                    if !line.trim().is_empty() {
-                        let _ = editor.add_history_entry(line.as_str());
-                    }
-                    if input.blocking_send(Input::Line(line)).is_err() {
-                        break;
-                    }
-                }
-                Err(ReadlineError::Interrupted | ReadlineError::Eof) | Err(_) => {
-                    let _ = input.blocking_send(Input::End);
+) -> anyhow::Result<(std::sync::mpsc::SyncSender<String>, Editor)> {
+    use reedline::Signal;
+    let printer = reedline::ExternalPrinter::new(4096);
+    let lines = printer.sender();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut editor = reedline::Reedline::create()
+        .with_external_printer(printer)
+        .with_break_signal(stop.clone())
+        .with_poll_interval(Duration::from_millis(20));
+    let prompt = SharedPrompt(prompt);
+    let thread = std::thread::Builder::new()
+        .name("line editor".into())
+        .spawn(move || {
+            loop {
+                let sent = match editor.read_line(&prompt) {
+                    Ok(Signal::Success(line)) => input.blocking_send(Input::Line(line)),
+                    Ok(Signal::CtrlC | Signal::CtrlD) | Err(_) => input.blocking_send(Input::Quit),
+                    Ok(Signal::ExternalBreak(_)) => break,
+                    Ok(_) => Ok(()),
+                };
+                if sent.is_err() {
                     break;
                 }
             }
-        }
-    });
-    Ok(Box::new(printer))
+        })
+        .context("starting the line editor")?;
+    Ok((lines, Editor { stop, thread }))
 }
 
 /// Read stdin line by line (not a terminal).
@@ -431,8 +591,8 @@ fn spawn_stdin_reader(input: mpsc::Sender<Input>) {
     });
 }
 
-/// Puts the terminal back as it was if we leave while the editor is reading
-/// (the server went away): the editor thread cannot be interrupted.
+/// Puts the terminal back as it was, should the editor thread not have
+/// returned in time to do it itself.
 struct TerminalGuard {
     saved: Option<nix::sys::termios::Termios>,
 }

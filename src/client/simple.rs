@@ -10,6 +10,7 @@ use rand::Rng;
 
 use super::connection::{ConnectOptions, Received, Receiver, connect, split};
 use super::display::Display;
+use crate::printable::printable;
 use crate::protocol::{ClientFrame, ServerEvent};
 
 /// How long to wait for each answer.
@@ -22,7 +23,12 @@ pub async fn run(url: &str, options: &ConnectOptions) -> anyhow::Result<()> {
     let mut display = Display::new(Display::color_for_stdout());
     display.show_acks = true;
 
-    wait_for(&mut receiver, &mut display, "welcome", |e| matches!(e, ServerEvent::Welcome { .. })).await?;
+    match wait_for(&mut receiver, &mut display, "welcome", |_| true).await {
+        Ok(true) => {}
+        Ok(false) => return Err(super::interactive::no_welcome(url)),
+        Err(err) if err.is::<NoAnswer>() => return Err(super::interactive::no_welcome(url)),
+        Err(err) => return Err(err),
+    }
 
     let text = "Hello from chorus simple-client!";
     println!("> chat {text:?}");
@@ -70,14 +76,19 @@ pub async fn run(url: &str, options: &ConnectOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// No answer came within `STEP_TIMEOUT`.
+#[derive(Debug, thiserror::Error)]
+#[error("no {0} within {STEP_TIMEOUT:?}")]
+struct NoAnswer(String);
+
 /// Print what arrives until an event matches `done`; fail after a timeout or
-/// on an `error` event.
+/// on an `error` event. The result says whether the first event was a `welcome`.
 async fn wait_for(
     receiver: &mut Receiver,
     display: &mut Display,
     what: &str,
     mut done: impl FnMut(&ServerEvent<'_>) -> bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let step = async {
         loop {
             let received = match receiver.recv().await {
@@ -87,7 +98,9 @@ async fn wait_for(
             };
             let Some(event) = received.event() else {
                 if let Received::Closed(frame) = &received {
-                    bail!("the server closed the connection while waiting for the {what}: {frame:?}");
+                    let why =
+                        frame.as_ref().map_or_else(String::new, |f| format!(" ({} {})", u16::from(f.code), f.reason));
+                    bail!("the server closed the connection while waiting for the {what}{}", printable(&why));
                 }
                 continue;
             };
@@ -100,14 +113,14 @@ async fn wait_for(
             }
             if done(&event) {
                 if let ServerEvent::Error { code, message, .. } = &event {
-                    bail!("the server refused the {what}: {code}: {message}");
+                    bail!("the server refused the {what}: {}: {}", printable(code), printable(message));
                 }
-                return Ok(());
+                return Ok(matches!(event, ServerEvent::Welcome { .. }));
             }
         }
     };
     match tokio::time::timeout(STEP_TIMEOUT, step).await {
         Ok(result) => result,
-        Err(_) => bail!("no {what} within {STEP_TIMEOUT:?}"),
+        Err(_) => Err(NoAnswer(what.to_string()).into()),
     }
 }

@@ -1,6 +1,6 @@
 //! TLS for the clients (rustls, ring provider): how a `wss://` connection
-//! decides whom to trust, and the stream type that carries either plain TCP
-//! or TLS.
+//! decides whom to trust. The stream itself is tokio-tungstenite's
+//! `MaybeTlsStream`, set up through `Connector::Rustls` with this config.
 //!
 //! By default the system's CA certificates are trusted. `--ca FILE` trusts
 //! the certificates in FILE instead (a private CA, or a server's self-signed
@@ -12,18 +12,13 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 
 /// Whom a `wss://` connection trusts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -32,13 +27,6 @@ pub struct TlsOptions {
     pub ca: Option<PathBuf>,
     /// Trust any certificate (testing only).
     pub insecure: bool,
-}
-
-/// A client connection: plain TCP or TLS over TCP.
-#[derive(Debug)]
-pub enum ClientStream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -99,26 +87,20 @@ fn root_store(ca: Option<&PathBuf>) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
-/// Open TLS over `tcp` to `host`.
-pub async fn connect(tcp: TcpStream, host: &str, options: &TlsOptions) -> Result<ClientStream, String> {
-    let config = client_config(options)?;
-    let name = ServerName::try_from(host.to_string()).map_err(|_| format!("{host:?} is not a valid server name"))?;
-    let stream = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|err| explain(&err))?;
-    Ok(ClientStream::Tls(Box::new(stream)))
-}
-
-/// A TLS failure, with what to do about it.
-fn explain(err: &io::Error) -> String {
-    let rustls_error = err.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
-    match rustls_error {
-        Some(rustls::Error::InvalidCertificate(why)) => format!(
+/// A TLS failure, with what to do about it; `None` if `err` is not one.
+pub fn explain(err: &io::Error) -> Option<String> {
+    let rustls_error = err.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())?;
+    Some(match rustls_error {
+        rustls::Error::InvalidCertificate(why) => format!(
             "the server's certificate is not trusted ({why:?}); pass --ca FILE with the server's certificate \
              or its CA (a self-signed chorus server logs where its certificate is), or --insecure to skip \
              verification (testing only)"
         ),
-        Some(other) => format!("TLS handshake failed: {other}"),
-        None => format!("TLS handshake failed: {err}"),
-    }
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+            "the server does not speak TLS on this port; use ws:// instead of wss:// for a plain server".to_string()
+        }
+        other => format!("TLS handshake failed: {other}"),
+    })
 }
 
 /// Trusts every certificate; signatures are still checked so the handshake is sound.
@@ -157,37 +139,5 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-impl AsyncRead for ClientStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ClientStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
     }
 }

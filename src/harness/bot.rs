@@ -4,8 +4,9 @@
 //! `BotMetrics`; only per-second ticks leave it while it runs.
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
@@ -14,6 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
+use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -29,6 +31,9 @@ use crate::protocol::{ClientFrame, DEFAULT_ROOM, EventHeader};
 
 /// How early a bot wakes before a scheduled send (the timer's granularity).
 const TIMER_SLACK: Duration = Duration::from_millis(1);
+
+/// The receive buffer a stalled client gets back when it reads again.
+const RESUMED_RECV_BUFFER: usize = 4 << 20;
 
 /// Most frames handled in a row without looking at the timers.
 const READ_BATCH: usize = 32;
@@ -53,9 +58,17 @@ pub struct RunContext {
     pub connected: AtomicUsize,
     /// Random letters message texts are cut from.
     pub filler: String,
+    /// Per room, its top seq as acks tell it (raw: messages sent there): what
+    /// a connection was owed while it was open, for the tail estimate.
+    pub rooms: std::collections::HashMap<String, AtomicU64>,
 }
 
 impl RunContext {
+    /// The traffic counter of `room` (0 for a room nobody planned).
+    pub fn room_top(&self, room: &str) -> u64 {
+        self.rooms.get(room).map_or(0, |top| top.load(Ordering::Relaxed))
+    }
+
     /// Now, as Unix microseconds on the run's clock.
     pub fn now_us(&self) -> i64 {
         self.wall_us(Instant::now())
@@ -106,9 +119,21 @@ pub(super) struct Conn {
     pub recovering: Vec<(u64, u64)>,
     pub user_id: Option<String>,
     pub reading: bool,
+    /// The socket itself (a duplicate descriptor), when the group shrank its
+    /// receive buffer: reading again gives it a normal one back.
+    pub socket: Option<std::os::fd::OwnedFd>,
+}
+
+/// Where a connection's counts stood when it opened (for the tail estimate).
+struct Opened {
+    room_top: u64,
+    own: u64,
+    gap_messages: u64,
+    received: u64,
 }
 
 /// How a connection ended.
+#[derive(PartialEq, Eq)]
 enum Outcome {
     /// The run is over.
     Finished,
@@ -186,10 +211,17 @@ impl Bot {
             };
             first = false;
             self.ctx.connected.fetch_add(1, Ordering::Relaxed);
+            let opened = self.opened();
             let outcome = self.session(&mut conn).await;
             self.ctx.connected.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.counters.tail_estimate += self.tail_since(&opened);
             self.metrics.counters.missing += conn.tracker.missing();
-            self.metrics.counters.unacked += self.pending.len() as u64;
+            let unanswered = self.pending.len() as u64;
+            self.metrics.counters.unacked += unanswered;
+            if outcome != Outcome::Churn {
+                // The server ended the connection, or did not answer before the end.
+                self.metrics.count_errors("sends never answered", unanswered);
+            }
             self.pending.clear();
             match outcome {
                 Outcome::Finished => return,
@@ -207,6 +239,26 @@ impl Bot {
                 }
             }
         }
+    }
+
+    fn opened(&self) -> Opened {
+        let c = &self.metrics.counters;
+        Opened {
+            room_top: self.ctx.room_top(&self.plan.room),
+            own: c.sent_text + c.sent_binary,
+            gap_messages: c.gap_messages,
+            received: c.received(),
+        }
+    }
+
+    /// Messages of its room the connection opened at `opened` was owed and
+    /// never read, by estimate.
+    fn tail_since(&self, opened: &Opened) -> u64 {
+        let c = &self.metrics.counters;
+        let traffic = self.ctx.room_top(&self.plan.room).saturating_sub(opened.room_top);
+        let own = c.sent_text + c.sent_binary - opened.own;
+        let accounted = own + (c.gap_messages - opened.gap_messages) + (c.received() - opened.received);
+        traffic.saturating_sub(accounted)
     }
 
     /// Sleep until `at`; false if the run is stopped or over first.
@@ -257,6 +309,10 @@ impl Bot {
                 return None;
             }
         };
+        let socket = match ws.get_ref() {
+            MaybeTlsStream::Plain(tcp) if options.recv_buffer.is_some() => tcp.as_fd().try_clone_to_owned().ok(),
+            _ => None,
+        };
         let (sink, stream) = ws.split();
         let mut conn = Conn {
             sink,
@@ -266,6 +322,7 @@ impl Bot {
             recovering: Vec::new(),
             user_id: None,
             reading: true,
+            socket,
         };
         if self.protocol().speaks_chorus() {
             let joined = timeout(self.ctx.connect.timeout, self.enter_room(&mut conn)).await;
@@ -347,9 +404,13 @@ impl Bot {
         let churn_timer = sleep_until(churn_at.unwrap_or(far));
         let reading_timer = sleep_until(far);
         let send_timer = sleep_until(far);
-        tokio::pin!(cancelled, end_timer, churn_timer, reading_timer, send_timer);
+        // Counts of a second go to progress when the second is over, even
+        // for a bot that then has nothing more to do.
+        let flush_timer = sleep_until(far);
+        tokio::pin!(cancelled, end_timer, churn_timer, reading_timer, send_timer, flush_timer);
         let mut send_armed = None;
         let mut reading_armed = None;
+        let mut flush_armed = None;
         loop {
             // Wake a timer tick early: tokio's timer has millisecond
             // granularity, and a send that would always be up to 1ms late
@@ -365,6 +426,11 @@ impl Bot {
             if reading_change != reading_armed {
                 reading_timer.as_mut().reset(reading_change.unwrap_or(far));
                 reading_armed = reading_change;
+            }
+            let flush_at = self.live.pending_second().map(|s| self.ctx.at(Duration::from_secs(u64::from(s) + 1)));
+            if flush_at != flush_armed {
+                flush_timer.as_mut().reset(flush_at.unwrap_or(far));
+                flush_armed = flush_at;
             }
             tokio::select! {
                 biased;
@@ -388,7 +454,16 @@ impl Bot {
                     } else {
                         conn.reading = true;
                         resumed = true;
+                        // A receive window smaller than loopback's 64 KiB segments makes
+                        // TCP crawl: the backlog is read at full speed with a normal buffer.
+                        if let Some(socket) = &conn.socket {
+                            let _ = socket2::SockRef::from(socket).set_recv_buffer_size(RESUMED_RECV_BUFFER);
+                        }
                     }
+                }
+                () = &mut flush_timer, if flush_at.is_some() => {
+                    flush_armed = None;
+                    self.live.flush();
                 }
                 () = &mut send_timer, if next_send.is_some() => {
                     send_armed = None;
@@ -419,7 +494,7 @@ impl Bot {
     /// One frame (or the end of the stream); `Err` ends the connection.
     async fn on_frame(&mut self, conn: &mut Conn, frame: Option<Result<Message, WsError>>) -> Result<(), Outcome> {
         let err = match frame {
-            Some(Ok(message)) => match self.receive(conn, message).await {
+            Some(Ok(message)) => match self.read(conn, message).await {
                 Ok(()) => return Ok(()),
                 Err(err) => err,
             },
@@ -433,10 +508,39 @@ impl Bot {
         Err(Outcome::Dropped)
     }
 
-    /// Close our side; count the server's close if it had closed first.
+    /// Count a frame's bytes, then handle it.
+    async fn read(&mut self, conn: &mut Conn, message: Message) -> Result<(), WsError> {
+        let bytes = message.len() as u64;
+        self.metrics.counters.bytes_received += bytes;
+        self.live.received_bytes(bytes);
+        self.receive(conn, message).await
+    }
+
+    /// Close with 1000 and read until the server's answer (at most a
+    /// second), handling what arrives meanwhile: deliveries still queued are
+    /// counted, and a client that stopped reading only finds out here that
+    /// the server had closed it.
     async fn closing(&mut self, conn: &mut Conn) {
-        if let Some(what) = close(conn).await {
-            self.metrics.count_close(what);
+        let frame = CloseFrame { code: CloseCode::Normal, reason: Utf8Bytes::from_static("run finished") };
+        let _ = conn.sink.send(Message::Close(Some(frame))).await;
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            match timeout(deadline.saturating_duration_since(Instant::now()), conn.stream.next()).await {
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    if let Some(frame) = frame.filter(|f| f.code != CloseCode::Normal) {
+                        self.metrics.count_close(format!("{} {}", u16::from(frame.code), frame.reason));
+                    }
+                    return;
+                }
+                Ok(Some(Ok(message))) => {
+                    let _ = self.read(conn, message).await;
+                }
+                Ok(Some(Err(_)) | None) => {
+                    self.metrics.count_close("connection dropped without a close frame".to_string());
+                    return;
+                }
+                Err(_) => return,
+            }
         }
     }
 
@@ -471,8 +575,10 @@ impl Bot {
                 Kind::Rename => self.pending.rename.push_back(pending),
             }
         }
+        let bytes = message.len() as u64;
         conn.sink.send(message).await?;
         let counters = &mut self.metrics.counters;
+        counters.bytes_sent += bytes;
         match kind {
             Kind::Text => counters.sent_text += 1,
             Kind::Binary => counters.sent_binary += 1,
@@ -482,8 +588,11 @@ impl Bot {
             // A raw relay sends to everyone else connected; nothing acks.
             let others = self.ctx.connected.load(Ordering::Relaxed).saturating_sub(1);
             self.metrics.counters.expected += others as u64;
+            if let Some(top) = self.ctx.rooms.get(&self.plan.room) {
+                top.fetch_add(1, Ordering::Relaxed);
+            }
         }
-        self.live.count(self.ctx.second(), Live::Sent);
+        self.live.count(self.ctx.second(), Live::Sent(bytes));
         Ok(())
     }
 
@@ -574,28 +683,6 @@ async fn next_text(conn: &mut Conn) -> Result<Utf8Bytes, String> {
     }
 }
 
-/// Close with 1000 and wait briefly for the server's answer, which says how
-/// the connection really ended: a client that stopped reading only finds out
-/// here that the server had dropped it.
-async fn close(conn: &mut Conn) -> Option<String> {
-    let frame = CloseFrame { code: CloseCode::Normal, reason: Utf8Bytes::from_static("run finished") };
-    let _ = conn.sink.send(Message::Close(Some(frame))).await;
-    let answer = timeout(Duration::from_secs(1), async {
-        loop {
-            match conn.stream.next().await {
-                Some(Ok(Message::Close(Some(frame)))) if frame.code != CloseCode::Normal => {
-                    return Some(format!("{} {}", u16::from(frame.code), frame.reason));
-                }
-                Some(Ok(Message::Close(_))) => return None,
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return Some("connection dropped without a close frame".to_string()),
-            }
-        }
-    })
-    .await;
-    answer.ok().flatten()
-}
-
 /// A short name for a connect failure, for counting by kind.
 fn connect_error_kind(err: &ConnectError) -> &'static str {
     match err {
@@ -604,6 +691,7 @@ fn connect_error_kind(err: &ConnectError) -> &'static str {
         ConnectError::Unreachable { .. } => "connect: unreachable",
         ConnectError::TimedOut { .. } => "connect: timeout",
         ConnectError::Refused { .. } => "connect: handshake refused",
+        ConnectError::NotWebSocket { .. } => "connect: not a WebSocket endpoint",
     }
 }
 

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::bot::{self, BotPlan, RunContext};
-use super::html::{self, ChartData, Series};
+use super::html::{self, ChartData, Moment, Series};
 use super::metrics::{BotMetrics, GroupMetrics, Metric};
 use super::probe::{self, cpu_time};
 use super::progress::{self, Collected};
@@ -98,6 +98,10 @@ pub struct RunOutcome {
 /// Run a scenario. `stop` ends it early (ctrl-c): sending stops, in-flight
 /// messages drain, and the partial results are written.
 pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToken) -> anyhow::Result<RunOutcome> {
+    if let Some(out) = &options.out {
+        // Before anything can fail: an earlier run's files must not pass for this one's.
+        results::clear_out(out)?;
+    }
     let scenario = Arc::new(scenario);
     let target = options.target.clone().or_else(|| scenario.target.clone()).map(|t| normalize_url(&t));
     if scenario.protocol == Protocol::Raw && target.is_none() {
@@ -127,6 +131,12 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
         ),
     };
     let url = target.clone().or_else(|| server.as_ref().map(ServerHandle::url)).unwrap_or_default();
+    if options.source_addresses.is_some() && !url_is_loopback_v4(&url) {
+        bail!(
+            "--source-addresses spreads connections over 127.0.0.1 to 127.0.0.N, so it needs an IPv4 loopback target \
+             (ws://127.0.0.1:PORT/ or ws://localhost:PORT/; IPv6 loopback is the one address ::1); got {url}"
+        );
+    }
     let mut connect_options = options.connect.clone();
     connect_options.timeout = scenario.connect_timeout;
     preflight(&url, &connect_options, scenario.protocol).await?;
@@ -137,9 +147,6 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
         tokio::time::sleep(wait).await;
     }
     let timeline = Timeline::new(&scenario.phases);
-    if options.source_addresses.is_some() && !url_is_loopback_v4(&url) {
-        bail!("--source-addresses spreads connections over 127.0.0.x: the target must be on loopback (got {url})");
-    }
     let plans = plan_bots(&scenario, &timeline, options.shard, &url, options.source_addresses);
     let target_clients = plans.len();
     let ctx = Arc::new(RunContext {
@@ -153,6 +160,7 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
         stop: stop.clone(),
         drain_after_stop: drain_of(&scenario),
         connected: AtomicUsize::new(0),
+        rooms: scenario.groups.iter().flat_map(|g| g.rooms.iter().map(|r| (r.clone(), AtomicU64::new(0)))).collect(),
         scenario: scenario.clone(),
     });
     let started_at = crate::ids::now_ts();
@@ -160,7 +168,20 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
     let (tick_tx, tick_rx) = mpsc::channel(16 * 1024);
     let progress = tokio::spawn(progress::run(tick_rx, ctx.clone(), target_clients));
     let watcher = tokio::spawn(probe::watch(ctx.clone()));
+    let stopped = {
+        let (stop, epoch) = (stop.clone(), ctx.epoch);
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            epoch.elapsed()
+        })
+    };
     let (mut total, groups) = run_bots(plans, &ctx, tick_tx).await;
+    let stopped_after = if stop.is_cancelled() {
+        stopped.await.ok()
+    } else {
+        stopped.abort();
+        None
+    };
     let collected = progress.await.unwrap_or_default();
     let elapsed = ctx.epoch.elapsed();
     let cpu = cpu_time().saturating_sub(cpu_before);
@@ -182,8 +203,9 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
         planned_clients: target_clients as u64,
         started_at,
         duration_secs: elapsed.as_secs_f64(),
-        steady_secs: steady_secs(&ctx, elapsed),
+        steady_secs: steady_secs(&ctx, stopped_after.map_or(elapsed, |at| at.min(elapsed))),
         interrupted,
+        stopped_after_secs: stopped_after.map(|at| at.as_secs_f64()),
         shard: options.shard.map(|s| format!("{}/{}", s.index, s.count)),
         merged_from: 1,
         suspect: suspicions(&total, cpu_percent, cores, target.is_none()),
@@ -333,13 +355,14 @@ fn drain_of(scenario: &Scenario) -> Duration {
     }
 }
 
-/// Seconds of steady phases that actually ran (all of them unless interrupted).
-fn steady_secs(ctx: &RunContext, elapsed: Duration) -> f64 {
+/// Seconds of steady phases that ran before `until` (all of them unless
+/// interrupted: after a stop nothing is sent, so nothing after it is steady).
+fn steady_secs(ctx: &RunContext, until: Duration) -> f64 {
     ctx.timeline
         .spans
         .iter()
         .filter(|s| matches!(s.phase, super::scenario::Phase::Steady(_)))
-        .map(|s| elapsed.min(s.end).saturating_sub(s.start).as_secs_f64())
+        .map(|s| until.min(s.end).saturating_sub(s.start).as_secs_f64())
         .sum()
 }
 
@@ -372,7 +395,7 @@ fn suspicions(total: &BotMetrics, cpu_percent: f64, cores: u64, embedded: bool) 
 
 /// The series the HTML charts draw.
 fn chart_data(total: &BotMetrics, collected: &Collected) -> ChartData {
-    let curve = |name: &str, color: &'static str| {
+    let curve = |name: &str, color| {
         let parts = REPORTED.iter().find(|(n, _)| *n == name).map(|(_, p)| *p).unwrap_or(&[]);
         total.combined(parts).map(|hist| Series {
             name: name.to_string(),
@@ -380,27 +403,29 @@ fn chart_data(total: &BotMetrics, collected: &Collected) -> ChartData {
             points: hist
                 .iter_quantiles(4)
                 .filter(|v| v.quantile_iterated_to() < 0.99999)
-                .map(|v| (1.0 / (1.0 - v.quantile_iterated_to()), v.value_iterated_to() as f64 / 1000.0))
+                .map(|v| (1.0 / (1.0 - v.quantile_iterated_to()), (v.value_iterated_to() as f64 / 1000.0).max(0.001)))
                 .collect(),
         })
     };
-    let percentiles = [curve("delivery", "#c0392b"), curve("ack", "#2e86c1"), curve("connect", "#7d3c98")]
+    let percentiles = [curve("delivery", html::RED), curve("ack", html::BLUE), curve("connect", html::PURPLE)]
         .into_iter()
         .flatten()
         .collect();
-    let per_second = |f: &dyn Fn(&progress::Second) -> Option<f64>| -> Vec<(f64, f64)> {
-        collected.seconds.iter().filter_map(|(s, b)| f(b).map(|v| (f64::from(*s), v))).collect()
-    };
-    let throughput = vec![
-        Series { name: "sent/s".into(), color: "#2e86c1", points: per_second(&|b| Some(b.sent as f64)) },
-        Series { name: "delivered/s".into(), color: "#27ae60", points: per_second(&|b| Some(b.received as f64)) },
-    ];
-    let p99 = vec![Series {
-        name: "delivery p99".into(),
-        color: "#c0392b",
-        points: per_second(&|b| (!b.delivery.is_empty()).then(|| b.delivery.value_at_quantile(0.99) as f64 / 1000.0)),
-    }];
-    ChartData { percentiles, throughput, p99 }
+    let seconds = collected
+        .seconds
+        .iter()
+        .map(|(second, b)| Moment {
+            second: *second,
+            sent: b.sent,
+            delivered: b.received,
+            connected: b.connected,
+            errors: b.errors,
+            bytes_sent: b.bytes_sent,
+            bytes_received: b.bytes_received,
+            p99_ms: (!b.delivery.is_empty()).then(|| b.delivery.value_at_quantile(0.99) as f64 / 1000.0),
+        })
+        .collect();
+    ChartData { percentiles, seconds }
 }
 
 #[cfg(test)]

@@ -140,6 +140,17 @@ pub struct Counters {
     pub foreign: u64,
     /// Our own messages sent back to us (a relay that echoes to the sender).
     pub echoes: u64,
+    /// WebSocket payload bytes sent and received (every frame).
+    #[serde(default)]
+    pub bytes_sent: u64,
+    #[serde(default)]
+    pub bytes_received: u64,
+    /// Deliveries this client's connections were owed but never read, by
+    /// estimate (room traffic while connected, less what it sent, what was
+    /// announced missed and what it received): how a run's lost messages are
+    /// shared out among groups.
+    #[serde(default)]
+    pub tail_estimate: u64,
 }
 
 impl Counters {
@@ -173,6 +184,9 @@ impl Counters {
         self.reconnects += o.reconnects;
         self.foreign += o.foreign;
         self.echoes += o.echoes;
+        self.bytes_sent += o.bytes_sent;
+        self.bytes_received += o.bytes_received;
+        self.tail_estimate += o.tail_estimate;
     }
 }
 
@@ -213,10 +227,19 @@ impl BotMetrics {
     }
 
     pub fn count_error(&mut self, kind: &str) {
-        *self.errors.entry(kind.to_string()).or_default() += 1;
+        self.count_errors(kind, 1);
     }
 
+    pub fn count_errors(&mut self, kind: &str, n: u64) {
+        if n > 0 {
+            *self.errors.entry(kind.to_string()).or_default() += n;
+        }
+    }
+
+    /// The server closed a connection: an error (a run the server refused
+    /// cannot pass), with the code and reason kept in `closes`.
     pub fn count_close(&mut self, what: String) {
+        self.count_error("connection closed by the server");
         *self.closes.entry(what).or_default() += 1;
     }
 
@@ -258,17 +281,19 @@ pub struct Tick {
     pub received: u32,
     pub acked: u32,
     pub errors: u32,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
     /// Delivery latency this second (2 significant figures: it is only for progress and charts).
     pub delivery: Option<Histogram<u64>>,
 }
 
 impl Tick {
     fn new(second: u32) -> Tick {
-        Tick { second, sent: 0, received: 0, acked: 0, errors: 0, delivery: None }
+        Tick { second, sent: 0, received: 0, acked: 0, errors: 0, bytes_sent: 0, bytes_received: 0, delivery: None }
     }
 
     fn is_empty(&self) -> bool {
-        self.sent == 0 && self.received == 0 && self.acked == 0 && self.errors == 0
+        self.sent == 0 && self.received == 0 && self.acked == 0 && self.errors == 0 && self.bytes_received == 0
     }
 }
 
@@ -282,7 +307,9 @@ pub struct LiveWindow {
 /// What a bot counts in its live window.
 #[derive(Debug, Clone, Copy)]
 pub enum Live {
-    Sent,
+    /// A message of this many bytes went out.
+    Sent(u64),
+    /// A delivery, this many microseconds after its intended send.
     Received(u64),
     Acked,
     Error,
@@ -300,7 +327,10 @@ impl LiveWindow {
             self.tick = Tick::new(second);
         }
         match what {
-            Live::Sent => self.tick.sent += 1,
+            Live::Sent(bytes) => {
+                self.tick.sent += 1;
+                self.tick.bytes_sent += bytes;
+            }
             Live::Acked => self.tick.acked += 1,
             Live::Error => self.tick.errors += 1,
             Live::Received(micros) => {
@@ -314,6 +344,16 @@ impl LiveWindow {
                 }
             }
         }
+    }
+
+    /// The second whose counts wait to be sent, if any.
+    pub fn pending_second(&self) -> Option<u32> {
+        (!self.tick.is_empty()).then_some(self.tick.second)
+    }
+
+    /// Bytes read from the socket, counted in the current second (no clock read per frame).
+    pub fn received_bytes(&mut self, bytes: u64) {
+        self.tick.bytes_received += bytes;
     }
 
     /// Send the current tick to the driver (dropped if the driver is behind).
@@ -368,7 +408,7 @@ mod tests {
     async fn live_windows_flush_per_second() {
         let (tx, mut rx) = mpsc::channel(16);
         let mut live = LiveWindow::new(tx);
-        live.count(0, Live::Sent);
+        live.count(0, Live::Sent(10));
         live.count(0, Live::Received(1500));
         live.count(1, Live::Acked);
         let first = rx.recv().await.unwrap();

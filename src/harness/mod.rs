@@ -126,6 +126,7 @@ pub fn merge(dirs: &[PathBuf], results_base: &Path, out: Option<&Path>) -> anyho
         duration_secs: summaries.iter().map(|s| s.run.duration_secs).fold(0.0, f64::max),
         steady_secs: summaries.iter().map(|s| s.run.steady_secs).fold(0.0, f64::max),
         interrupted: summaries.iter().any(|s| s.run.interrupted),
+        stopped_after_secs: summaries.iter().filter_map(|s| s.run.stopped_after_secs).reduce(f64::max),
         shard: None,
         merged_from: summaries.iter().map(|s| s.run.merged_from).sum(),
         suspect: summaries
@@ -166,5 +167,7 @@ fn add_second(mine: &mut Second, other: &Second) {
     mine.acked += other.acked;
     mine.errors += other.errors;
     mine.connected += other.connected;
+    mine.bytes_sent += other.bytes_sent;
+    mine.bytes_received += other.bytes_received;
     let _ = mine.delivery.add(&other.delivery);
 }

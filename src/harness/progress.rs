@@ -1,7 +1,12 @@
-//! Live progress while a run goes: phase, connected / target, sent/s,
-//! delivered/s, rolling p99 and errors. A progress bar on a terminal, plain
-//! periodic lines otherwise. It also keeps the per-second buckets that become
-//! `timeseries.csv`.
+//! Live progress while a run goes: one line per second of the run (a
+//! progress bar's message on a terminal, plain lines otherwise), each naming
+//! its second and the phase that second belongs to, with that second's
+//! figures: connected / target, sent/s, delivered/s, bytes/s, p99 over the
+//! last five seconds and errors so far. It also keeps the per-second
+//! buckets that become `timeseries.csv`.
+//!
+//! Bots report a second when their next one starts (or at the end), so a
+//! second is shown once the clock is a full second past it.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -15,6 +20,7 @@ use tokio::sync::mpsc;
 
 use super::bot::RunContext;
 use super::metrics::Tick;
+use super::schedule::Timeline;
 
 /// One second of the whole run.
 #[derive(Debug, Clone)]
@@ -25,6 +31,8 @@ pub struct Second {
     pub errors: u64,
     /// Connected clients at the end of the second, as progress saw it.
     pub connected: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
     pub delivery: Histogram<u64>,
 }
 
@@ -36,15 +44,29 @@ impl Second {
             acked: 0,
             errors: 0,
             connected: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
             delivery: Histogram::new(2).unwrap_or_else(|_| unreachable!("2 is valid")),
         }
     }
 }
 
-/// What progress collected: the time series, and ticks lost on a full channel.
+/// What progress collected: the time series.
 #[derive(Debug, Default)]
 pub struct Collected {
     pub seconds: BTreeMap<u32, Second>,
+}
+
+/// Where progress lines go.
+struct View {
+    bar: Option<ProgressBar>,
+    /// Plain lines: one every `every` seconds.
+    every: u32,
+    /// Seconds shown so far.
+    shown: u32,
+    target_clients: usize,
+    /// The second in which the run was stopped (ctrl-c), once seen.
+    stopped: Option<u32>,
 }
 
 /// Fold ticks into seconds and show progress until the channel closes.
@@ -60,9 +82,10 @@ pub async fn run(mut ticks: mpsc::Receiver<Tick>, ctx: Arc<RunContext>, target_c
         );
         bar
     });
-    // Plain lines: about 20 over the run, at least a second apart.
-    let every = if on_terminal { Duration::from_millis(250) } else { (total / 20).max(Duration::from_secs(1)) };
-    let mut tick = tokio::time::interval(every);
+    // Plain lines: every second for runs up to a minute, about 60 lines for longer ones.
+    let every = (total.as_secs() / 60).max(1) as u32;
+    let mut view = View { bar, every, shown: 0, target_clients, stopped: None };
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut collected = Collected::default();
     loop {
@@ -72,24 +95,43 @@ pub async fn run(mut ticks: mpsc::Receiver<Tick>, ctx: Arc<RunContext>, target_c
                 None => break,
             },
             _ = tick.tick() => {
-                let second = ctx.epoch.elapsed().as_secs() as u32;
+                let now = ctx.epoch.elapsed();
+                let second = now.as_secs() as u32;
+                if ctx.stop.is_cancelled() && view.stopped.is_none() {
+                    view.stopped = Some(second);
+                }
                 let connected = ctx.connected.load(Ordering::Relaxed) as u64;
                 collected.seconds.entry(second).or_insert_with(Second::new).connected = connected;
-                let line = status(&collected, &ctx, target_clients);
-                match &bar {
-                    Some(bar) => {
-                        bar.set_position(ctx.epoch.elapsed().as_millis().min(total.as_millis()) as u64);
-                        bar.set_message(line);
-                    }
-                    None => eprintln!("{line}"),
+                if let Some(bar) = &view.bar {
+                    bar.set_position(now.as_millis().min(total.as_millis()) as u64);
                 }
+                // A second is complete once the clock is a full second past it.
+                view.show_until(&collected, &ctx.timeline, second.saturating_sub(1));
             }
         }
     }
-    if let Some(bar) = bar {
+    let last = collected.seconds.keys().next_back().map_or(0, |s| s + 1);
+    view.show_until(&collected, &ctx.timeline, last);
+    if let Some(bar) = view.bar {
         bar.finish_and_clear();
     }
     collected
+}
+
+impl View {
+    /// Show the seconds before `end` not shown yet.
+    fn show_until(&mut self, collected: &Collected, timeline: &Timeline, end: u32) {
+        while self.shown < end {
+            let second = self.shown;
+            self.shown += 1;
+            let line = status(collected, timeline, second, self.target_clients, self.stopped);
+            match &self.bar {
+                Some(bar) => bar.set_message(line),
+                None if second.is_multiple_of(self.every) || self.shown == end => eprintln!("{line}"),
+                None => {}
+            }
+        }
+    }
 }
 
 fn absorb(collected: &mut Collected, tick: Tick) {
@@ -98,27 +140,40 @@ fn absorb(collected: &mut Collected, tick: Tick) {
     second.received += u64::from(tick.received);
     second.acked += u64::from(tick.acked);
     second.errors += u64::from(tick.errors);
+    second.bytes_sent += tick.bytes_sent;
+    second.bytes_received += tick.bytes_received;
     if let Some(hist) = tick.delivery {
         let _ = second.delivery.add(&hist);
     }
 }
 
-/// The progress line for now: the last complete second (bots report a
-/// second when their next one starts, so the one just past may be partial),
-/// p99 over the last five.
-fn status(collected: &Collected, ctx: &RunContext, target_clients: usize) -> String {
-    let now = ctx.epoch.elapsed();
-    let phase = ctx.timeline.phase_at(now).map_or("done", |s| s.phase.name());
-    let connected = ctx.connected.load(Ordering::Relaxed);
-    let current = now.as_secs() as u32;
-    let last = current.saturating_sub(2);
-    let (sent, delivered) = collected.seconds.get(&last).map_or((0, 0), |s| (s.sent, s.received));
+/// The name of the phase second `second` starts in (`stopped` from the
+/// second a ctrl-c came, `done` past the end).
+pub fn phase_name(timeline: &Timeline, second: u32, stopped: Option<u32>) -> &str {
+    if stopped.is_some_and(|at| second >= at) {
+        return "stopped";
+    }
+    timeline.phase_at(Duration::from_secs(u64::from(second))).map_or("done", |s| s.phase.name())
+}
+
+/// The progress line of one second: its phase, its figures, p99 over it
+/// and the four before, errors up to it.
+pub fn status(
+    collected: &Collected,
+    timeline: &Timeline,
+    second: u32,
+    target_clients: usize,
+    stopped: Option<u32>,
+) -> String {
+    let phase = phase_name(timeline, second, stopped);
+    let empty = Second::new();
+    let bucket = collected.seconds.get(&second).unwrap_or(&empty);
     let mut recent = Histogram::<u64>::new(2).unwrap_or_else(|_| unreachable!("2 is valid"));
     let mut errors = 0;
-    for (second, bucket) in &collected.seconds {
-        errors += bucket.errors;
-        if *second + 5 >= current {
-            let _ = recent.add(&bucket.delivery);
+    for (s, b) in collected.seconds.range(..=second) {
+        errors += b.errors;
+        if s + 5 > second {
+            let _ = recent.add(&b.delivery);
         }
     }
     let p99 = if recent.is_empty() {
@@ -126,7 +181,39 @@ fn status(collected: &Collected, ctx: &RunContext, target_clients: usize) -> Str
     } else {
         crate::units::format_duration(Duration::from_micros(recent.value_at_quantile(0.99)))
     };
+    let rate = |bytes: u64| crate::units::format_bytes_rate(bytes as f64);
     format!(
-        "{phase:<8} {connected}/{target_clients} connected  {sent} sent/s  {delivered} delivered/s  p99 {p99}  errors {errors}"
+        "[{second:>4}s] {phase:<8} {}/{target_clients} connected  {} sent/s  {} delivered/s  {} out  {} in  p99 {p99}  errors {errors}",
+        bucket.connected,
+        bucket.sent,
+        bucket.received,
+        rate(bucket.bytes_sent),
+        rate(bucket.bytes_received),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::scenario::{Drain, Phase, Steady};
+
+    #[test]
+    fn a_line_shows_its_own_second_and_the_phase_of_that_second() {
+        let timeline = Timeline::new(&[
+            Phase::Steady(Steady { name: "steady".into(), duration: Duration::from_secs(2), rate: (1.0, 1.0) }),
+            Phase::Drain(Drain { duration: Duration::from_secs(2) }),
+        ]);
+        let mut collected = Collected::default();
+        for (second, sent) in [(0, 90), (1, 88), (2, 0)] {
+            let mut bucket = Second::new();
+            bucket.sent = sent;
+            bucket.connected = 4;
+            collected.seconds.insert(second, bucket);
+        }
+        let line = status(&collected, &timeline, 1, 4, None);
+        assert!(line.starts_with("[   1s] steady   4/4 connected  88 sent/s"), "{line}");
+        let line = status(&collected, &timeline, 2, 4, None);
+        assert!(line.starts_with("[   2s] drain    4/4 connected  0 sent/s"), "{line}");
+        assert!(status(&collected, &timeline, 1, 4, Some(1)).contains("stopped"));
+    }
 }

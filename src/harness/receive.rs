@@ -108,6 +108,9 @@ impl Bot {
                     None => self.pending.unlabeled.pop_front(),
                 };
                 self.metrics.counters.expected += header.recipients.unwrap_or(0);
+                if let (Some(seq), Some(top)) = (header.seq, self.ctx.rooms.get(&self.plan.room)) {
+                    top.fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
+                }
                 if let Some((kind, pending)) = found {
                     self.acked(kind, &pending);
                 }

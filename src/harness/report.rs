@@ -4,6 +4,8 @@
 use std::fmt::Write as _;
 
 use super::summary::{LatencyStats, Summary};
+use crate::printable::printable;
+use crate::units::{format_bytes, format_bytes_rate};
 
 /// Latency rows shown, in order, when they have samples.
 const ROWS: &[&str] = &[
@@ -22,7 +24,8 @@ const ROWS: &[&str] = &[
     "loop_lag",
 ];
 
-fn ms(value: f64) -> String {
+/// Milliseconds with the digits they need.
+pub(crate) fn ms(value: f64) -> String {
     if value >= 100.0 {
         format!("{value:.0}")
     } else if value >= 10.0 {
@@ -36,7 +39,8 @@ fn count_list(map: &std::collections::BTreeMap<String, u64>) -> String {
     if map.is_empty() {
         return "none".to_string();
     }
-    map.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
+    // Error codes and close reasons come from the server: shown, never obeyed.
+    map.iter().map(|(k, v)| format!("{}: {v}", printable(k))).collect::<Vec<_>>().join(", ")
 }
 
 /// The terminal report of a run.
@@ -57,8 +61,16 @@ pub fn text(s: &Summary) -> String {
         "target {} ({where_}) · protocol {} · seed {} · {} clients · {:.1}s (steady {:.1}s){shard}{merged}",
         sc.target, sc.protocol, sc.seed, sc.clients, s.run.duration_secs, s.run.steady_secs
     );
+    if !sc.overrides.is_empty() {
+        let _ = writeln!(out, "overrides {}", sc.overrides.join(" "));
+    }
     if s.run.interrupted {
-        let _ = writeln!(out, "INTERRUPTED: stopped early; the figures cover only what ran");
+        let at = s.run.stopped_after_secs.map(|t| format!(" at {t:.1}s")).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "INTERRUPTED (partial): stopped{at}; the figures cover only what ran, rates the {:.1}s spent sending",
+            s.run.steady_secs
+        );
     }
     let _ = writeln!(out);
     let c = &s.connections;
@@ -78,6 +90,19 @@ pub fn text(s: &Summary) -> String {
         "messages     sent {} (text {}, binary {}, rename {})  acked {}  received {}  skipped {}",
         m.sent, m.sent_text, m.sent_binary, m.sent_rename, m.acked, m.received, m.skipped
     );
+    let _ = writeln!(
+        out,
+        "bytes        sent {}  received {}",
+        format_bytes(m.bytes_sent as f64),
+        format_bytes(m.bytes_received as f64)
+    );
+    if m.acked == 0 && m.sent > 0 && s.scenario.protocol != "raw" {
+        let _ = writeln!(
+            out,
+            "WARNING      none of the {} sends was acknowledged: the server refused or ignored them",
+            m.sent
+        );
+    }
     if m.unacked > 0 {
         let _ = writeln!(
             out,
@@ -85,13 +110,15 @@ pub fn text(s: &Summary) -> String {
             m.unacked
         );
     }
-    if m.foreign + m.echoes > 0 {
-        let _ = writeln!(out, "             foreign frames {}  echoes of our own {}", m.foreign, m.echoes);
-    }
+    let _ = writeln!(out, "             foreign frames {}  echoes of our own {}", m.foreign, m.echoes);
+    let t = &s.throughput;
     let _ = writeln!(
         out,
-        "throughput   {:.1} sent/s  {:.1} delivered/s (steady phases)\n",
-        s.throughput.sent_per_sec, s.throughput.delivered_per_sec
+        "throughput   {:.1} sent/s  {:.1} delivered/s  {} out  {} in (steady phases)\n",
+        t.sent_per_sec,
+        t.delivered_per_sec,
+        format_bytes_rate(t.sent_bytes_per_sec),
+        format_bytes_rate(t.received_bytes_per_sec)
     );
     latency_table(&mut out, s);
     let d = &s.delivery;
@@ -155,18 +182,20 @@ fn latency_row(out: &mut String, name: &str, l: &LatencyStats) {
 fn groups_table(out: &mut String, s: &Summary) {
     let _ = writeln!(
         out,
-        "\ngroups         clients      sent  received  delivery p99  observed ratio  errors  dropped  closed by server"
+        "\ngroups         clients      sent   expected   received       lost     ratio  delivery p99  errors  closed by server"
     );
     for g in &s.groups {
         let p99 = g.latency.get("delivery").map_or("-".to_string(), |l| format!("{}ms", ms(l.p99_ms)));
-        let ratio = g.observed_ratio.map_or("-".to_string(), |r| format!("{r:.6}"));
+        let ratio = g.ratio.map_or("-".to_string(), |r| format!("{r:.6}"));
         let closed: u64 = g.closes.values().sum();
         let _ = writeln!(
             out,
-            "  {:<12} {:>7} {:>9} {:>9} {:>13} {:>15} {:>7} {:>8} {:>17}",
-            g.name, g.clients, g.sent, g.received, p99, ratio, g.errors, g.dropped, closed
+            "  {:<12} {:>7} {:>9} {:>10} {:>10} {:>10} {:>9} {:>13} {:>7} {:>17}",
+            g.name, g.clients, g.sent, g.expected, g.received, g.lost, ratio, p99, g.errors, closed
         );
     }
+    let _ =
+        writeln!(out, "               (lost: each group's share of the run's, what its clients never read included)");
 }
 
 fn thresholds(out: &mut String, s: &Summary) {
@@ -196,10 +225,18 @@ fn thresholds(out: &mut String, s: &Summary) {
             Some(v) => format!("{v}"),
             None => "no data".to_string(),
         };
-        let _ = writeln!(out, "  {mark}  {:<32} {:<10} observed {observed}", t.key, t.condition);
+        let default = if t.implicit { "  (default: the scenario sets no errors threshold)" } else { "" };
+        let _ = writeln!(out, "  {mark}  {:<32} {:<10} observed {observed}{default}", t.key, t.condition);
     }
     let failed = s.thresholds.iter().filter(|t| !t.passed).count();
-    if failed == 0 {
+    if s.run.interrupted {
+        let passed = s.thresholds.len() - failed;
+        let _ = writeln!(
+            out,
+            "\nresult: INTERRUPTED (partial): {passed} of {} threshold(s) held over what ran",
+            s.thresholds.len()
+        );
+    } else if failed == 0 {
         let _ = writeln!(out, "\nresult: PASSED ({} threshold(s))", s.thresholds.len());
     } else {
         let _ = writeln!(out, "\nresult: FAILED ({failed} of {} threshold(s))", s.thresholds.len());
@@ -213,6 +250,20 @@ enum Better {
     Higher,
 }
 
+/// A compared figure with the digits it needs: ratios to six decimals
+/// (0.992835, not 0.99), counts whole, rates to one decimal.
+fn figure(name: &str, v: f64, unit: &str) -> String {
+    if unit == "ms" {
+        format!("{}ms", ms(v))
+    } else if name.contains("ratio") {
+        format!("{v:.6}")
+    } else if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
 /// Two runs side by side, with deltas; regressions are marked.
 pub fn compare(this: &Summary, base: &Summary) -> String {
     let mut out = String::new();
@@ -224,9 +275,7 @@ pub fn compare(this: &Summary, base: &Summary) -> String {
     let _ = writeln!(out, "\n{:<24} {:>12} {:>12} {:>10}", "figure", "this", "baseline", "change");
     let mut regressions = 0;
     let mut row = |out: &mut String, name: &str, a: Option<f64>, b: Option<f64>, better: Better, unit: &str| {
-        let show = |v: Option<f64>| {
-            v.map_or("-".to_string(), |v| format!("{}{unit}", if unit == "ms" { ms(v) } else { format!("{v:.2}") }))
-        };
+        let show = |v: Option<f64>| v.map_or("-".to_string(), |v| figure(name, v, unit));
         let (change, mark) = match (a, b) {
             (Some(a), Some(b)) if b != 0.0 => {
                 let pct = (a - b) / b.abs() * 100.0;
@@ -234,7 +283,7 @@ pub fn compare(this: &Summary, base: &Summary) -> String {
                     Better::Lower => pct > 10.0 && (a - b) > if unit == "ms" { 0.1 } else { 0.0 },
                     Better::Higher => pct < -10.0 || (unit.is_empty() && name.contains("ratio") && a < b),
                 };
-                (format!("{pct:+.1}%"), if worse { "  ▲ regression" } else { "" })
+                (format!("{pct:+.2}%"), if worse { "  ▲ regression" } else { "" })
             }
             (Some(a), Some(b)) if a > b && matches!(better, Better::Lower) => ("new".to_string(), "  ▲ regression"),
             _ => (String::new(), ""),
@@ -268,6 +317,9 @@ pub fn compare(this: &Summary, base: &Summary) -> String {
         Better::Higher,
         "",
     );
+    let bytes = |s: &Summary| (s.throughput.sent_bytes_per_sec, s.throughput.received_bytes_per_sec);
+    row(&mut out, "bytes out/s", Some(bytes(this).0.round()), Some(bytes(base).0.round()), Better::Higher, "");
+    row(&mut out, "bytes in/s", Some(bytes(this).1.round()), Some(bytes(base).1.round()), Better::Higher, "");
     row(&mut out, "delivery.ratio", this.delivery.ratio, base.delivery.ratio, Better::Higher, "");
     row(&mut out, "delivery.lost", Some(this.delivery.lost as f64), Some(base.delivery.lost as f64), Better::Lower, "");
     let errors = |s: &Summary| Some(s.errors.values().sum::<u64>() as f64);

@@ -34,6 +34,10 @@ pub struct SavedSecond {
     pub acked: u64,
     pub errors: u64,
     pub connected: u64,
+    #[serde(default)]
+    pub bytes_sent: u64,
+    #[serde(default)]
+    pub bytes_received: u64,
     /// Delivery latency that second (base64 HdrHistogram V2).
     pub delivery: String,
 }
@@ -99,6 +103,8 @@ impl SavedRun {
                         acked: b.acked,
                         errors: b.errors,
                         connected: b.connected,
+                        bytes_sent: b.bytes_sent,
+                        bytes_received: b.bytes_received,
                         delivery: encode_hist(&b.delivery),
                     };
                     (*s, saved)
@@ -131,6 +137,8 @@ impl SavedRun {
                         acked: saved.acked,
                         errors: saved.errors,
                         connected: saved.connected,
+                        bytes_sent: saved.bytes_sent,
+                        bytes_received: saved.bytes_received,
                         delivery: decode_hist(&saved.delivery)?,
                     },
                 ))
@@ -139,10 +147,39 @@ impl SavedRun {
     }
 }
 
+/// Every file a run writes in its folder (besides `hdr/`).
+const FILES: [&str; 5] = ["summary.json", "metrics.json", "timeseries.csv", "report.txt", "report.html"];
+
+/// Make `out` ready for a new run before anything else happens, so a
+/// folder never holds two runs' files, and a run that fails to start leaves
+/// no earlier run's summary behind to be taken for its own: an earlier
+/// run's files are removed; a folder holding anything else is refused.
+pub fn clear_out(out: &Path) -> anyhow::Result<()> {
+    let Ok(entries) = fs::read_dir(out) else { return Ok(()) };
+    let ours = |name: &str| FILES.contains(&name) || name == "hdr";
+    let names: Vec<String> =
+        entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    if let Some(other) = names.iter().find(|n| !ours(n)) {
+        bail!(
+            "--out {} holds {other:?}, which is not part of a chorus results folder; give an empty or new folder",
+            out.display()
+        );
+    }
+    for name in names {
+        let path = out.join(&name);
+        let removed = if name == "hdr" { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+        removed.with_context(|| format!("cannot clear the earlier run's {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// A fresh folder `<base>/<name>-<timestamp>[-shard]` (or `out` as given).
 pub fn make_dir(base: &Path, out: Option<&Path>, name: &str, shard: Option<&str>) -> anyhow::Result<PathBuf> {
     let dir = match out {
-        Some(out) => out.to_path_buf(),
+        Some(out) => {
+            clear_out(out)?;
+            out.to_path_buf()
+        }
         None => {
             let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
             let suffix = shard.map(|s| format!("-shard{}", s.replace('/', "of"))).unwrap_or_default();
@@ -221,13 +258,15 @@ pub fn percentile_distribution(hist: &Hist) -> String {
 }
 
 fn timeseries_csv(seconds: &BTreeMap<u32, Second>, summary: &Summary) -> String {
-    let mut out = String::from("second,phase,connected,sent,delivered,acked,errors,delivery_p50_ms,delivery_p99_ms\n");
+    let mut out = String::from(
+        "second,phase,connected,sent,delivered,acked,errors,delivery_p50_ms,delivery_p99_ms,sent_bytes,received_bytes\n",
+    );
     let last = seconds.keys().next_back().copied().unwrap_or(0);
     let mut connected = 0;
     for second in 0..=last {
         let phase = phase_at(summary, f64::from(second));
         let Some(bucket) = seconds.get(&second) else {
-            let _ = writeln!(out, "{second},{phase},{connected},0,0,0,0,,");
+            let _ = writeln!(out, "{second},{phase},{connected},0,0,0,0,,,0,0");
             continue;
         };
         if bucket.connected > 0 {
@@ -241,15 +280,19 @@ fn timeseries_csv(seconds: &BTreeMap<u32, Second>, summary: &Summary) -> String 
         };
         let _ = writeln!(
             out,
-            "{second},{phase},{connected},{},{},{},{},{p50},{p99}",
-            bucket.sent, bucket.received, bucket.acked, bucket.errors
+            "{second},{phase},{connected},{},{},{},{},{p50},{p99},{},{}",
+            bucket.sent, bucket.received, bucket.acked, bucket.errors, bucket.bytes_sent, bucket.bytes_received
         );
     }
     out
 }
 
-/// The name of the phase running `second` seconds into the run.
+/// The name of the phase running `second` seconds into the run
+/// (`stopped` once an interrupted run was stopped).
 pub fn phase_at(summary: &Summary, second: f64) -> String {
+    if summary.run.stopped_after_secs.is_some_and(|at| second >= at.floor()) {
+        return "stopped".to_string();
+    }
     let mut start = 0.0;
     for phase in &summary.scenario.phases {
         if second < start + phase.seconds {

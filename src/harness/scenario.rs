@@ -20,8 +20,10 @@ pub use super::stamp::TEXT_STAMP_MAX_LEN;
 /// A scenario file that cannot be used, and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
-    #[error("cannot read scenario {file}: {source}")]
-    Read { file: String, source: std::io::Error },
+    #[error(
+        "cannot read scenario {file}: {error}; check the path (the shipped scenarios are in scenarios/, e.g. scenarios/smoke.toml)"
+    )]
+    Read { file: String, error: std::io::Error },
     #[error("scenario {file}: {message}")]
     Parse { file: String, message: String },
     #[error("scenario {file}: {key} {message}")]
@@ -312,16 +314,150 @@ pub struct Scenario {
     pub phases: Vec<Phase>,
     pub groups: Vec<Group>,
     pub thresholds: Vec<Threshold>,
+    /// What the command line changed, as written (`--duration 3s`, `--set ramp_up=1s`).
+    pub overrides: Vec<String>,
+}
+
+/// Changes to a scenario from the command line, without editing the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// The total length of the steady phases (several are scaled together).
+    pub duration: Option<Duration>,
+    /// Every group's rate times this.
+    pub rate_multiplier: Option<f64>,
+    /// Every group's client count times this (at least 1 each).
+    pub clients_multiplier: Option<f64>,
+    pub seed: Option<u64>,
+    /// `key=value` with a dotted key (`ramp_up`, `server.history`, `group.0.rate`), value in TOML.
+    pub set: Vec<String>,
+}
+
+impl Overrides {
+    /// The overrides as written on the command line, for the report.
+    fn describe(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.set.iter().map(|s| format!("--set {s}")).collect();
+        if let Some(d) = self.duration {
+            out.push(format!("--duration {}", crate::units::format_duration(d)));
+        }
+        if let Some(f) = self.rate_multiplier {
+            out.push(format!("--rate-multiplier {f}"));
+        }
+        if let Some(f) = self.clients_multiplier {
+            out.push(format!("--clients-multiplier {f}"));
+        }
+        if let Some(seed) = self.seed {
+            out.push(format!("--seed {seed}"));
+        }
+        out
+    }
+}
+
+/// `text` with each `key=value` of `sets` written into it (a TOML document).
+fn apply_sets(text: &str, file: &str, sets: &[String]) -> Result<String, ScenarioError> {
+    if sets.is_empty() {
+        return Ok(text.to_string());
+    }
+    let bad = |message: String| ScenarioError::Parse { file: file.to_string(), message };
+    let mut doc: toml::Table = toml::from_str(text).map_err(|err| bad(err.to_string()))?;
+    for set in sets {
+        let usage = || bad(format!("--set {set:?}: write key=value, e.g. --set ramp_up=1s or --set group.0.rate=2"));
+        let (key, value) = set.split_once('=').ok_or_else(usage)?;
+        let value = match toml::from_str::<toml::Table>(&format!("v = {value}")) {
+            Ok(mut table) => table.remove("v").ok_or_else(usage)?,
+            Err(_) => toml::Value::String(value.trim().to_string()),
+        };
+        set_path(&mut doc, key.trim(), value).map_err(|why| bad(format!("--set {set:?}: {why}")))?;
+    }
+    toml::to_string(&doc).map_err(|err| bad(err.to_string()))
+}
+
+/// Write `value` at a dotted path; `group.0` (or `group[0]`) is the first `[[group]]`.
+fn set_path(doc: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), String> {
+    let parts: Vec<&str> = key.split(['.', '[', ']']).filter(|p| !p.is_empty()).collect();
+    let Some((last, path)) = parts.split_last() else { return Err("the key is empty".into()) };
+    let mut table = doc;
+    let mut iter = path.iter().peekable();
+    while let Some(part) = iter.next() {
+        let entry = table.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = match entry {
+            toml::Value::Table(t) => t,
+            toml::Value::Array(items) => {
+                let count = items.len();
+                let index = iter.next().and_then(|i| i.parse::<usize>().ok());
+                match index.and_then(|i| items.get_mut(i)) {
+                    Some(toml::Value::Table(t)) => t,
+                    _ => {
+                        return Err(format!(
+                            "{part} has {count} entries: name one as {part}.0 to {part}.{}",
+                            count.max(1) - 1
+                        ));
+                    }
+                }
+            }
+            _ => return Err(format!("{part} is not a table")),
+        };
+    }
+    table.insert(last.to_string(), value);
+    Ok(())
 }
 
 impl Scenario {
     /// Read and validate a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        Scenario::load_with(path, &Overrides::default())
+    }
+
+    /// Read a scenario file, apply command-line overrides, validate.
+    pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Scenario, ScenarioError> {
         let file = path.display().to_string();
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { file: file.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|error| ScenarioError::Read { file: file.clone(), error })?;
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("scenario");
-        Scenario::parse(&text, &file, stem)
+        let text = apply_sets(&text, &file, &overrides.set)?;
+        let mut scenario = Scenario::parse(&text, &file, stem)?;
+        scenario.apply(overrides)?;
+        Ok(scenario)
+    }
+
+    /// Apply the typed overrides (`--set` is applied to the text before validation).
+    pub fn apply(&mut self, overrides: &Overrides) -> Result<(), ScenarioError> {
+        let file = self.file.clone();
+        let invalid =
+            |key: &str, message: String| ScenarioError::Invalid { file: file.clone(), key: key.to_string(), message };
+        let factors =
+            [("--rate-multiplier", overrides.rate_multiplier), ("--clients-multiplier", overrides.clients_multiplier)];
+        for (flag, factor) in factors {
+            if let Some(f) = factor
+                && !(f.is_finite() && (0.0..=1e6).contains(&f))
+            {
+                return Err(invalid(flag, format!("must be a number from 0 to 1000000 (got {f})")));
+            }
+        }
+        if let Some(total) = overrides.duration {
+            if total.is_zero() {
+                return Err(invalid("--duration", "must be more than 0".into()));
+            }
+            let steady = self.steady_duration().as_secs_f64().max(1e-9);
+            for phase in &mut self.phases {
+                if let Phase::Steady(p) = phase {
+                    p.duration = total.mul_f64(p.duration.as_secs_f64() / steady);
+                }
+            }
+        }
+        for group in &mut self.groups {
+            group.rate *= overrides.rate_multiplier.unwrap_or(1.0);
+            let clients = group.clients as f64 * overrides.clients_multiplier.unwrap_or(1.0);
+            group.clients = (clients.round() as usize).max(1);
+        }
+        if let Some(seed) = overrides.seed {
+            self.seed = seed;
+        }
+        self.overrides = overrides.describe();
+        Ok(())
+    }
+
+    /// The total length of the steady phases.
+    pub fn steady_duration(&self) -> Duration {
+        self.phases.iter().filter(|p| matches!(p, Phase::Steady(_))).map(Phase::duration).sum()
     }
 
     /// Validate scenario text; `file` names it in errors, `default_name` is used without a `name` key.
@@ -461,6 +597,7 @@ impl Validator<'_> {
             phases,
             groups,
             thresholds,
+            overrides: Vec::new(),
         })
     }
 

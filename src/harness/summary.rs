@@ -49,6 +49,9 @@ pub struct ScenarioInfo {
     pub groups: Vec<GroupInfo>,
     /// As written in the file: key -> condition.
     pub thresholds: BTreeMap<String, String>,
+    /// What the command line changed (`--duration 3s`, `--set ramp_up=1s`...).
+    #[serde(default)]
+    pub overrides: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,6 +80,9 @@ pub struct RunInfo {
     pub steady_secs: f64,
     /// Stopped early with ctrl-c: the figures cover only what ran.
     pub interrupted: bool,
+    /// When it was stopped, in seconds from the start (interrupted runs).
+    #[serde(default)]
+    pub stopped_after_secs: Option<f64>,
     /// `"i/n"` for one shard of a sharded run.
     pub shard: Option<String>,
     /// How many result folders were merged into this one (1: a plain run).
@@ -117,6 +123,11 @@ pub struct Messages {
     pub foreign: u64,
     /// Our own messages sent back to us.
     pub echoes: u64,
+    /// WebSocket payload bytes of every frame sent and received.
+    #[serde(default)]
+    pub bytes_sent: u64,
+    #[serde(default)]
+    pub bytes_received: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,6 +135,11 @@ pub struct Throughput {
     /// Over the steady phases.
     pub sent_per_sec: f64,
     pub delivered_per_sec: f64,
+    /// WebSocket payload bytes per second, sent and received.
+    #[serde(default)]
+    pub sent_bytes_per_sec: f64,
+    #[serde(default)]
+    pub received_bytes_per_sec: f64,
 }
 
 /// Latency statistics in milliseconds.
@@ -206,6 +222,16 @@ pub struct GroupSummary {
     pub sent: u64,
     pub received: u64,
     pub acked: u64,
+    /// Deliveries owed to this group's clients: received + lost.
+    #[serde(default)]
+    pub expected: u64,
+    /// This group's share of the run's lost deliveries, the tail its
+    /// clients never read included: the groups' figures add up to the run's.
+    #[serde(default)]
+    pub lost: u64,
+    /// received / expected; none when nothing was owed.
+    #[serde(default)]
+    pub ratio: Option<f64>,
     /// Sequence holes this group's receivers saw.
     pub missing: u64,
     /// received / (received + missing), from what this group saw; none if it received nothing.
@@ -222,6 +248,9 @@ pub struct ThresholdResult {
     pub condition: String,
     pub observed: Option<f64>,
     pub passed: bool,
+    /// Not written in the scenario: the default `errors == 0` check.
+    #[serde(default)]
+    pub implicit: bool,
 }
 
 /// The reported latency metrics and what each merges.
@@ -262,6 +291,7 @@ pub struct RunFacts {
     pub duration_secs: f64,
     pub steady_secs: f64,
     pub interrupted: bool,
+    pub stopped_after_secs: Option<f64>,
     pub shard: Option<String>,
     pub merged_from: u32,
     pub suspect: Vec<String>,
@@ -305,10 +335,14 @@ impl Summary {
                 received: c.received(),
                 foreign: c.foreign,
                 echoes: c.echoes,
+                bytes_sent: c.bytes_sent,
+                bytes_received: c.bytes_received,
             },
             throughput: Throughput {
                 sent_per_sec: (c.sent_text + c.sent_binary) as f64 / steady,
                 delivered_per_sec: c.received() as f64 / steady,
+                sent_bytes_per_sec: c.bytes_sent as f64 / steady,
+                received_bytes_per_sec: c.bytes_received as f64 / steady,
             },
             latency: latency_table(total),
             delivery: Delivery {
@@ -325,7 +359,7 @@ impl Summary {
             },
             errors: total.errors.clone(),
             closes: total.closes.clone(),
-            groups: groups.iter().map(|(name, clients, m)| group_summary(name, *clients, m)).collect(),
+            groups: group_summaries(groups, c.expected.saturating_sub(c.received())),
             thresholds: Vec::new(),
             passed: true,
             run: RunInfo {
@@ -333,6 +367,7 @@ impl Summary {
                 duration_secs: facts.duration_secs,
                 steady_secs: facts.steady_secs,
                 interrupted: facts.interrupted,
+                stopped_after_secs: facts.stopped_after_secs,
                 shard: facts.shard,
                 merged_from: facts.merged_from,
                 suspect: facts.suspect,
@@ -349,21 +384,27 @@ impl Summary {
         summary
     }
 
-    /// Check every threshold and set `passed`.
+    /// Check every threshold and set `passed`. Without any threshold on
+    /// errors, `errors == 0` applies: connections the server closed and sends
+    /// it never answered are errors, so a run it refused cannot pass. An
+    /// interrupted run does not pass either: it is partial.
     pub fn evaluate(&mut self, thresholds: &[Threshold]) {
-        self.thresholds = thresholds
-            .iter()
-            .map(|t| {
+        let default = Threshold::default_errors();
+        let implicit = !thresholds.iter().any(|t| matches!(&t.quantity, Quantity::Counter(k) if k == "errors"));
+        let checks = thresholds.iter().map(|t| (t, false)).chain(implicit.then_some((&default, true)));
+        self.thresholds = checks
+            .map(|(t, implicit)| {
                 let observed = self.observe(t);
                 ThresholdResult {
                     key: t.key.clone(),
                     condition: t.condition.clone(),
                     observed,
                     passed: t.passes(observed),
+                    implicit,
                 }
             })
             .collect();
-        self.passed = self.thresholds.iter().all(|t| t.passed);
+        self.passed = !self.run.interrupted && self.thresholds.iter().all(|t| t.passed);
     }
 
     /// The value a threshold looks at.
@@ -377,8 +418,9 @@ impl Summary {
                     None => None,
                 },
                 Quantity::Counter(key) => match key.as_str() {
-                    "delivery.ratio" => group.observed_ratio,
-                    "delivery.lost" | "delivery.missing" => Some(group.missing as f64),
+                    "delivery.ratio" => group.ratio,
+                    "delivery.lost" => Some(group.lost as f64),
+                    "delivery.missing" => Some(group.missing as f64),
                     "errors" => Some(group.errors as f64),
                     "messages.sent" => Some(group.sent as f64),
                     "messages.received" => Some(group.received as f64),
@@ -415,7 +457,44 @@ impl Summary {
     }
 }
 
-fn group_summary(name: &str, clients: u64, m: &BotMetrics) -> GroupSummary {
+/// Each group's summary, the run's `lost` shared out among them by their
+/// clients' tail estimates (by client count if nothing was estimated),
+/// largest remainder first, so the groups add up to the run exactly.
+fn group_summaries(groups: &[GroupMetrics], lost: u64) -> Vec<GroupSummary> {
+    let estimates: Vec<u64> = groups.iter().map(|(_, _, m)| m.counters.tail_estimate).collect();
+    let weights = if estimates.iter().sum::<u64>() > 0 {
+        estimates
+    } else {
+        groups.iter().map(|(_, clients, _)| *clients).collect()
+    };
+    let shares = share_out(lost, &weights);
+    groups.iter().zip(shares).map(|((name, clients, m), lost)| group_summary(name, *clients, m, lost)).collect()
+}
+
+/// `total` split in proportion to `weights`, in whole units that add up to `total`.
+pub fn share_out(total: u64, weights: &[u64]) -> Vec<u64> {
+    let sum: u128 = weights.iter().map(|w| u128::from(*w)).sum();
+    if sum == 0 {
+        return vec![0; weights.len()];
+    }
+    let exact: Vec<(u64, u128)> = weights
+        .iter()
+        .map(|w| {
+            let scaled = u128::from(total) * u128::from(*w);
+            ((scaled / sum) as u64, scaled % sum)
+        })
+        .collect();
+    let mut shares: Vec<u64> = exact.iter().map(|(whole, _)| *whole).collect();
+    let mut order: Vec<usize> = (0..weights.len()).collect();
+    order.sort_by(|a, b| exact[*b].1.cmp(&exact[*a].1));
+    let left = total - shares.iter().sum::<u64>();
+    for i in order.into_iter().take(left as usize) {
+        shares[i] += 1;
+    }
+    shares
+}
+
+fn group_summary(name: &str, clients: u64, m: &BotMetrics, lost: u64) -> GroupSummary {
     let c = &m.counters;
     GroupSummary {
         name: name.to_string(),
@@ -423,6 +502,9 @@ fn group_summary(name: &str, clients: u64, m: &BotMetrics) -> GroupSummary {
         sent: c.sent(),
         received: c.received(),
         acked: c.acked,
+        expected: c.received() + lost,
+        lost,
+        ratio: ratio(c.received(), c.received() + lost),
         missing: c.missing,
         observed_ratio: ratio(c.received(), c.received() + c.missing),
         errors: m.error_total(),
@@ -479,5 +561,39 @@ pub fn scenario_info(scenario: &Scenario, facts: &RunFacts) -> ScenarioInfo {
             })
             .collect(),
         thresholds: scenario.thresholds.iter().map(|t| (t.key.clone(), t.condition.clone())).collect(),
+        overrides: scenario.overrides.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_add_up_to_the_total() {
+        assert_eq!(share_out(10, &[1, 1, 1]).iter().sum::<u64>(), 10);
+        assert_eq!(share_out(2942, &[0, 2900]), [0, 2942]);
+        assert_eq!(share_out(5, &[0, 0]), [0, 0]);
+        assert_eq!(share_out(7, &[3, 1]), [5, 2]);
+    }
+
+    #[test]
+    fn a_tail_never_read_is_lost_by_the_group_that_did_not_read_it() {
+        // The stall case: two readers that never caught up before the end.
+        let group = |name: &str, clients, received, tail| {
+            let mut m = BotMetrics::default();
+            m.counters.received_text = received;
+            m.counters.tail_estimate = tail;
+            (name.to_string(), clients, m)
+        };
+        let groups = [group("talkers", 40, 394_719, 0), group("stallers", 2, 10_178, 2_900)];
+        let summaries = group_summaries(&groups, 2_922);
+        let (talkers, stallers) = (&summaries[0], &summaries[1]);
+        assert_eq!((talkers.lost, talkers.ratio), (0, Some(1.0)));
+        assert_eq!(stallers.lost, 2_922, "the run's lost, all of it");
+        assert_eq!(stallers.expected, 10_178 + 2_922);
+        assert!(stallers.ratio.unwrap() < 0.78);
+        let expected: u64 = summaries.iter().map(|g| g.expected).sum();
+        assert_eq!(expected, 394_719 + 10_178 + 2_922, "the groups add up to the run");
     }
 }

@@ -125,6 +125,18 @@ impl Threshold {
         Ok(Threshold { key: key.to_string(), condition: condition.trim().to_string(), group, quantity, op, limit })
     }
 
+    /// `errors == 0`, the check a scenario gets when it sets none on errors.
+    pub fn default_errors() -> Threshold {
+        Threshold {
+            key: "errors".into(),
+            condition: "== 0".into(),
+            group: None,
+            quantity: Quantity::Counter("errors".into()),
+            op: Op::Eq,
+            limit: 0.0,
+        }
+    }
+
     /// Does the observed value pass? A missing value (no samples) fails.
     pub fn passes(&self, observed: Option<f64>) -> bool {
         observed.is_some_and(|v| self.op.holds(v, self.limit))

@@ -227,11 +227,8 @@ fn open_files(config: &ServerConfig) -> anyhow::Result<files::Files> {
 
 /// What to say when the history store cannot be opened.
 fn history_open_failed(config: &ServerConfig) -> String {
-    format!(
-        "cannot open the history database {}; pass --data with a writable directory, or --history memory \
-         to keep history in memory only",
-        config.data_dir.join(history::DB_FILE).display()
-    )
+    // The cause says what went wrong and what to do; no advice before it.
+    format!("cannot open the history database {}", config.data_dir.join(history::DB_FILE).display())
 }
 
 /// Serve on `listener` until `shutdown` completes; then close every

@@ -89,7 +89,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("{0}")]
     Sqlite(rusqlite::Error),
-    #[error("cannot write in {dir}: {cause}")]
+    #[error(
+        "cannot write in {dir}: {cause}; pass --data with a writable directory, or --history memory to keep history in memory only"
+    )]
     NotWritable { dir: String, cause: std::io::Error },
     #[error(transparent)]
     Io(#[from] std::io::Error),
