@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use chorus::server::auth::AuthMode;
-use chorus::server::{HistoryConfig, SecurityConfig, ServerConfig, ServerHandle};
+use chorus::server::{FileLimits, HistoryConfig, SecurityConfig, ServerConfig, ServerHandle};
 use common::Client;
 use web::{Driver, Page, checked, screenshot_dir};
 
@@ -366,6 +366,63 @@ async fn a_file_from_a_protocol_client_downloads_in_the_browser_with_the_same_sh
         }
         let downloaded = std::fs::read(&saved).unwrap();
         assert_eq!(sha256(&downloaded), sha256(&content), "the browser saved the very bytes sent");
+    })
+    .await;
+    alice.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver (apt)"]
+async fn chat_goes_out_while_a_file_uploads() {
+    let server = common::server().await;
+    let driver = Driver::start().await;
+    let alice = Page::named(&driver, server.addr(), "alice").await;
+    checked("upload", &[&alice], async {
+        let mut carol = Client::named(&server.url(), "carol").await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backup.tar");
+        let content: Vec<u8> = (0..20_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let picker = alice.client.find(fantoccini::Locator::Id("file-input")).await.unwrap();
+        picker.send_keys(&path.display().to_string()).await.unwrap();
+        let started = "const bar = document.querySelector('#messages .upload progress');
+                       return bar && bar.value > 0 && bar.value < bar.max";
+        alice.wait_js("the upload under way, with progress", started, vec![]).await;
+        alice.type_line("this line does not wait for the file").await;
+        // Carol gets the line before the file, which was still on its way.
+        let first = loop {
+            let event = carol.next_event().await;
+            if event["type"] == "chat" || event["type"] == "file" {
+                break event;
+            }
+        };
+        assert_eq!(first["text"], "this line does not wait for the file", "got {first}");
+        let file = carol.expect("file").await;
+        assert_eq!(file["sha256"], sha256(&content));
+        let done = "const li = document.querySelector('#messages li.own .file')?.closest('li');
+                    return li?.dataset.state === 'confirmed'";
+        alice.wait_js("the upload confirmed, as a download link", done, vec![]).await;
+    })
+    .await;
+    alice.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver (apt)"]
+async fn an_upload_the_server_refuses_says_why() {
+    let config = ServerConfig { files: FileLimits { max_file_size: 1000, max_total: None }, ..common::quick_close() };
+    let server = common::server_with(config).await;
+    let driver = Driver::start().await;
+    let alice = Page::named(&driver, server.addr(), "alice").await;
+    checked("refused", &[&alice], async {
+        alice.js(web::DROP_FILE, vec![json!("drop"), json!("big.txt"), json!("x".repeat(5000))]).await;
+        let failed = "const li = document.querySelector('#messages li.own');
+                      return li?.dataset.state === 'failed' ? li.querySelector('.state').textContent : null";
+        let why = alice.wait_js("the refusal on the line", failed, vec![]).await;
+        assert!(why.as_str().unwrap().contains("file_too_large"), "the line says why: {why}");
+        // The connection stays, and chat goes on.
+        alice.type_line("still here").await;
+        alice.wait_js("the next line confirmed", CONFIRMED, vec![json!("still here")]).await;
     })
     .await;
     alice.close().await;

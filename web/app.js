@@ -134,7 +134,7 @@ function onRetry({ attempt, delay }) {
     const left = Math.max(0, Math.ceil((at - Date.now()) / 1000));
     const text = `Connection lost. Reconnecting in ${left} s (attempt ${attempt})…`;
     setStatus("reconnecting", left ? `Reconnecting in ${left} s` : "Reconnecting…", attempt);
-    showBanner(text + (state.own.size ? " Lines you type are sent once it is back." : ""));
+    showBanner(`${text} What you type now is sent once it is back.`);
   };
   clearInterval(onRetry.timer);
   tick();

@@ -156,6 +156,7 @@ export class MessageList {
     }
     const stick = this.atBottom();
     this.list.insertBefore(li, this.firstTrailingPending());
+    this.regroup(li.nextElementSibling);
     if (stick) this.scrollToBottom();
     return li;
   }
@@ -210,20 +211,24 @@ export class MessageList {
     return found;
   }
 
-  /** The first of the own lines still waiting at the bottom, or null. */
+  /** The first of the own lines still on their way at the bottom, or null. */
   firstTrailingPending() {
     let first = null;
-    for (let el = this.list.lastElementChild; el && el.classList.contains("msg") && !el.dataset.seq; el = el.previousElementSibling) {
-      first = el;
-    }
+    for (let el = this.list.lastElementChild; el && waiting(el); el = el.previousElementSibling) first = el;
     return first;
   }
 
+  /**
+   * Group `el` under the line before it when both are from one sender
+   * within five minutes. A line whose state has something to say (sending,
+   * not sent, failed) always shows its own header, where that is said.
+   */
   regroup(el) {
-    if (!el.classList.contains("msg")) return;
+    if (!el || !el.classList.contains("msg")) return;
     const prev = el.previousElementSibling;
+    const quiet = (line) => !line.dataset.state || line.dataset.state === "confirmed";
     const same = prev && prev.classList.contains("msg") && prev.dataset.from === el.dataset.from
-      && Math.abs(Date.parse(el.dataset.ts) - Date.parse(prev.dataset.ts)) < GROUP_MS;
+      && quiet(el) && quiet(prev) && Math.abs(Date.parse(el.dataset.ts) - Date.parse(prev.dataset.ts)) < GROUP_MS;
     el.classList.toggle("cont", Boolean(same));
   }
 
@@ -254,6 +259,7 @@ export class OwnLine {
     const label = STATE_LABELS[state] + (detail ? `: ${detail}` : "");
     this.status.textContent = label;
     this.status.hidden = !label;
+    this.list.regroup(this.el);
   }
 
   /** The server stored it as `seq`. */
@@ -297,6 +303,11 @@ export class OwnLine {
   setBody(node) {
     this.el.querySelector(".body").replaceChildren(node);
   }
+}
+
+/** An own line still on its way (a failed one stays where it is, like a notice). */
+function waiting(el) {
+  return el.classList.contains("msg") && !el.dataset.seq && el.dataset.state !== "failed";
 }
 
 function fileIcon() {

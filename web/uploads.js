@@ -131,8 +131,10 @@ export class Uploads {
     if (upload.state !== "hashing") this.conn.send({ type: "file_cancel", upload_id: upload.id });
     this.active.delete(upload.id);
     upload.state = "cancelled";
-    upload.line.fail("cancelled");
     upload.card.cancel.remove();
+    upload.card.bar.hidden = true;
+    this.status(upload, "");
+    upload.line.fail("cancelled");
   }
 
   pump(upload) {
@@ -158,6 +160,8 @@ export class Uploads {
     upload.state = "failed";
     upload.bytes = null;
     upload.card.cancel.remove();
+    upload.card.bar.hidden = true;
+    this.status(upload, "");
     upload.line.fail(reason, canRetry ? () => this.send(upload.file) : null);
   }
 
