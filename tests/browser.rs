@@ -261,6 +261,40 @@ async fn after_a_server_restart_the_page_reconnects_and_shows_what_it_missed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs chromium and chromium-driver (apt)"]
+async fn a_page_that_falls_behind_fills_the_gap_from_history() {
+    // A queue of two events per connection: a burst overflows the page's, and it gets `gap`.
+    let mut config = common::quick_close();
+    config.session.max_queue_items = 2;
+    config.session.rate_limit = None;
+    let server = common::server_with(config).await;
+    let driver = Driver::start().await;
+    let alice = Page::named(&driver, server.addr(), "alice").await;
+    checked("gap", &[&alice], async {
+        let mut carol = Client::named(&server.url(), "carol").await;
+        // Bursts of 50: carol's own acks fit the reserve her queue keeps for answers.
+        const BURST: u64 = 300;
+        for i in 1..=BURST {
+            carol.chat(&format!("burst {i}"), &format!("b{i}")).await;
+            if i % 50 == 0 {
+                carol.expect_where("ack", |e| e["client_id"] == format!("b{i}").as_str()).await;
+            }
+        }
+        alice.wait_message("carol", &format!("burst {BURST}")).await;
+        alice.wait_notice("You fell behind").await;
+        let lines = alice.messages().await;
+        let seqs: Vec<u64> = lines.as_array().unwrap().iter().filter_map(|m| m["seq"].as_u64()).collect();
+        assert_eq!(seqs, (1..=BURST).collect::<Vec<_>>(), "every message once, in order");
+        let (_, metrics) = common::http_get(server.addr(), "/metrics").await;
+        let gaps =
+            metrics.lines().find_map(|l| l.strip_prefix("chorus_gaps_total ")).and_then(|v| v.parse::<f64>().ok());
+        assert!(gaps.is_some_and(|n| n > 0.0), "the server sent gap events: {gaps:?}");
+    })
+    .await;
+    alice.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver (apt)"]
 async fn a_reload_keeps_the_name_and_shows_the_room_again() {
     let server = common::server().await;
     let driver = Driver::start().await;
