@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use chorus::server::auth::AuthMode;
+use chorus::server::net::tls::TlsSource;
 use chorus::server::{FileLimits, HistoryConfig, SecurityConfig, ServerConfig, ServerHandle};
 use common::Client;
 use web::{Driver, Page, checked, screenshot_dir};
@@ -575,6 +576,32 @@ async fn with_accounts_required_the_page_signs_in_and_keeps_the_token() {
         let shown = "const img = document.querySelector('#messages figure.image img');
                      return img && img.complete && img.naturalWidth > 0";
         alice.wait_js("dana's image", shown, vec![]).await;
+    })
+    .await;
+    alice.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromium-driver (apt)"]
+async fn over_https_the_page_speaks_wss_and_sends_files() {
+    let data = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        data_dir: data.path().to_path_buf(),
+        security: SecurityConfig { tls: Some(TlsSource::SelfSigned), ..Default::default() },
+        ..common::quick_close()
+    };
+    let server = common::server_with(config).await;
+    let driver = Driver::start().await;
+    let alice = Page::launch_url(&driver, &format!("https://{}/", server.addr()), "alice").await;
+    checked("https", &[&alice], async {
+        alice.wait_connected().await;
+        alice.type_line("over TLS").await;
+        alice.wait_js("the line confirmed", CONFIRMED, vec![json!("over TLS")]).await;
+        // An https page is a secure context: the browser hashes and sends files.
+        alice.js(web::DROP_FILE, vec![json!("drop"), json!("tls.txt"), json!("sent over wss")]).await;
+        let sent = "const li = document.querySelector('#messages li.own .file')?.closest('li');
+                    return li?.dataset.state === 'confirmed'";
+        alice.wait_js("the file sent", sent, vec![]).await;
     })
     .await;
     alice.close().await;

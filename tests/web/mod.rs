@@ -90,10 +90,16 @@ impl Page {
 
     /// A new browser on `http://<addr>/`, whatever the page then shows.
     pub async fn launch(driver: &Driver, addr: std::net::SocketAddr, label: &str) -> Page {
+        Page::launch_url(driver, &format!("http://{addr}/"), label).await
+    }
+
+    /// A new browser on `url` (self-signed certificates accepted).
+    pub async fn launch_url(driver: &Driver, url: &str, label: &str) -> Page {
         let profile = tempfile::tempdir().unwrap();
         let downloads = tempfile::tempdir().unwrap();
         let mut caps = serde_json::Map::new();
         caps.insert("browserName".into(), json!("chrome"));
+        caps.insert("acceptInsecureCerts".into(), json!(true));
         caps.insert(
             "goog:chromeOptions".into(),
             json!({
@@ -114,7 +120,7 @@ impl Page {
             .await
             .expect("a chromium session");
         let page = Page { client, label: label.to_string(), profile, downloads };
-        page.client.goto(&format!("http://{addr}/")).await.unwrap();
+        page.client.goto(url).await.unwrap();
         page
     }
 
