@@ -40,6 +40,8 @@ const state = {
   asked: { who: 0, rooms: 0 },
   /** `history` is off on this server: no unread counts. */
   noHistory: false,
+  /** The server answered HTTP but refused the WebSocket handshake. */
+  refused: false,
 };
 
 const pageId = Math.random().toString(36).slice(2, 8);
@@ -117,7 +119,8 @@ async function refusedOrDown() {
   }
   if (state.accounts === null) state.accounts = await accountsEnabled();
   if (!state.accounts) {
-    showBanner("The server refused the connection (too many connections from here, or this page's origin is not allowed). Retrying…");
+    // Up, yet the handshake failed: too many connections from here, or this origin is not allowed.
+    state.refused = true;
     return;
   }
   conn.stop();
@@ -132,8 +135,12 @@ function onRetry({ attempt, delay }) {
   const at = Date.now() + delay;
   const tick = () => {
     const left = Math.max(0, Math.ceil((at - Date.now()) / 1000));
-    const text = `Connection lost. Reconnecting in ${left} s (attempt ${attempt})…`;
-    setStatus("reconnecting", left ? `Reconnecting in ${left} s` : "Reconnecting…", attempt);
+    const why = state.refused
+      ? "The server is up but refused the connection (too many connections from here, or this page's origin is not allowed)."
+      : "Connection lost.";
+    const text = `${why} Reconnecting in ${left} s (attempt ${attempt})…`;
+    // The status is a live region: it changes once per attempt, not every second.
+    setStatus("reconnecting", "Reconnecting…", attempt);
     showBanner(`${text} What you type now is sent once it is back.`);
   };
   clearInterval(onRetry.timer);
@@ -167,6 +174,7 @@ function onEvent(event, payload) {
 function welcome(event) {
   clearInterval(onRetry.timer);
   hideBanner();
+  state.refused = false;
   state.welcomed = true;
   state.me = { user_id: event.user_id, username: event.username };
   state.account = state.token ? event.username : null;
