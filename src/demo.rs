@@ -72,7 +72,6 @@ impl Bot {
     }
 }
 
-
 fn action(shared: &Shared, who: &str, what: &str) {
     let line = format!("{who:>6} ▶ {what}");
     if shared.color { println!("\x1b[1m{line}\x1b[0m") } else { println!("{line}") }
