@@ -379,15 +379,27 @@ async fn upload(client: &mut Client, name: &str, media_type: &str, content: &[u8
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs chromium and chromium-driver (apt)"]
-async fn a_file_from_a_protocol_client_downloads_in_the_browser_with_the_same_sha256() {
+async fn a_file_from_the_terminal_client_downloads_in_the_browser_with_the_same_sha256() {
     let server = common::server().await;
     let driver = Driver::start().await;
     let alice = Page::open(&driver, server.addr(), "alice").await;
     checked("download", &[&alice], async {
-        let mut carol = Client::named(&server.url(), "carol").await;
-        // Several chunks, and bytes that are not text.
+        // Several chunks, and bytes that are not text, sent with `chorus client`'s /file.
         let content: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-        upload(&mut carol, "quarterly report.pdf", "application/pdf", &content).await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("quarterly report.pdf");
+        std::fs::write(&path, &content).unwrap();
+        let mut terminal = tokio::process::Command::from(common::process::chorus());
+        terminal.arg("client").arg(server.url()).arg("--downloads").arg(dir.path().join("carol"));
+        terminal.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).kill_on_drop(true);
+        let mut carol = terminal.spawn().unwrap();
+        let mut stdin = carol.stdin.take().unwrap();
+        let script = format!("/username carol\n/file {}\n", path.display());
+        tokio::io::AsyncWriteExt::write_all(&mut stdin, script.as_bytes()).await.unwrap();
+        drop(stdin); // end of input: the client quits once the upload is done
+        let output = tokio::time::timeout(web::PAGE_WAIT, carol.wait_with_output()).await.unwrap().unwrap();
+        let printed = String::from_utf8_lossy(&output.stdout);
+        assert!(printed.contains("* sent quarterly report.pdf"), "the terminal client sent it: {printed}");
 
         let line = alice.wait_message("carol", "quarterly report.pdf293 KiB").await;
         assert_eq!(line["own"], false);
