@@ -19,9 +19,6 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
-/// Why the browser tests are ignored by a plain `cargo test`.
-pub const NEEDS: &str = "needs chromium and chromium-driver (apt)";
-
 /// How long a page has to show what a test waits for.
 pub const PAGE_WAIT: Duration = Duration::from_secs(15);
 
