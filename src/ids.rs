@@ -62,6 +62,11 @@ impl Default for IdGen {
     }
 }
 
+/// `bytes` as lowercase hex (a SHA-256 digest as a file id, say).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,6 +33,9 @@ enum Command {
         /// Print each server event as its raw JSON.
         #[arg(long)]
         json: bool,
+        /// Where files others share are saved. [default: $XDG_DOWNLOAD_DIR/chorus, else ~/Downloads/chorus]
+        #[arg(long, value_name = "DIR")]
+        downloads: Option<std::path::PathBuf>,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -318,9 +321,10 @@ async fn run_chat(command: Command) -> anyhow::Result<()> {
             let listener = listen(&args.addr).await?;
             chorus::server::run(listener, config, shutdown_signal()).await
         }
-        Command::Client { url, json, connect } => {
+        Command::Client { url, json, downloads, connect } => {
             init_tracing("warn");
-            chorus::client::interactive::run(ClientOptions { url, json, connect: connect.options() }).await
+            let downloads = downloads.unwrap_or_else(chorus::client::files::default_downloads);
+            chorus::client::interactive::run(ClientOptions { url, json, connect: connect.options(), downloads }).await
         }
         Command::SimpleClient { url, connect } => {
             init_tracing("warn");

@@ -484,6 +484,9 @@ pub enum ErrorCode {
     UploadTimeout,
     /// The server's file storage is full.
     StorageFull,
+    /// The servers' shared state (Redis, with several nodes) cannot be
+    /// reached: the request was not carried out.
+    Unavailable,
 }
 
 impl ErrorCode {

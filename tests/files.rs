@@ -262,3 +262,58 @@ async fn downloads_need_a_token_when_auth_is_required() {
     assert_eq!(get(server.addr(), &url, &format!("Authorization: Bearer {token}\r\n")).await.0, 200);
     server.shutdown().await.unwrap();
 }
+
+/// `chorus client URL --downloads DIR` with piped stdin, as a process.
+fn terminal_client(url: &str, downloads: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["client", url, "--downloads"])
+        .arg(downloads)
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_terminal_client_shares_files_and_saves_what_others_share() {
+    let server = server_with(config()).await;
+    let url = server.url();
+    let mut watcher = Client::named(&url, "watcher").await;
+    let dir = tempfile::tempdir().unwrap();
+    let content: Vec<u8> = (0..20_000u32).map(|i| (i % 253) as u8).collect();
+    let path = dir.path().join("notes from alice.bin");
+    std::fs::write(&path, &content).unwrap();
+
+    // A receiver that stays until the file is saved.
+    let saved_dir = dir.path().join("saved");
+    let mut receiver = terminal_client(&url, &saved_dir);
+    watcher.expect("joined").await;
+    // The sender shares the file and exits once it is acknowledged.
+    let mut sender = terminal_client(&url, &dir.path().join("unused"));
+    let mut input = sender.stdin.take().unwrap();
+    use std::io::Write as _;
+    writeln!(input, "/file {}", path.display()).unwrap();
+    drop(input);
+    let sent = tokio::task::spawn_blocking(move || sender.wait_with_output().unwrap()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&sent.stdout);
+    assert!(sent.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&sent.stderr));
+    assert!(stdout.contains("sent notes from alice.bin (20000 bytes)"), "{stdout}");
+    let file = watcher.expect("file").await;
+    assert_eq!(file["sha256"], sha256(&content));
+
+    let target = saved_dir.join("notes from alice.bin");
+    for _ in 0..100 {
+        if target.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(std::fs::read(&target).unwrap(), content, "saved byte for byte");
+    drop(receiver.stdin.take());
+    let out = tokio::task::spawn_blocking(move || receiver.wait_with_output().unwrap()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("saved notes from alice.bin (20000 bytes, SHA-256 checked)"), "{stdout}");
+    server.shutdown().await.unwrap();
+}

@@ -181,7 +181,9 @@ impl Conversation {
         let me = self.display.me().map(str::to_owned);
         let mine = |user_id: &str| me.as_deref() == Some(user_id);
         match &event {
-            ServerEvent::Chat { room, seq, .. } | ServerEvent::Binary { room, seq, .. } => {
+            ServerEvent::Chat { room, seq, .. }
+            | ServerEvent::Binary { room, seq, .. }
+            | ServerEvent::File { room, seq, .. } => {
                 let (room, seq) = (room.to_string(), *seq);
                 if let Live::Show(received) = self.recovery.live(&room, seq, received.clone()) {
                     self.show(&received, &mut effects);

@@ -34,6 +34,7 @@ use super::connection::{
 };
 use super::conversation::{Conversation, Effect};
 use super::display::Display;
+use super::files::{Fetcher, Transfers};
 use super::reconnect::Backoff;
 use crate::printable::printable;
 use crate::protocol::ClientFrame;
@@ -59,6 +60,8 @@ pub struct ClientOptions {
     /// Print each event as its raw JSON instead of a readable line.
     pub json: bool,
     pub connect: ConnectOptions,
+    /// Where files others share are saved (`files::default_downloads()`).
+    pub downloads: std::path::PathBuf,
 }
 
 /// The error for a server that is not chorus (no `welcome`).
@@ -76,6 +79,8 @@ commands:
   /rooms              rooms and their member counts
   /history [n]        the last n messages of your room
   /binary <text>      send <text> as a binary message
+  /file <path>        share a file with your room (files others share are saved
+                      in the downloads folder, see --downloads)
   //text              send a message that starts with /
   /help               this help
   /quit               leave (also ctrl-c or ctrl-d)";
@@ -86,6 +91,7 @@ enum Command<'a> {
     Chat(&'a str),
     Frame(ClientFrame<'a>),
     Binary(&'a str),
+    File(&'a str),
     Help,
     Quit,
     Nothing,
@@ -120,6 +126,8 @@ fn parse_command(line: &str) -> Command<'_> {
             }
             _ => Command::Usage("/history [n] (n from 1 to 500)"),
         },
+        ("file", "") => Command::Usage("/file <path>"),
+        ("file", path) => Command::File(path),
         ("binary", "") => Command::Usage("/binary <text>"),
         ("binary", _) => Command::Binary(rest["binary".len()..].trim_start()),
         (other, _) => Command::Unknown(other),
@@ -224,7 +232,10 @@ impl Terminal {
             Some(Input::Line(line)) if parse_command(&line) == Command::Quit => Typed::Quit,
             Some(Input::Line(line)) if sendable => Typed::Line(line),
             Some(Input::Line(line)) => {
-                if matches!(parse_command(&line), Command::Chat(_) | Command::Binary(_) | Command::Frame(_)) {
+                if matches!(
+                    parse_command(&line),
+                    Command::Chat(_) | Command::Binary(_) | Command::Frame(_) | Command::File(_)
+                ) {
                     if self.interactive {
                         self.notice("! not connected yet: it will be sent once connected".to_string());
                     }
@@ -283,11 +294,20 @@ async fn chat(options: &ClientOptions, terminal: &mut Terminal) -> anyhow::Resul
     display.show_acks = !terminal.interactive;
     let mut conversation = Conversation::new(display, options.json);
     let mut announced = false;
+    let fetcher = Fetcher {
+        ws_url: options.url.clone(),
+        token: options.connect.token.clone(),
+        tls: options.connect.tls.clone(),
+        dir: options.downloads.clone(),
+    };
+    let mut transfers = Transfers::new(fetcher);
     loop {
-        match converse(ws, &mut conversation, terminal, &options.url, &mut announced).await {
+        let session = Session { conversation: &mut conversation, transfers: &mut transfers, url: &options.url };
+        match converse(ws, session, terminal, &mut announced).await {
             Ended::Done(result) => return result,
             Ended::Lost(why) => {
                 let mut effects = conversation.disconnected();
+                effects.extend(transfers.uploads.interrupted().into_iter().map(Effect::Notice));
                 terminal.apply_prints(&mut effects);
                 let why = printable(&why).into_owned();
                 if terminal.input_done && terminal.backlog.is_empty() {
@@ -368,14 +388,16 @@ async fn reconnect(options: &ClientOptions, terminal: &mut Terminal) -> anyhow::
     }
 }
 
+/// What one connection works on: the conversation, the transfers, the URL.
+struct Session<'a> {
+    conversation: &'a mut Conversation,
+    transfers: &'a mut Transfers,
+    url: &'a str,
+}
+
 /// One connection, until it ends.
-async fn converse(
-    ws: WsStream,
-    conversation: &mut Conversation,
-    terminal: &mut Terminal,
-    url: &str,
-    announced: &mut bool,
-) -> Ended {
+async fn converse(ws: WsStream, session: Session<'_>, terminal: &mut Terminal, announced: &mut bool) -> Ended {
+    let Session { conversation, transfers, url } = session;
     let (mut sender, mut receiver) = split(ws);
     let deadline = tokio::time::sleep(WELCOME_TIMEOUT);
     tokio::pin!(deadline);
@@ -385,12 +407,12 @@ async fn converse(
         let mut effects = tokio::select! {
             typed = terminal.next(ready && terminal.backlog.is_empty()), if terminal.listening(ready) => match typed {
                 Typed::Quit => return close(sender, receiver).await,
-                Typed::Line(line) => handle_line(&line, conversation, terminal),
+                Typed::Line(line) => handle_line(&line, conversation, terminal, transfers),
                 Typed::Kept => Vec::new(),
             },
             () = std::future::ready(()), if ready && !terminal.backlog.is_empty() => {
                 let line = terminal.backlog.pop_front().unwrap_or_default();
-                handle_line(&line, conversation, terminal)
+                handle_line(&line, conversation, terminal, transfers)
             }
             received = receiver.recv() => match received {
                 None => return Ended::Lost("the connection dropped".to_string()),
@@ -402,7 +424,32 @@ async fn converse(
                 Some(Ok(received)) if !conversation.welcomed() && !is_welcome(&received) => {
                     return Ended::Done(Err(no_welcome(url)));
                 }
-                Some(Ok(received)) => conversation.on_received(received),
+                Some(Ok(received)) => on_received(received, conversation, transfers),
+            },
+            prepared = transfers.prepared.recv(), if ready => {
+                transfers.prepared_one();
+                match prepared {
+                    Some(Ok(file)) => {
+                        let client_id = format!("file-{}", rand::random::<u32>());
+                        vec![conversation.request(transfers.uploads.offer(file, client_id))]
+                    }
+                    Some(Err(why)) => vec![Effect::Notice(format!("! {}", printable(&why)))],
+                    None => Vec::new(),
+                }
+            }
+            Some(note) = transfers.notes.recv() => {
+                transfers.noted(&note);
+                vec![Effect::Notice(note.line)]
+            }
+            chunk = transfers.uploads.next_chunk(), if conversation.welcomed() && transfers.uploads.can_send() => match chunk {
+                Ok(chunk) => vec![Effect::Send(chunk.header), Effect::SendBinary(chunk.bytes)],
+                Err((upload_id, why)) => {
+                    let cancel = ClientFrame::FileCancel { upload_id: upload_id.clone().into() };
+                    let line = transfers.uploads.finished(&upload_id, Some(&why));
+                    let mut effects = vec![Effect::Send(cancel)];
+                    effects.extend(line.map(Effect::Notice));
+                    effects
+                }
             },
             () = &mut deadline, if !conversation.welcomed() || draining => {
                 if !conversation.welcomed() {
@@ -424,15 +471,24 @@ async fn converse(
             return Ended::Lost(format!("sending failed: {err}"));
         }
         if terminal.input_done && terminal.backlog.is_empty() && conversation.welcomed() {
-            if conversation.pending() == 0 {
+            if conversation.pending() == 0 && !transfers.busy() {
                 return close(sender, receiver).await;
             }
-            if !draining {
+            if !draining && !transfers.busy() {
                 draining = true;
                 deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_TIMEOUT);
             }
         }
     }
+}
+
+/// One thing from the server: what the transfers make of it, then what the
+/// conversation does.
+fn on_received(received: Received, conversation: &mut Conversation, transfers: &mut Transfers) -> Vec<Effect> {
+    let line = received.event().and_then(|event| transfers.on_event(&event));
+    let mut effects = conversation.on_received(received);
+    effects.extend(line.map(Effect::Notice));
+    effects
 }
 
 /// Is this the `welcome` every chorus connection starts with?
@@ -467,7 +523,12 @@ async fn close(mut sender: Sender, mut receiver: Receiver) -> Ended {
 }
 
 /// Act on one typed line (not `/quit`, handled before): the effects to carry out.
-fn handle_line(line: &str, conversation: &mut Conversation, terminal: &mut Terminal) -> Vec<Effect> {
+fn handle_line(
+    line: &str,
+    conversation: &mut Conversation,
+    terminal: &mut Terminal,
+    transfers: &mut Transfers,
+) -> Vec<Effect> {
     let effect = match parse_command(line) {
         Command::Quit | Command::Nothing => return Vec::new(),
         Command::Help => Effect::Notice(HELP.to_string()),
@@ -476,6 +537,10 @@ fn handle_line(line: &str, conversation: &mut Conversation, terminal: &mut Termi
         Command::Chat(text) => conversation.chat(text),
         Command::Frame(frame) => conversation.request(into_owned(frame)),
         Command::Binary(text) => conversation.binary(text.as_bytes().to_vec()),
+        Command::File(path) => {
+            transfers.share(path);
+            return Vec::new();
+        }
     };
     let mut effects = vec![effect];
     terminal.apply_prints(&mut effects);

@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use super::auth::AuthMode;
 use super::chat::uploads::UploadLimits;
+use super::cluster::ClusterConfig;
 use super::history::store::Retention;
 use super::history::store::sqlite::Durability;
 use super::history::{Backend, HistoryConfig, check_commit_window};
@@ -271,6 +272,15 @@ pub struct ServerSettings {
     /// An upload that gets no chunk for this long is dropped (and its bytes deleted). [default: 60s]
     #[arg(long, value_name = "DURATION")]
     pub upload_timeout: Option<Span>,
+    /// Share rooms, presence, seq and history with other chorus nodes through this Redis
+    /// (redis://host:port). History then lives in Redis streams (with --retain-messages and
+    /// --retain-age), not in --data.
+    #[arg(long, value_name = "URL", env = "CHORUS_REDIS")]
+    pub redis: Option<String>,
+    /// With --redis: a node whose heartbeat is older than this is lost, and its members leave
+    /// their rooms (reason node_lost). [default: 5s]
+    #[arg(long, value_name = "DURATION")]
+    pub redis_node_ttl: Option<Span>,
 }
 
 /// A `Span` setting, or `default`.
@@ -312,6 +322,11 @@ impl ServerSettings {
             session: self.session_config(profile, max_message_size),
             echo: self.echo,
             security: self.security_config(profile),
+            redis: self.redis.as_ref().map(|url| ClusterConfig {
+                url: url.clone(),
+                node_ttl: span(self.redis_node_ttl, Duration::from_secs(5)),
+                retention: self.retention(),
+            }),
             files: FileLimits {
                 max_file_size: self.max_file_size.map_or(defaults.files.max_file_size, |Size(size)| size as u64),
                 max_total: self.file_storage.map(|Size(size)| size as u64),
@@ -367,6 +382,17 @@ impl ServerSettings {
             Some(SyncKind::Full) | None => Durability::Full,
         };
         Ok(HistoryConfig { backend, retention, durability, commit_window, ..defaults })
+    }
+
+    /// How much history each room keeps.
+    fn retention(&self) -> Retention {
+        Retention {
+            max_messages: self.retain_messages.or(Retention::default().max_messages).filter(|n| *n > 0),
+            max_age: self
+                .retain_age
+                .map_or(Retention::default().max_age, |Span(age)| Some(age))
+                .filter(|a| !a.is_zero()),
+        }
     }
 
     fn security_config(&self, profile: Profile) -> SecurityConfig {

@@ -102,10 +102,7 @@ pub enum StoredBody {
     Memory(Bytes),
 }
 
-/// `bytes` as lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::ids::hex;
 
 fn failed(err: &std::io::Error) -> Refusal {
     if err.kind() == std::io::ErrorKind::StorageFull {

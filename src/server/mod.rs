@@ -22,6 +22,7 @@
 
 pub mod auth;
 pub mod chat;
+pub mod cluster;
 pub mod config;
 pub mod files;
 pub mod history;
@@ -76,6 +77,8 @@ pub struct ServerConfig {
     pub security: SecurityConfig,
     /// Shared files: size limits (kept on disk with SQLite history, else in memory).
     pub files: FileLimits,
+    /// `--redis`: share rooms with other nodes through Redis.
+    pub redis: Option<cluster::ClusterConfig>,
 }
 
 /// The limits of shared files.
@@ -124,6 +127,7 @@ impl Default for ServerConfig {
             echo: false,
             security: SecurityConfig::default(),
             files: FileLimits::default(),
+            redis: None,
         }
     }
 }
@@ -142,6 +146,8 @@ pub struct Shared {
     pub history: Arc<History>,
     /// The shared files, for downloads.
     pub files: Arc<files::Files>,
+    /// With `--redis`: this node's handle on the shared state.
+    pub cluster: Option<cluster::Cluster>,
     pub metrics: Arc<Metrics>,
     /// Cancelled when the server shuts down; every session holds a child.
     pub shutdown: CancellationToken,
@@ -163,20 +169,37 @@ impl Shared {
     /// Everything a server needs before it accepts: the history store, the
     /// hub, the security settings. Fails on a bad setting (unreadable
     /// certificate, unusable data directory...).
-    pub fn new(config: ServerConfig, listen: Option<SocketAddr>) -> anyhow::Result<Shared> {
+    pub async fn open(config: ServerConfig, listen: Option<SocketAddr>) -> anyhow::Result<Shared> {
         use anyhow::Context as _;
         let metrics = Arc::new(Metrics::default());
-        let history = History::open(&config.history, &config.data_dir, metrics.clone());
+        let cluster = match &config.redis {
+            Some(redis) => Some(cluster::Cluster::connect(redis.clone()).await?),
+            None => None,
+        };
+        // With Redis, history is the rooms' streams there; the local writer is off.
+        let local = if cluster.is_some() { HistoryConfig::off() } else { config.history.clone() };
+        let history = History::open(&local, &config.data_dir, metrics.clone());
         let history = Arc::new(history.with_context(|| history_open_failed(&config))?);
-        let hub = Hub::with_archive(config.max_rooms, metrics.clone(), history.clone());
-        let hub = hub.with_context(|| history_open_failed(&config))?;
+        let archive: Arc<dyn chat::Archive> = match &cluster {
+            Some((cluster, _)) => Arc::new(cluster::SharedHistory::new(cluster.clone())),
+            None => history.clone(),
+        };
+        let hub = Hub::with_archive(config.max_rooms, metrics.clone(), archive);
+        let mut hub = hub.with_context(|| history_open_failed(&config))?;
+        if let Some((cluster, _)) = &cluster {
+            hub = hub.with_directory(Arc::new(cluster.clone()));
+        }
         let files = Arc::new(open_files(&config)?);
-        let hub = hub.with_presence_limit(config.presence_limit).with_files(files.clone());
-        let hub = Arc::new(hub);
+        let hub = Arc::new(hub.with_presence_limit(config.presence_limit).with_files(files.clone()));
         let security = Security::new(&config, listen, &hub)?;
-        let open = Arc::new(AtomicU64::new(0));
         let tasks = TaskTracker::new();
-        Ok(Shared { tasks, open, config, hub, history, files, metrics, shutdown: CancellationToken::new(), security })
+        let shutdown = CancellationToken::new();
+        let cluster = cluster.map(|(cluster, started)| {
+            cluster.start(started, &hub, &tasks, shutdown.clone());
+            cluster
+        });
+        let open = Arc::new(AtomicU64::new(0));
+        Ok(Shared { tasks, open, config, hub, history, files, metrics, shutdown, security, cluster })
     }
 
     /// Count a new connection: its slot, and whether the server was full
@@ -239,7 +262,7 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let shared = Arc::new(Shared::new(config, listener.local_addr().ok())?);
+    let shared = Arc::new(Shared::open(config, listener.local_addr().ok()).await?);
     serve(listener, shared, shutdown).await
 }
 
@@ -312,7 +335,7 @@ impl ServerHandle {
     pub async fn start(addr: &str, config: ServerConfig) -> anyhow::Result<ServerHandle> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::new(config, Some(addr))?);
+        let shared = Arc::new(Shared::open(config, Some(addr)).await?);
         let tls = shared.security.tls.is_some();
         let stop = CancellationToken::new();
         let task = tokio::spawn(serve(listener, shared, stop.clone().cancelled_owned()));

@@ -26,6 +26,7 @@ use rand::Rng;
 
 pub use super::archive::Payload;
 use super::archive::{AckTo, Archive, Envelope, Message, NoArchive, Record, Slot, Stored};
+use super::directory::{Card, Directory};
 use super::outbox::{EndReason, Outbound, Outbox};
 use super::uploads::{FileStore, NoFiles};
 use crate::ids::{IdGen, format_ts_millis, now_millis, now_ts};
@@ -56,6 +57,8 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     archive: Arc<dyn Archive>,
     files: Arc<dyn FileStore>,
+    /// Several nodes: the shared state; `None` for a single node.
+    directory: Option<Arc<dyn Directory>>,
 }
 
 /// The rooms open now, and the last seq of those that were closed.
@@ -96,6 +99,10 @@ struct RoomState {
 
 #[derive(Debug)]
 struct Member {
+    /// With a directory: the room's seq when the directory registered this
+    /// member; only later messages count it, and reach it (`u64::MAX` until
+    /// the directory says). Without: 0.
+    since_seq: u64,
     conn: ConnId,
     user_id: Arc<str>,
     username: Arc<str>,
@@ -118,6 +125,9 @@ impl Room {
         lock(&self.state).members.len()
     }
 }
+
+/// One room's members on this node (`Hub::local_members`).
+pub type LocalRoom = (Arc<str>, Vec<(ConnId, Card)>);
 
 /// A connection's place in the hub, owned by its session.
 #[derive(Debug)]
@@ -192,6 +202,7 @@ impl Hub {
             metrics,
             archive,
             files: Arc::new(NoFiles),
+            directory: None,
         }
     }
 
@@ -224,6 +235,32 @@ impl Hub {
     /// Where uploaded files go.
     pub fn files(&self) -> &Arc<dyn FileStore> {
         &self.files
+    }
+
+    /// A fresh message id.
+    pub fn mint_msg_id(&self) -> String {
+        self.ids.mint('m')
+    }
+
+    /// Count a message accepted from a client (sequenced by the directory).
+    pub fn count_received(&self, payload: &Payload<'_>) {
+        let counter = match payload {
+            Payload::Text { .. } => &self.metrics.chat_in,
+            Payload::Binary(_) => &self.metrics.binary_in,
+            Payload::File { .. } => &self.metrics.file_in,
+        };
+        counter.increment(1);
+    }
+
+    /// Share rooms with other nodes through `directory`.
+    pub fn with_directory(mut self, directory: Arc<dyn Directory>) -> Hub {
+        self.directory = Some(directory);
+        self
+    }
+
+    /// The shared state, when this node is one of several.
+    pub fn directory(&self) -> Option<&Arc<dyn Directory>> {
+        self.directory.as_ref()
     }
 
     /// Keep uploaded files in `files` (without: uploads are refused).
@@ -316,7 +353,9 @@ impl Hub {
         let mut names = lock(&self.names);
         for attempt in 0u32.. {
             // Four hex digits while they are easy to find, then eight.
-            let name = if attempt < 16 {
+            // With several nodes, the name must be free on every node too:
+            // eight hex digits make a clash there unlikely.
+            let name = if attempt < 16 && self.directory.is_none() {
                 format!("guest-{:04x}", rng.random::<u16>())
             } else {
                 format!("guest-{:08x}", rng.random::<u32>())
@@ -334,7 +373,9 @@ impl Hub {
     fn enter(&self, who: &Presence, confirm: bool) {
         let ts: Arc<str> = Arc::from(now_ts());
         let mut state = lock(&who.room.state);
+        let since_seq = if self.directory.is_some() { u64::MAX } else { 0 };
         state.members.push(Member {
+            since_seq,
             conn: who.conn,
             user_id: who.user_id.clone(),
             username: who.username.clone(),
@@ -347,7 +388,13 @@ impl Hub {
             username: Cow::Borrowed(&who.username),
             ts: Cow::Borrowed(&ts),
         };
-        self.announce(&state.members, who, confirm, &Outbound::Text(joined.encode().into()));
+        let joined = joined.encode();
+        if let Some(directory) = &self.directory {
+            let card =
+                Card { user_id: who.user_id.to_string(), username: who.username.to_string(), since: ts.to_string() };
+            directory.entered(&who.room.name, card, who.conn, joined.clone());
+        }
+        self.announce(&state.members, who, confirm, &Outbound::Text(joined.into()));
     }
 
     /// Take `who` out of its room, announce it with `reason`, and drop the
@@ -365,7 +412,11 @@ impl Hub {
             ts: Cow::Owned(now_ts()),
             reason: Cow::Borrowed(reason),
         };
-        self.announce(&state.members, who, false, &Outbound::Text(left.encode().into()));
+        let left = left.encode();
+        if let Some(directory) = &self.directory {
+            directory.left(&who.room.name, &who.user_id, left.clone());
+        }
+        self.announce(&state.members, who, false, &Outbound::Text(left.into()));
         if state.members.is_empty() && &*who.room.name != DEFAULT_ROOM {
             rooms.open.remove(&who.room.name);
             rooms.keys.remove(&names::key(&who.room.name));
@@ -499,8 +550,10 @@ impl Hub {
         }
         let old = std::mem::replace(&mut who.username, Arc::from(new.as_str()));
         let mut state = lock(&who.room.state);
+        let mut since = String::new();
         if let Some(member) = state.members.iter_mut().find(|m| m.conn == who.conn) {
             member.username = who.username.clone();
+            since = member.since.to_string();
         }
         let renamed = ServerEvent::Renamed {
             room: Cow::Borrowed(&who.room.name),
@@ -508,9 +561,113 @@ impl Hub {
             old: Cow::Borrowed(&old),
             new: Cow::Borrowed(&who.username),
             ts: Cow::Owned(now_ts()),
-        };
-        self.announce(&state.members, who, true, &Outbound::Text(renamed.encode().into()));
+        }
+        .encode();
+        if let Some(directory) = &self.directory {
+            let card = Card { user_id: who.user_id.to_string(), username: who.username.to_string(), since };
+            directory.renamed(&who.room.name, card, renamed.clone());
+        }
+        self.announce(&state.members, who, true, &Outbound::Text(renamed.into()));
         Ok(())
+    }
+
+    /// A message another node (or the directory for this one) sequenced:
+    /// queue it to this node's members of `room` that it counts (entered
+    /// before it), but `exclude` (its sender, when it is ours). Seqs at or
+    /// below the last delivered are dropped (seen already). How many took it.
+    pub fn deliver(&self, room: &str, seq: u64, message: &Message, exclude: Option<ConnId>) -> usize {
+        let Some(room) = lock(&self.rooms).open.get(room).cloned() else { return 0 };
+        let envelope = Envelope {
+            room: &room.name,
+            seq,
+            msg_id: &message.msg_id,
+            from: &message.username,
+            user_id: &message.user_id,
+            ts: Cow::Owned(format_ts_millis(message.ts_ms)),
+        };
+        let payload = message.body.payload();
+        let event = envelope.event(payload, false).encode().into();
+        let item = match payload {
+            Payload::Binary(data) => Outbound::Binary { header: event, data: data.clone() },
+            _ => Outbound::Text(event),
+        };
+        let mut state = lock(&room.state);
+        if seq <= state.last_seq {
+            return 0;
+        }
+        state.last_seq = seq;
+        let delivered = state
+            .members
+            .iter()
+            .filter(|m| Some(m.conn) != exclude && m.since_seq < seq)
+            .filter(|m| m.outbox.push_message(&room.name, seq, item.clone()).is_ok())
+            .count();
+        drop(state);
+        self.metrics.delivered.increment(delivered as u64);
+        delivered
+    }
+
+    /// The directory registered member `conn` of `room` when the room's seq
+    /// was `since`: later messages count it. Those already delivered on this
+    /// node before it was counted in... it missed none; those delivered
+    /// since `since` while it waited are announced to it as a `gap`.
+    pub fn since(&self, room: &str, conn: ConnId, since: u64) {
+        let Some(room) = lock(&self.rooms).open.get(room).cloned() else { return };
+        let mut state = lock(&room.state);
+        let last = state.last_seq;
+        let Some(member) = state.members.iter_mut().find(|m| m.conn == conn) else { return };
+        member.since_seq = since;
+        if last > since {
+            let gap = ServerEvent::Gap { room: Cow::Borrowed(&room.name), from_seq: since + 1, to_seq: last };
+            let _ = member.outbox.push_text(gap.encode());
+        }
+    }
+
+    /// Messages `from..=to` of `room` are gone for good (missed, and no
+    /// longer in the shared history): every member here gets a `gap`.
+    pub fn gap(&self, room: &str, from: u64, to: u64) {
+        let Some(room) = lock(&self.rooms).open.get(room).cloned() else { return };
+        let mut state = lock(&room.state);
+        state.last_seq = state.last_seq.max(to);
+        let gap = ServerEvent::Gap { room: Cow::Borrowed(&room.name), from_seq: from, to_seq: to }.encode();
+        for member in state.members.iter().filter(|m| m.since_seq < to) {
+            let _ = member.outbox.push_text(gap.clone());
+        }
+    }
+
+    /// A presence event from another node: to this node's members of `room`.
+    pub fn announce_remote(&self, room: &str, event: &str) {
+        let Some(room) = lock(&self.rooms).open.get(room).cloned() else { return };
+        let state = lock(&room.state);
+        if state.members.len() <= self.presence_limit {
+            fan_out(&state.members, None, &Outbound::Text(event.to_string().into()));
+        }
+    }
+
+    /// Every member of this node, by room: what the directory registers
+    /// again after losing its state.
+    pub fn local_members(&self) -> Vec<LocalRoom> {
+        let rooms: Vec<Arc<Room>> = lock(&self.rooms).open.values().cloned().collect();
+        rooms
+            .into_iter()
+            .map(|room| {
+                let state = lock(&room.state);
+                let cards = state.members.iter().map(|m| {
+                    let card = Card {
+                        user_id: m.user_id.to_string(),
+                        username: m.username.to_string(),
+                        since: m.since.to_string(),
+                    };
+                    (m.conn, card)
+                });
+                (room.name.clone(), cards.collect())
+            })
+            .collect()
+    }
+
+    /// The last seq this node delivered in `room` (0: none, or not open).
+    pub fn delivered_seq(&self, room: &str) -> u64 {
+        lock(&self.rooms).open.get(room).map_or(0, |room| lock(&room.state).last_seq)
     }
 
     /// Move `who` to `room`, creating it if needed. The old room sees `left`

@@ -8,10 +8,12 @@
 //! `Admission` decided at the handshake.
 
 pub mod archive;
+pub mod directory;
 pub mod hub;
 pub mod outbox;
 pub mod reasons;
 pub mod session;
+mod shared;
 mod transfer;
 pub mod uploads;
 

@@ -18,6 +18,7 @@ use super::archive::HistoryRequest;
 use super::hub::{Hub, Payload, Presence};
 use super::outbox::{LagPolicy, Outbound, Outbox, OutboxReceiver, SessionEnd};
 use super::reasons::{EndReason, Violation};
+use super::shared;
 use super::transfer;
 use super::uploads::{UploadLimits, Uploads};
 use crate::names;
@@ -136,8 +137,11 @@ where
     });
     let (outbox, queue) = Outbox::with_lag_policy(config.max_queue_items, config.max_queue_bytes, end.clone(), lag);
     // Echo mode (protocol conformance): no hub, no welcome, frames go back as they came.
-    let presence =
+    let mut presence =
         (!admission.echo).then(|| hub.connect_as(outbox.clone(), admission.username(), admission.room.as_deref()));
+    if let (Some(directory), Some(presence), None) = (hub.directory(), presence.as_mut(), &admission.account) {
+        shared::claim_guest_name(hub, directory, presence).await;
+    }
     let limiter = MessageLimiter::new(config.rate_limit);
     let upload_limits = config.uploads;
     let expiry = admission.expiry();
@@ -150,6 +154,9 @@ where
     tracing::debug!(conn = conn.id(), user = conn.username(), reason = reason.as_str(), "disconnected");
     hub.metrics().record_end(reason.as_str());
     if let Some(presence) = conn.presence {
+        if let Some(directory) = hub.directory() {
+            shared::release_name(directory, &presence);
+        }
         hub.disconnect(presence, reason);
     }
     (stream.reunite(sink).ok(), reason)
@@ -421,15 +428,28 @@ async fn handle_frame(
             }
             return;
         }
-        ClientFrame::Username { name } => admission.rename(hub, presence, &name),
+        ClientFrame::Username { name } => match hub.directory() {
+            Some(directory) if admission.account.is_none() => shared::rename(hub, directory, presence, &name).await,
+            _ => admission.rename(hub, presence, &name),
+        },
         ClientFrame::Join { room } => hub.join(presence, &room),
         ClientFrame::Who => {
-            let _ = outbox.push_text(hub.who(presence));
-            Ok(())
+            let who = match hub.directory() {
+                Some(directory) => shared::who(directory, presence).await,
+                None => Ok(hub.who(presence)),
+            };
+            who.map(|who| {
+                let _ = outbox.push_text(who);
+            })
         }
         ClientFrame::Rooms => {
-            let _ = outbox.push_text(hub.rooms());
-            Ok(())
+            let rooms = match hub.directory() {
+                Some(directory) => shared::rooms(directory).await,
+                None => Ok(hub.rooms()),
+            };
+            rooms.map(|rooms| {
+                let _ = outbox.push_text(rooms);
+            })
         }
         ClientFrame::History { room, after_seq, before_seq, limit } => {
             let room = room.as_deref().unwrap_or(presence.room.name());
@@ -495,6 +515,9 @@ async fn chat(
 /// Publish a message. With history on, it first waits for room in the
 /// writer queue, and the writer acks once the message is stored.
 pub(super) async fn send(hub: &Hub, presence: &Presence, payload: Payload<'_>) -> Result<(), Refusal> {
+    if let Some(directory) = hub.directory() {
+        return shared::send(hub, directory, presence, payload).await;
+    }
     let end = presence.outbox.session_end();
     let slot = tokio::select! {
         biased;

@@ -87,13 +87,17 @@ fn serve_web_file(path: &str, headers: &HeaderMap) -> Response {
 /// 503 while shutting down, so a load balancer stops sending clients.
 async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
     let shutting_down = shared.shutdown.is_cancelled();
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "status": if shutting_down { "shutting_down" } else { "ok" },
         "connections": shared.metrics.sessions(),
         "rooms": shared.hub.room_count(),
         "uptime_secs": shared.metrics.uptime_secs(),
         "version": env!("CARGO_PKG_VERSION"),
     });
+    if let Some(cluster) = &shared.cluster {
+        body["redis"] = serde_json::json!(if cluster.healthy() { "ok" } else { "down" });
+        body["node"] = serde_json::json!(cluster.node());
+    }
     let status = if shutting_down { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     (status, axum::Json(body)).into_response()
 }
