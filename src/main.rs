@@ -48,7 +48,7 @@ enum Command {
         connect: ConnectArgs,
     },
     /// Run a load scenario: many simulated clients, latency and delivery report, exit code from thresholds.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Re-print a saved run, compare it with a baseline, or merge the shards of one run.
     Report(ReportArgs),
     /// Mint an access token for an account (created, token-only, if missing); prints the token alone.
@@ -139,6 +139,15 @@ struct RunArgs {
     /// Set any scenario key (repeatable): --set ramp_up=1s --set group.0.rate=2 --set server.history=off.
     #[arg(long, value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// Serve a live dashboard of the run (default 127.0.0.1 on a free port; the address is printed).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:0")]
+    dashboard: Option<String>,
+    /// Write one JSON line per second of the run to FILE, or to stdout with `-` (the report then goes to stderr).
+    #[arg(long, value_name = "FILE|-")]
+    out_ndjson: Option<std::path::PathBuf>,
+    /// Serve the harness's counters and latency histograms at http://ADDR/metrics (OpenMetrics; Prometheus protobuf with native histograms).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<String>,
     /// wss:// trust and the access token every simulated client presents.
     #[command(flatten)]
     connect: ConnectArgs,
@@ -240,7 +249,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Run(args) => {
             init_tracing("warn");
-            run_scenario(args).await
+            run_scenario(*args).await
         }
         Command::Report(args) => {
             init_tracing("warn");
@@ -283,10 +292,21 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<u8> {
         start_at: args.start_at,
         source_addresses: args.source_addresses,
         connect: args.connect.options(),
+        watch: harness::live::WatchOptions {
+            ndjson: args.out_ndjson,
+            dashboard: args.dashboard,
+            metrics_addr: args.metrics_addr,
+        },
     };
+    let to_stderr = options.watch.ndjson_to_stdout();
     let outcome = harness::run(scenario, options, stop).await?;
-    println!("{}", outcome.report);
-    println!("results: {}", outcome.dir.display());
+    // With NDJSON on stdout, stdout stays NDJSON only.
+    if to_stderr {
+        eprintln!("{}\nresults: {}", outcome.report, outcome.dir.display());
+    } else {
+        println!("{}", outcome.report);
+        println!("results: {}", outcome.dir.display());
+    }
     Ok(harness::exit_code(&outcome.summary))
 }
 

@@ -540,7 +540,7 @@ file_size = ["1KiB", "200KiB"]
     assert_eq!(names, ["never", "welcomed"]);
     assert!(s.files.stored >= 4, "three guests' files and the sharer's: {report}");
     assert_eq!(s.files.stored, s.files.sent, "{report}");
-    assert_eq!(s.files.bytes >= 3 * 100 * 1024, true, "{report}");
+    assert!(s.files.bytes >= 3 * 100 * 1024, "{report}");
     assert!(s.files.upload_mb_per_sec.unwrap() > 0.0);
     assert!(s.files.received > 0 && s.latency.contains_key("delivery.file"), "files are deliveries: {report}");
     assert_eq!(s.messages.sent_rename, 3);

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::bot::{self, BotPlan, RunContext};
 use super::html::{self, ChartData, Moment, Series};
+use super::live::{WatchOptions, Watching};
 use super::metrics::{BotMetrics, GroupMetrics, Metric};
 use super::probe::{self, cpu_time};
 use super::progress::{self, Collected};
@@ -70,6 +71,8 @@ pub struct RunOptions {
     /// Connect from 127.0.0.1 ..= 127.0.0.N, round-robin (loopback targets).
     pub source_addresses: Option<u8>,
     pub connect: ConnectOptions,
+    /// NDJSON, dashboard, metrics endpoint.
+    pub watch: WatchOptions,
 }
 
 impl Default for RunOptions {
@@ -82,6 +85,7 @@ impl Default for RunOptions {
             start_at: None,
             source_addresses: None,
             connect: ConnectOptions::default(),
+            watch: WatchOptions::default(),
         }
     }
 }
@@ -163,10 +167,14 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
         rooms: scenario.rooms().into_iter().map(|r| (r, AtomicU64::new(0))).collect(),
         scenario: scenario.clone(),
     });
+    let planned = RunFacts::planned(target_clients as u64, url.clone(), target.is_none());
+    let info = scenario_info(&scenario, &planned);
+    let watching = Watching::start(&options.watch, info, planned, scenario.thresholds.clone()).await?;
     let started_at = crate::ids::now_ts();
     let cpu_before = cpu_time();
     let (tick_tx, tick_rx) = mpsc::channel(16 * 1024);
-    let progress = tokio::spawn(progress::run(tick_rx, ctx.clone(), target_clients));
+    let feed = watching.as_ref().map(|w| w.feed.clone());
+    let progress = tokio::spawn(progress::run(tick_rx, ctx.clone(), target_clients, feed));
     let watcher = tokio::spawn(probe::watch(ctx.clone()));
     let stopped = {
         let (stop, epoch) = (stop.clone(), ctx.epoch);
@@ -220,6 +228,9 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
     let dir =
         results::make_dir(&options.results, options.out.as_deref(), &scenario.name, summary.run.shard.as_deref())?;
     let outcome = finish(summary, &saved, &collected, dir)?;
+    if let Some(watching) = watching {
+        watching.finish(&outcome.summary, &outcome.report).await;
+    }
     Ok(outcome)
 }
 

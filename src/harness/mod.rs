@@ -10,9 +10,12 @@
 //!   rendering; `results`: the results folder, reading it back, merging shards.
 
 pub mod bot;
+pub mod dashboard;
 pub mod driver;
 pub mod html;
+pub mod live;
 pub mod metrics;
+pub mod openmetrics;
 pub mod probe;
 pub mod progress;
 mod receive;
@@ -37,7 +40,7 @@ pub use driver::{RunOptions, RunOutcome, Shard, run};
 pub use scenario::{Scenario, ScenarioError};
 
 use metrics::{BotMetrics, GroupMetrics};
-use progress::{Collected, Second};
+use progress::Collected;
 use results::SavedRun;
 use summary::{RunFacts, Summary};
 use thresholds::Threshold;
@@ -158,19 +161,8 @@ fn add_seconds(collected: &mut Collected, saved: &SavedRun) -> anyhow::Result<()
             None => {
                 collected.seconds.insert(second, bucket);
             }
-            Some(mine) => add_second(mine, &bucket),
+            Some(mine) => mine.add(&bucket),
         }
     }
     Ok(())
-}
-
-fn add_second(mine: &mut Second, other: &Second) {
-    mine.sent += other.sent;
-    mine.received += other.received;
-    mine.acked += other.acked;
-    mine.errors += other.errors;
-    mine.connected += other.connected;
-    mine.bytes_sent += other.bytes_sent;
-    mine.bytes_received += other.bytes_received;
-    let _ = mine.delivery.add(&other.delivery);
 }

@@ -19,7 +19,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 
 use super::bot::RunContext;
-use super::metrics::Tick;
+use super::live::LiveFeed;
+use super::metrics::{Tick, new_hist};
 use super::schedule::Timeline;
 
 /// One second of the whole run.
@@ -33,11 +34,16 @@ pub struct Second {
     pub connected: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Deliveries this second's acks announced.
+    pub expected: u64,
+    pub checks_passed: u64,
+    pub checks_failed: u64,
     pub delivery: Histogram<u64>,
+    pub ack: Histogram<u64>,
 }
 
 impl Second {
-    fn new() -> Second {
+    pub fn new() -> Second {
         Second {
             sent: 0,
             received: 0,
@@ -46,8 +52,34 @@ impl Second {
             connected: 0,
             bytes_sent: 0,
             bytes_received: 0,
-            delivery: Histogram::new(2).unwrap_or_else(|_| unreachable!("2 is valid")),
+            expected: 0,
+            checks_passed: 0,
+            checks_failed: 0,
+            delivery: new_hist(),
+            ack: new_hist(),
         }
+    }
+
+    /// Add another process's (or bot's) counts of the same second.
+    pub fn add(&mut self, other: &Second) {
+        self.sent += other.sent;
+        self.received += other.received;
+        self.acked += other.acked;
+        self.errors += other.errors;
+        self.connected += other.connected;
+        self.bytes_sent += other.bytes_sent;
+        self.bytes_received += other.bytes_received;
+        self.expected += other.expected;
+        self.checks_passed += other.checks_passed;
+        self.checks_failed += other.checks_failed;
+        let _ = self.delivery.add(&other.delivery);
+        let _ = self.ack.add(&other.ack);
+    }
+}
+
+impl Default for Second {
+    fn default() -> Second {
+        Second::new()
     }
 }
 
@@ -67,10 +99,17 @@ struct View {
     target_clients: usize,
     /// The second in which the run was stopped (ctrl-c), once seen.
     stopped: Option<u32>,
+    /// NDJSON, dashboard and metrics endpoint, when asked for.
+    live: Option<Arc<LiveFeed>>,
 }
 
 /// Fold ticks into seconds and show progress until the channel closes.
-pub async fn run(mut ticks: mpsc::Receiver<Tick>, ctx: Arc<RunContext>, target_clients: usize) -> Collected {
+pub async fn run(
+    mut ticks: mpsc::Receiver<Tick>,
+    ctx: Arc<RunContext>,
+    target_clients: usize,
+    live: Option<Arc<LiveFeed>>,
+) -> Collected {
     let total = ctx.timeline.end();
     let on_terminal = std::io::stderr().is_terminal();
     let bar = on_terminal.then(|| {
@@ -84,7 +123,7 @@ pub async fn run(mut ticks: mpsc::Receiver<Tick>, ctx: Arc<RunContext>, target_c
     });
     // Plain lines: every second for runs up to a minute, about 60 lines for longer ones.
     let every = (total.as_secs() / 60).max(1) as u32;
-    let mut view = View { bar, every, shown: 0, target_clients, stopped: None };
+    let mut view = View { bar, every, shown: 0, target_clients, stopped: None, live };
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut collected = Collected::default();
@@ -101,7 +140,7 @@ pub async fn run(mut ticks: mpsc::Receiver<Tick>, ctx: Arc<RunContext>, target_c
                     view.stopped = Some(second);
                 }
                 let connected = ctx.connected.load(Ordering::Relaxed) as u64;
-                collected.seconds.entry(second).or_insert_with(Second::new).connected = connected;
+                collected.seconds.entry(second).or_default().connected = connected;
                 if let Some(bar) = &view.bar {
                     bar.set_position(now.as_millis().min(total.as_millis()) as u64);
                 }
@@ -125,6 +164,11 @@ impl View {
             let second = self.shown;
             self.shown += 1;
             let line = status(collected, timeline, second, self.target_clients, self.stopped);
+            if let Some(live) = &self.live {
+                let empty = Second::new();
+                let bucket = collected.seconds.get(&second).unwrap_or(&empty);
+                live.publish(second, phase_name(timeline, second, self.stopped), bucket);
+            }
             match &self.bar {
                 Some(bar) => bar.set_message(line),
                 None if second.is_multiple_of(self.every) || self.shown == end => eprintln!("{line}"),
@@ -135,15 +179,21 @@ impl View {
 }
 
 fn absorb(collected: &mut Collected, tick: Tick) {
-    let second = collected.seconds.entry(tick.second).or_insert_with(Second::new);
+    let second = collected.seconds.entry(tick.second).or_default();
     second.sent += u64::from(tick.sent);
     second.received += u64::from(tick.received);
     second.acked += u64::from(tick.acked);
     second.errors += u64::from(tick.errors);
     second.bytes_sent += tick.bytes_sent;
     second.bytes_received += tick.bytes_received;
+    second.expected += tick.expected;
+    second.checks_passed += u64::from(tick.checks_passed);
+    second.checks_failed += u64::from(tick.checks_failed);
     if let Some(hist) = tick.delivery {
         let _ = second.delivery.add(&hist);
+    }
+    if let Some(hist) = tick.ack {
+        let _ = second.ack.add(&hist);
     }
 }
 

@@ -28,7 +28,7 @@ struct SavedMetrics {
     histograms: BTreeMap<String, String>,
 }
 
-/// One second of the time series, as saved.
+/// One second of the time series, as saved (and as each NDJSON line carries it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SavedSecond {
     pub sent: u64,
@@ -40,8 +40,57 @@ pub struct SavedSecond {
     pub bytes_sent: u64,
     #[serde(default)]
     pub bytes_received: u64,
+    /// Deliveries that second's acks announced.
+    #[serde(default)]
+    pub expected: u64,
+    #[serde(default)]
+    pub checks_passed: u64,
+    #[serde(default)]
+    pub checks_failed: u64,
     /// Delivery latency that second (base64 HdrHistogram V2).
     pub delivery: String,
+    /// Ack latency that second (base64 HdrHistogram V2).
+    #[serde(default)]
+    pub ack: Option<String>,
+}
+
+impl SavedSecond {
+    pub fn of(b: &Second) -> SavedSecond {
+        SavedSecond {
+            sent: b.sent,
+            received: b.received,
+            acked: b.acked,
+            errors: b.errors,
+            connected: b.connected,
+            bytes_sent: b.bytes_sent,
+            bytes_received: b.bytes_received,
+            expected: b.expected,
+            checks_passed: b.checks_passed,
+            checks_failed: b.checks_failed,
+            delivery: encode_hist(&b.delivery),
+            ack: (!b.ack.is_empty()).then(|| encode_hist(&b.ack)),
+        }
+    }
+
+    pub fn second(&self) -> anyhow::Result<Second> {
+        Ok(Second {
+            sent: self.sent,
+            received: self.received,
+            acked: self.acked,
+            errors: self.errors,
+            connected: self.connected,
+            bytes_sent: self.bytes_sent,
+            bytes_received: self.bytes_received,
+            expected: self.expected,
+            checks_passed: self.checks_passed,
+            checks_failed: self.checks_failed,
+            delivery: decode_hist(&self.delivery)?,
+            ack: match &self.ack {
+                Some(text) => decode_hist(text)?,
+                None => super::metrics::new_hist(),
+            },
+        })
+    }
 }
 
 /// Everything measured in a run, losslessly: what `--merge` combines.
@@ -98,22 +147,7 @@ impl SavedRun {
             schema_version: SCHEMA_VERSION,
             total: save_metrics(total),
             groups: groups.iter().map(|(n, c, m)| (n.clone(), *c, save_metrics(m))).collect(),
-            seconds: seconds
-                .iter()
-                .map(|(s, b)| {
-                    let saved = SavedSecond {
-                        sent: b.sent,
-                        received: b.received,
-                        acked: b.acked,
-                        errors: b.errors,
-                        connected: b.connected,
-                        bytes_sent: b.bytes_sent,
-                        bytes_received: b.bytes_received,
-                        delivery: encode_hist(&b.delivery),
-                    };
-                    (*s, saved)
-                })
-                .collect(),
+            seconds: seconds.iter().map(|(s, b)| (*s, SavedSecond::of(b))).collect(),
         }
     }
 
@@ -130,24 +164,7 @@ impl SavedRun {
 
     /// The time series back.
     pub fn seconds(&self) -> anyhow::Result<BTreeMap<u32, Second>> {
-        self.seconds
-            .iter()
-            .map(|(s, saved)| {
-                Ok((
-                    *s,
-                    Second {
-                        sent: saved.sent,
-                        received: saved.received,
-                        acked: saved.acked,
-                        errors: saved.errors,
-                        connected: saved.connected,
-                        bytes_sent: saved.bytes_sent,
-                        bytes_received: saved.bytes_received,
-                        delivery: decode_hist(&saved.delivery)?,
-                    },
-                ))
-            })
-            .collect()
+        self.seconds.iter().map(|(s, saved)| Ok((*s, saved.second()?))).collect()
     }
 }
 

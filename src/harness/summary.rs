@@ -367,6 +367,27 @@ pub struct RunFacts {
     pub embedded_server: bool,
 }
 
+impl RunFacts {
+    /// What is known before a run starts (the rest filled in at the end).
+    pub fn planned(planned_clients: u64, target: String, embedded_server: bool) -> RunFacts {
+        RunFacts {
+            planned_clients,
+            started_at: crate::ids::now_ts(),
+            duration_secs: 0.0,
+            steady_secs: 0.0,
+            interrupted: false,
+            stopped_after_secs: None,
+            shard: None,
+            merged_from: 1,
+            suspect: Vec::new(),
+            generator_cpu_percent: 0.0,
+            cores: 1,
+            target,
+            embedded_server,
+        }
+    }
+}
+
 impl Summary {
     /// Build the summary of a run from its merged measurements.
     pub fn build(

@@ -97,3 +97,39 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// `chorus run ARGS...` on the async runtime, stdout and stderr piped,
+/// killed if dropped.
+pub fn chorus_run<I, S>(args: I) -> tokio::process::Child
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .arg("run")
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// What follows `prefix` on the first stderr line that starts with it
+/// (`dashboard: `, `metrics: `); the rest of stderr is read and dropped,
+/// so the process never blocks on a full pipe.
+pub async fn announced(child: &mut tokio::process::Child, prefix: &str) -> String {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap();
+        let line = line.unwrap_or_else(|| panic!("stderr ended before a line starting with {prefix:?}"));
+        if let Some(rest) = line.strip_prefix(prefix) {
+            let rest = rest.to_string();
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return rest;
+        }
+    }
+}
