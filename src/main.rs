@@ -117,6 +117,13 @@ struct RunArgs {
     /// Run only shard i of n (bots i, i+n, ...): for runs bigger than one process; needs a target.
     #[arg(long, value_name = "i/n")]
     shard: Option<chorus::harness::Shard>,
+    /// Run in N processes on this machine (each from its own loopback addresses when the target is
+    /// local), started together, their results merged into one report.
+    #[arg(long, value_name = "N", conflicts_with_all = ["shard", "start_at"])]
+    shards: Option<u32>,
+    /// With --shard on loopback: connect from 127.0.NET.x (set by --shards for each of its shards).
+    #[arg(long, value_name = "NET", hide = true, default_value_t = 0)]
+    source_net: u8,
     /// Start at this moment (Unix seconds or RFC 3339), so the shards of a run start together.
     #[arg(long, value_name = "TIME", value_parser = parse_start_at)]
     start_at: Option<std::time::SystemTime>,
@@ -284,6 +291,8 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<u8> {
         eprintln!("stopping: no more sends; draining in-flight messages, then writing the partial report");
         on_signal.cancel();
     });
+    let shard_args = shard_args(&args);
+    let (file, shards) = (args.scenario.clone(), args.shards);
     let options = harness::RunOptions {
         target: args.target,
         results: args.results,
@@ -291,6 +300,7 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<u8> {
         shard: args.shard,
         start_at: args.start_at,
         source_addresses: args.source_addresses,
+        source_net: args.source_net,
         connect: args.connect.options(),
         watch: harness::live::WatchOptions {
             ndjson: args.out_ndjson,
@@ -299,7 +309,10 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<u8> {
         },
     };
     let to_stderr = options.watch.ndjson_to_stdout();
-    let outcome = harness::run(scenario, options, stop).await?;
+    let outcome = match shards {
+        Some(count) => harness::shards::run(scenario, &file, count, options, shard_args, stop).await?,
+        None => harness::run(scenario, options, stop).await?,
+    };
     // With NDJSON on stdout, stdout stays NDJSON only.
     if to_stderr {
         eprintln!("{}\nresults: {}", outcome.report, outcome.dir.display());
@@ -308,6 +321,30 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<u8> {
         println!("results: {}", outcome.dir.display());
     }
     Ok(harness::exit_code(&outcome.summary))
+}
+
+/// The options each shard of `--shards` repeats: what changes the scenario, and how to connect
+/// (the token goes by the environment, not on a command line others can read).
+fn shard_args(args: &RunArgs) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut pair = |flag: &str, value: Option<String>| {
+        if let Some(value) = value {
+            out.extend([flag.to_string(), value]);
+        }
+    };
+    pair("--duration", args.duration.map(|d| format!("{}ms", d.as_millis())));
+    pair("--rate-multiplier", args.rate_multiplier.map(|f| f.to_string()));
+    pair("--clients-multiplier", args.clients_multiplier.map(|f| f.to_string()));
+    pair("--seed", args.seed.map(|s| s.to_string()));
+    pair("--source-addresses", args.source_addresses.map(|n| n.to_string()));
+    pair("--ca", args.connect.ca.as_ref().map(|p| p.display().to_string()));
+    for set in &args.set {
+        pair("--set", Some(set.clone()));
+    }
+    if args.connect.insecure {
+        out.push("--insecure".into());
+    }
+    out
 }
 
 fn report(args: ReportArgs) -> anyhow::Result<u8> {

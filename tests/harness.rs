@@ -552,3 +552,48 @@ file_size = ["1KiB", "200KiB"]
     assert!(report.contains("checks       50.00% passed (3 of 6)"), "{report}");
     assert!(report.contains("files        sent"), "{report}");
 }
+
+#[tokio::test]
+async fn shards_in_one_command_connect_from_their_own_addresses_and_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sharded.toml");
+    std::fs::write(
+        &file,
+        "name = \"sharded\"\nramp_up = \"500ms\"\nduration = \"2s\"\ndrain = \"500ms\"\n[[group]]\nname = \"all\"\n\
+         clients = 9\nrate = 10.0\n[thresholds]\n\"delivery.ratio\" = \"== 1.0\"\n\"errors\" = \"== 0\"\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let ndjson = dir.path().join("run.ndjson");
+    let args = ["run", file.to_str().unwrap(), "--shards", "3", "--out", out.to_str().unwrap(), "--out-ndjson"];
+    let mut args: Vec<String> = args.map(String::from).to_vec();
+    args.push(ndjson.to_str().unwrap().to_string());
+    let (code, report, stderr) = run_chorus(args).await;
+    assert_eq!(code, 0, "{report}\n{stderr}");
+    assert!(stderr.contains("3 shards of sharded (9 clients)"), "{stderr}");
+    assert!(stderr.contains("] steady   9/9 connected"), "progress shows the whole run: {stderr}");
+    assert!(report.contains("3 shards merged") && report.contains("result: PASSED"), "{report}");
+    let read = |dir: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
+    };
+    let merged = read(&out);
+    assert_eq!(merged["run"]["merged_from"], 3);
+    assert_eq!(merged["connections"]["ok"], 9);
+    assert_eq!(merged["delivery"]["ratio"], 1.0);
+    let sources: Vec<&str> = merged["run"]["sources"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    assert_eq!(sources, ["127.0.1.1", "127.0.2.1", "127.0.3.1"], "each shard from its own address");
+    let mut sent = 0;
+    for i in 1..=3 {
+        let shard = read(&out.join(format!("shard-{i}")));
+        assert_eq!(shard["run"]["shard"], format!("{i}/3"));
+        assert_eq!(shard["connections"]["ok"], 3);
+        sent += shard["messages"]["sent"].as_u64().unwrap();
+    }
+    assert_eq!(merged["messages"]["sent"].as_u64().unwrap(), sent, "the merge is the sum of the shards");
+    // The live view is the whole run's too: its seconds add up to the merge.
+    let text = std::fs::read_to_string(&ndjson).unwrap();
+    let seconds: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let live_sent: u64 = seconds.iter().filter(|r| r["type"] == "second").map(|r| r["sent"].as_u64().unwrap()).sum();
+    assert_eq!(live_sent, sent);
+    assert_eq!(seconds.last().unwrap()["summary"]["run"]["merged_from"], 3);
+}

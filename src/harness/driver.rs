@@ -70,6 +70,9 @@ pub struct RunOptions {
     pub start_at: Option<SystemTime>,
     /// Connect from 127.0.0.1 ..= 127.0.0.N, round-robin (loopback targets).
     pub source_addresses: Option<u8>,
+    /// Source addresses are 127.0.`source_net`.n: each shard of `--shards` its own
+    /// (0: 127.0.0.n, bound only when asked or past 25,000 clients).
+    pub source_net: u8,
     pub connect: ConnectOptions,
     /// NDJSON, dashboard, metrics endpoint.
     pub watch: WatchOptions,
@@ -84,6 +87,7 @@ impl Default for RunOptions {
             shard: None,
             start_at: None,
             source_addresses: None,
+            source_net: 0,
             connect: ConnectOptions::default(),
             watch: WatchOptions::default(),
         }
@@ -151,8 +155,12 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
         tokio::time::sleep(wait).await;
     }
     let timeline = Timeline::new(&scenario.phases);
-    let plans = plan_bots(&scenario, &timeline, options.shard, &url, options.source_addresses);
+    let sources = Sources { count: options.source_addresses, net: options.source_net };
+    let plans = plan_bots(&scenario, &timeline, options.shard, &url, sources);
     let target_clients = plans.len();
+    let mut source_ips: Vec<String> = plans.iter().filter_map(|p| p.bind.map(|b| b.ip().to_string())).collect();
+    source_ips.sort();
+    source_ips.dedup();
     let ctx = Arc::new(RunContext {
         filler: filler(&scenario),
         tag: run_tag(&scenario.name, scenario.seed),
@@ -215,6 +223,7 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
         interrupted,
         stopped_after_secs: stopped_after.map(|at| at.as_secs_f64()),
         shard: options.shard.map(|s| format!("{}/{}", s.index, s.count)),
+        sources: source_ips,
         merged_from: 1,
         suspect: suspicions(&total, cpu_percent, cores, target.is_none()),
         generator_cpu_percent: cpu_percent,
@@ -235,7 +244,7 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
 }
 
 /// Removes a temporary data directory when the run is over.
-struct RemoveOnDrop(Option<PathBuf>);
+pub(super) struct RemoveOnDrop(pub(super) Option<PathBuf>);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
@@ -269,13 +278,20 @@ async fn preflight(url: &str, options: &ConnectOptions, protocol: Protocol) -> a
     Ok(())
 }
 
+/// Where clients connect from: 127.0.`net`.1 ..= 127.0.`net`.`count`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sources {
+    count: Option<u8>,
+    net: u8,
+}
+
 /// Who connects when, from where, to which room.
 fn plan_bots(
     scenario: &Scenario,
     timeline: &Timeline,
     shard: Option<Shard>,
     url: &str,
-    sources: Option<u8>,
+    sources: Sources,
 ) -> Vec<BotPlan> {
     let total = scenario.total_clients();
     let loopback = url_is_loopback_v4(url);
@@ -287,14 +303,14 @@ fn plan_bots(
             if mine {
                 // Asked for: round-robin over 127.0.0.1..=N. Otherwise, only
                 // when one address could run out of ports: 25,000 each.
-                let source = match sources {
+                let source = match sources.count {
                     Some(n) => Some(1 + (id % usize::from(n)) as u8),
-                    None if loopback && total > PER_SOURCE_ADDRESS => {
+                    None if loopback && (total > PER_SOURCE_ADDRESS || sources.net > 0) => {
                         Some((id / PER_SOURCE_ADDRESS + 1).min(254) as u8)
                     }
                     None => None,
                 };
-                let bind = source.map(|n| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)), 0));
+                let bind = source.map(|n| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, sources.net, n)), 0));
                 plans.push(BotPlan {
                     id: id as u32,
                     group: g,
@@ -453,15 +469,21 @@ mod tests {
         let s = scenario(6);
         let timeline = Timeline::new(&s.phases);
         let url = "ws://127.0.0.1:9/";
-        let all = plan_bots(&s, &timeline, None, url, Some(3));
+        let three = Sources { count: Some(3), net: 0 };
+        let all = plan_bots(&s, &timeline, None, url, three);
         let sources: Vec<String> = all.iter().map(|p| p.bind.unwrap().ip().to_string()).collect();
         assert_eq!(sources, ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.1", "127.0.0.2", "127.0.0.3"]);
         assert_eq!(all.iter().map(|p| p.room.as_str()).collect::<Vec<_>>(), ["a", "b", "a", "b", "a", "b"]);
-        assert!(plan_bots(&s, &timeline, None, url, None).iter().all(|p| p.bind.is_none()), "few clients: no binding");
-        let shard = plan_bots(&s, &timeline, Some(Shard { index: 2, count: 3 }), url, None);
+        assert!(
+            plan_bots(&s, &timeline, None, url, Sources::default()).iter().all(|p| p.bind.is_none()),
+            "few clients: no binding"
+        );
+        let shard = plan_bots(&s, &timeline, Some(Shard { index: 2, count: 3 }), url, Sources { count: None, net: 2 });
         assert_eq!(shard.iter().map(|p| p.id).collect::<Vec<_>>(), [1, 4]);
+        let from: Vec<String> = shard.iter().map(|p| p.bind.unwrap().ip().to_string()).collect();
+        assert_eq!(from, ["127.0.2.1", "127.0.2.1"], "a shard of --shards: its own address");
         let big = scenario(60_000);
-        let plans = plan_bots(&big, &Timeline::new(&big.phases), None, url, None);
+        let plans = plan_bots(&big, &Timeline::new(&big.phases), None, url, Sources::default());
         assert_eq!(plans[30_000].bind.unwrap().ip().to_string(), "127.0.0.2", "25,000 per address past 25,000");
     }
 }

@@ -25,6 +25,7 @@ pub mod scenario;
 pub mod schedule;
 pub mod script;
 mod scripted;
+pub mod shards;
 pub mod stamp;
 pub mod summary;
 pub mod thresholds;
@@ -88,6 +89,13 @@ pub fn merge(dirs: &[PathBuf], results_base: &Path, out: Option<&Path>) -> anyho
     for dir in dirs {
         runs.push(results::read(dir)?);
     }
+    let name = format!("{}-merged", runs[0].0.scenario.name);
+    let dir = results::make_dir(results_base, out, &name, None)?;
+    merge_runs(&runs, dirs, dir)
+}
+
+/// Merge the results of a run's shards (read from `dirs`) into `dir`.
+pub fn merge_runs(runs: &[(Summary, SavedRun)], dirs: &[PathBuf], dir: PathBuf) -> anyhow::Result<RunOutcome> {
     let (first, _) = &runs[0];
     for (other, dir) in runs.iter().map(|(s, _)| s).zip(dirs).skip(1) {
         if other.scenario.name != first.scenario.name || other.scenario.seed != first.scenario.seed {
@@ -105,7 +113,7 @@ pub fn merge(dirs: &[PathBuf], results_base: &Path, out: Option<&Path>) -> anyho
     let mut total = BotMetrics::default();
     let mut groups: BTreeMap<String, (u64, BotMetrics)> = BTreeMap::new();
     let mut collected = Collected::default();
-    for (_, saved) in &runs {
+    for (_, saved) in runs {
         let (t, gs) = saved.metrics()?;
         total.merge(&t);
         for (name, clients, m) in gs {
@@ -134,6 +142,12 @@ pub fn merge(dirs: &[PathBuf], results_base: &Path, out: Option<&Path>) -> anyho
         interrupted: summaries.iter().any(|s| s.run.interrupted),
         stopped_after_secs: summaries.iter().filter_map(|s| s.run.stopped_after_secs).reduce(f64::max),
         shard: None,
+        sources: {
+            let mut all: Vec<String> = summaries.iter().flat_map(|s| s.run.sources.iter().cloned()).collect();
+            all.sort();
+            all.dedup();
+            all
+        },
         merged_from: summaries.iter().map(|s| s.run.merged_from).sum(),
         suspect: summaries
             .iter()
@@ -151,7 +165,6 @@ pub fn merge(dirs: &[PathBuf], results_base: &Path, out: Option<&Path>) -> anyho
     merged_info.clients = summaries.iter().map(|s| s.scenario.clients).max().unwrap_or(0);
     let summary = Summary::build(merged_info, &thresholds, facts, &total, &groups);
     let saved = SavedRun::new(&total, &groups, &collected.seconds);
-    let dir = results::make_dir(results_base, out, &format!("{}-merged", summary.scenario.name), None)?;
     driver::finish(summary, &saved, &collected, dir)
 }
 

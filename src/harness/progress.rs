@@ -89,8 +89,8 @@ pub struct Collected {
     pub seconds: BTreeMap<u32, Second>,
 }
 
-/// Where progress lines go.
-struct View {
+/// Where progress lines go (and the live feed, second by second).
+pub struct View {
     bar: Option<ProgressBar>,
     /// Plain lines: one every `every` seconds.
     every: u32,
@@ -98,9 +98,45 @@ struct View {
     shown: u32,
     target_clients: usize,
     /// The second in which the run was stopped (ctrl-c), once seen.
-    stopped: Option<u32>,
+    pub stopped: Option<u32>,
     /// NDJSON, dashboard and metrics endpoint, when asked for.
     live: Option<Arc<LiveFeed>>,
+    total: Duration,
+}
+
+impl View {
+    /// A view of a run of `total` (a progress bar on a terminal, plain lines otherwise).
+    pub fn new(total: Duration, target_clients: usize, live: Option<Arc<LiveFeed>>) -> View {
+        let on_terminal = std::io::stderr().is_terminal();
+        let bar = on_terminal.then(|| {
+            let bar = ProgressBar::new(total.as_millis() as u64);
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {elapsed:>4} [{bar:24}] {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            bar
+        });
+        // Plain lines: every second for runs up to a minute, about 60 lines for longer ones.
+        let every = (total.as_secs() / 60).max(1) as u32;
+        View { bar, every, shown: 0, target_clients, stopped: None, live, total }
+    }
+
+    /// The clock is `now` into the run.
+    pub fn at(&self, now: Duration) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(now.as_millis().min(self.total.as_millis()) as u64);
+        }
+    }
+
+    /// Everything is in: show the rest.
+    pub fn finish(mut self, collected: &Collected, timeline: &Timeline) {
+        let last = collected.seconds.keys().next_back().map_or(0, |s| s + 1);
+        self.show_until(collected, timeline, last);
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// Fold ticks into seconds and show progress until the channel closes.
@@ -110,20 +146,7 @@ pub async fn run(
     target_clients: usize,
     live: Option<Arc<LiveFeed>>,
 ) -> Collected {
-    let total = ctx.timeline.end();
-    let on_terminal = std::io::stderr().is_terminal();
-    let bar = on_terminal.then(|| {
-        let bar = ProgressBar::new(total.as_millis() as u64);
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {elapsed:>4} [{bar:24}] {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        bar
-    });
-    // Plain lines: every second for runs up to a minute, about 60 lines for longer ones.
-    let every = (total.as_secs() / 60).max(1) as u32;
-    let mut view = View { bar, every, shown: 0, target_clients, stopped: None, live };
+    let mut view = View::new(ctx.timeline.end(), target_clients, live);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut collected = Collected::default();
@@ -141,25 +164,19 @@ pub async fn run(
                 }
                 let connected = ctx.connected.load(Ordering::Relaxed) as u64;
                 collected.seconds.entry(second).or_default().connected = connected;
-                if let Some(bar) = &view.bar {
-                    bar.set_position(now.as_millis().min(total.as_millis()) as u64);
-                }
+                view.at(now);
                 // A second is complete once the clock is a full second past it.
                 view.show_until(&collected, &ctx.timeline, second.saturating_sub(1));
             }
         }
     }
-    let last = collected.seconds.keys().next_back().map_or(0, |s| s + 1);
-    view.show_until(&collected, &ctx.timeline, last);
-    if let Some(bar) = view.bar {
-        bar.finish_and_clear();
-    }
+    view.finish(&collected, &ctx.timeline);
     collected
 }
 
 impl View {
     /// Show the seconds before `end` not shown yet.
-    fn show_until(&mut self, collected: &Collected, timeline: &Timeline, end: u32) {
+    pub fn show_until(&mut self, collected: &Collected, timeline: &Timeline, end: u32) {
         while self.shown < end {
             let second = self.shown;
             self.shown += 1;

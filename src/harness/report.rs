@@ -67,6 +67,9 @@ pub fn text(s: &Summary) -> String {
     if !sc.overrides.is_empty() {
         let _ = writeln!(out, "overrides {}", sc.overrides.join(" "));
     }
+    if !s.run.sources.is_empty() {
+        let _ = writeln!(out, "connected from {}", s.run.sources.join(", "));
+    }
     if s.run.interrupted {
         let at = s.run.stopped_after_secs.map(|t| format!(" at {t:.1}s")).unwrap_or_default();
         let _ = writeln!(

@@ -177,7 +177,8 @@ const FILES: [&str; 5] = ["summary.json", "metrics.json", "timeseries.csv", "rep
 /// run's files are removed; a folder holding anything else is refused.
 pub fn clear_out(out: &Path) -> anyhow::Result<()> {
     let Ok(entries) = fs::read_dir(out) else { return Ok(()) };
-    let ours = |name: &str| FILES.contains(&name) || name == "hdr";
+    // `shard-N` folders and logs: the shards of a `--shards` run.
+    let ours = |name: &str| FILES.contains(&name) || name == "hdr" || name.starts_with("shard-");
     let names: Vec<String> =
         entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     if let Some(other) = names.iter().find(|n| !ours(n)) {
@@ -188,7 +189,7 @@ pub fn clear_out(out: &Path) -> anyhow::Result<()> {
     }
     for name in names {
         let path = out.join(&name);
-        let removed = if name == "hdr" { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+        let removed = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
         removed.with_context(|| format!("cannot clear the earlier run's {}", path.display()))?;
     }
     Ok(())

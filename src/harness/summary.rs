@@ -93,6 +93,10 @@ pub struct RunInfo {
     pub shard: Option<String>,
     /// How many result folders were merged into this one (1: a plain run).
     pub merged_from: u32,
+    /// The local addresses clients connected from, when bound (`--shards`,
+    /// `--source-addresses`, big runs); empty: the system's choice.
+    #[serde(default)]
+    pub sources: Vec<String>,
     /// Reasons not to trust the figures (empty: none found).
     pub suspect: Vec<String>,
     /// CPU the load generator used, in percent of one core.
@@ -359,6 +363,7 @@ pub struct RunFacts {
     pub interrupted: bool,
     pub stopped_after_secs: Option<f64>,
     pub shard: Option<String>,
+    pub sources: Vec<String>,
     pub merged_from: u32,
     pub suspect: Vec<String>,
     pub generator_cpu_percent: f64,
@@ -378,6 +383,7 @@ impl RunFacts {
             interrupted: false,
             stopped_after_secs: None,
             shard: None,
+            sources: Vec::new(),
             merged_from: 1,
             suspect: Vec::new(),
             generator_cpu_percent: 0.0,
@@ -466,6 +472,7 @@ impl Summary {
                 interrupted: facts.interrupted,
                 stopped_after_secs: facts.stopped_after_secs,
                 shard: facts.shard,
+                sources: facts.sources,
                 merged_from: facts.merged_from,
                 suspect: facts.suspect,
                 generator_cpu_percent: facts.generator_cpu_percent,

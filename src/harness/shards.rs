@@ -1,0 +1,203 @@
+//! `chorus run --shards N`: one run in N harness processes on this machine.
+//! The parent starts the embedded server (unless there is a target), picks
+//! a start time a few seconds ahead, and starts `chorus run --shard i/N
+//! --start-at T` N times, each connecting from its own addresses
+//! (127.0.i.x) when the target is on loopback, each writing its results
+//! under the run's folder (`shard-i/`, its log `shard-i.log`) and its
+//! seconds as NDJSON on its stdout. The parent adds those seconds up for
+//! the progress lines, the dashboard, the NDJSON and the metrics endpoint,
+//! and at the end merges the shards' results exactly (`chorus report
+//! --merge`'s code) into the run's folder.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::driver::{RunOptions, RunOutcome};
+use super::live::{LiveRecord, Watching};
+use super::progress::{Collected, Second, View};
+use super::results;
+use super::scenario::Scenario;
+use super::schedule::Timeline;
+use super::summary::{RunFacts, scenario_info};
+use crate::client::connection::normalize_url;
+use crate::server::ServerHandle;
+
+/// How far ahead the shards are told to start: time to launch and connect.
+const LEAD: Duration = Duration::from_secs(3);
+
+/// Run `scenario` (read from `file`) in `count` processes; `args` are the
+/// command-line options each shard repeats (overrides, TLS, token).
+pub async fn run(
+    scenario: Scenario,
+    file: &Path,
+    count: u32,
+    options: RunOptions,
+    args: Vec<String>,
+    stop: CancellationToken,
+) -> anyhow::Result<RunOutcome> {
+    if !(2..=250).contains(&count) {
+        bail!("--shards takes 2 to 250 processes (got {count})");
+    }
+    let dir = results::make_dir(&options.results, options.out.as_deref(), &scenario.name, None)?;
+    let external = options.target.clone().or_else(|| scenario.target.clone());
+    let temporary_data = (external.is_none() && scenario.temporary_data).then(|| scenario.server.data_dir.clone());
+    if let Some(data) = &temporary_data {
+        std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+    }
+    let _cleanup = super::driver::RemoveOnDrop(temporary_data);
+    let server = match external {
+        Some(_) => None,
+        None => Some(
+            ServerHandle::start("127.0.0.1:0", scenario.server.clone())
+                .await
+                .context("starting the embedded server")?,
+        ),
+    };
+    let url = match &server {
+        Some(server) => server.url(),
+        None => normalize_url(&options.target.clone().or_else(|| scenario.target.clone()).unwrap_or_default()),
+    };
+    let loopback = url.contains("://127.") || url.contains("://localhost");
+    let start_at = SystemTime::now() + LEAD;
+    let start_secs = start_at.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let mut children = Vec::new();
+    for index in 1..=count {
+        let mut command = Command::new(std::env::current_exe().context("finding the chorus executable")?);
+        command.arg("run").arg(file).args(&args);
+        command.args(["--shard", &format!("{index}/{count}"), "--start-at", &format!("{start_secs:.6}")]);
+        command.args(["--target", &url, "--out-ndjson", "-"]).arg("--out").arg(dir.join(format!("shard-{index}")));
+        if loopback {
+            command.args(["--source-net", &index.to_string()]);
+        }
+        if let Some(token) = &options.connect.token {
+            command.env("CHORUS_TOKEN", token);
+        }
+        children.push(spawn(command, &dir.join(format!("shard-{index}.log")))?);
+    }
+    eprintln!(
+        "{count} shards of {} ({} clients) against {url}, starting together in {:.0}s; logs in {}/shard-*.log",
+        scenario.name,
+        scenario.total_clients(),
+        LEAD.as_secs_f64(),
+        dir.display()
+    );
+    let planned = RunFacts::planned(scenario.total_clients() as u64, url.clone(), server.is_some());
+    let info = scenario_info(&scenario, &planned);
+    let watching = Watching::start(&options.watch, info, planned, scenario.thresholds.clone()).await?;
+    let timeline = Timeline::new(&scenario.phases);
+    let mut view = View::new(timeline.end(), scenario.total_clients(), watching.as_ref().map(|w| w.feed.clone()));
+    let (tx, rx) = mpsc::channel(1024);
+    let mut waits = Vec::new();
+    for (i, child) in children.iter_mut().enumerate() {
+        waits.push(read_seconds(child, tx.clone(), i + 1));
+    }
+    drop(tx);
+    let collected = follow(rx, &mut view, &timeline, start_at, &stop, &mut children).await;
+    view.finish(&collected, &timeline);
+    for (i, child) in children.iter_mut().enumerate() {
+        let status = child.wait().await.context("waiting for a shard")?;
+        if !matches!(status.code(), Some(0 | 3 | 4)) {
+            let log = dir.join(format!("shard-{}.log", i + 1));
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+            bail!(
+                "shard {} of {count} failed ({status}); its log ends:\n{}",
+                i + 1,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+    for wait in waits {
+        let _ = wait.await;
+    }
+    if let Some(server) = server {
+        server.shutdown().await.context("stopping the embedded server")?;
+    }
+    let shard_dirs: Vec<PathBuf> = (1..=count).map(|i| dir.join(format!("shard-{i}"))).collect();
+    let runs = shard_dirs.iter().map(|d| results::read(d)).collect::<anyhow::Result<Vec<_>>>()?;
+    let outcome = super::merge_runs(&runs, &shard_dirs, dir)?;
+    drop(collected);
+    if let Some(watching) = watching {
+        watching.finish(&outcome.summary, &outcome.report).await;
+    }
+    Ok(outcome)
+}
+
+/// Start one shard: NDJSON on a pipe, everything else into its log.
+fn spawn(mut command: Command, log: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(log).with_context(|| format!("cannot write {}", log.display()))?;
+    command
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting a shard")
+}
+
+/// Read a shard's NDJSON seconds into `tx` until it closes its stdout.
+fn read_seconds(child: &mut Child, tx: mpsc::Sender<(u32, Second)>, shard: usize) -> tokio::task::JoinHandle<()> {
+    let stdout = child.stdout.take();
+    tokio::spawn(async move {
+        let Some(stdout) = stdout else { return };
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let Ok(record) = serde_json::from_str::<LiveRecord>(&line) else { continue };
+            match record.counts.second() {
+                Ok(second) => {
+                    let _ = tx.send((record.second, second)).await;
+                }
+                Err(err) => tracing::warn!("shard {shard} sent an unreadable second: {err:#}"),
+            }
+        }
+    })
+}
+
+/// Add the shards' seconds up and show each second once the clock is two
+/// past it (a shard reports a second when it ends); on `stop`, pass the
+/// interrupt on to every shard.
+async fn follow(
+    mut rx: mpsc::Receiver<(u32, Second)>,
+    view: &mut View,
+    timeline: &Timeline,
+    start_at: SystemTime,
+    stop: &CancellationToken,
+    children: &mut [Child],
+) -> Collected {
+    let mut collected = Collected::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut interrupted = false;
+    loop {
+        tokio::select! {
+            received = rx.recv() => match received {
+                Some((second, bucket)) => collected.seconds.entry(second).or_default().add(&bucket),
+                None => break,
+            },
+            () = stop.cancelled(), if !interrupted => {
+                interrupted = true;
+                // Each shard stops as after a ctrl-c: drains, writes its partial results.
+                for pid in children.iter().filter_map(Child::id) {
+                    let _ = std::process::Command::new("kill").args(["-INT", &pid.to_string()]).status();
+                }
+            }
+            _ = tick.tick() => {
+                let now = SystemTime::now().duration_since(start_at).unwrap_or_default();
+                if interrupted && view.stopped.is_none() {
+                    view.stopped = Some(now.as_secs() as u32);
+                }
+                view.at(now);
+                view.show_until(&collected, timeline, (now.as_secs() as u32).saturating_sub(2));
+            }
+        }
+    }
+    collected
+}
