@@ -341,8 +341,53 @@ def capacity(root):
                 )
 
 
+PEER_TOOLS = ["chorus", "artillery", "tsung", "tinygen"]
+
+
+def peers(dir_):
+    """bench/peers-harness.sh: per load and generator, medians of the measured window."""
+    print("| load | generator | asked/s | held | accepted/s | deliveries/s | generator CPU % | µs CPU per message |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    per_message = {}
+    loads = [p for p in Path(dir_).iterdir() if p.is_dir() and p.name.count("-") == 1]
+    for load_dir in sorted(loads, key=lambda p: (p.name.split("-")[0], float(p.name.split("-")[1]))):
+        for tool in PEER_TOOLS:
+            rows = [load(p) for p in sorted((load_dir / tool).glob("run-*/measure.json"))]
+            if not rows:
+                continue
+            fanout = load_dir.name.startswith("fanout")
+            asked = rows[0]["asked_per_sec"]
+
+            def cost(r):
+                # send: each message and its ack; fan-out: each message sent and each delivery received
+                handled = r["accepted"] + (r["deliveries"] if fanout else 0)
+                return r["generator_cpu_secs"] / handled * 1e6 if handled else None
+
+            m = {
+                "held": median([r["accepted"] / r["window_secs"] / asked for r in rows]),
+                "accepted": median([r["accepted"] / r["window_secs"] for r in rows]),
+                "deliveries": median([r["deliveries"] / r["window_secs"] for r in rows]),
+                "cpu": median([r["generator_cpu_secs"] / r["window_secs"] * 100 for r in rows]),
+                "us": median([cost(r) for r in rows]),
+            }
+            per_message[(load_dir.name, tool)] = m["us"]
+            held = f"{m['held'] * 100:.1f} %" if m["held"] is not None else "-"
+            print(
+                f"| {load_dir.name} | {tool} | {fmt(asked)} | {held} | {fmt(m['accepted'])} | {fmt(m['deliveries'])} "
+                f"| {fmt(m['cpu'])} | {fmt(m['us'], 2)} |"
+            )
+    print()
+    for (load_name, tool), us in sorted(per_message.items()):
+        base = per_message.get((load_name, "tinygen")) if load_name.startswith("fanout") else None
+        other = per_message.get((load_name, "chorus"))
+        if tool == "chorus" and base and us:
+            print(f"- {load_name}: chorus / tinygen CPU per message = {us / base:.2f}")
+        elif tool in ("artillery", "tsung") and us and other:
+            print(f"- {load_name}: {tool} / chorus CPU per message = {us / other:.2f}")
+
+
 def main():
-    tables = {"fanout": fanout, "latency": latency_table, "history": history, "generator": generator, "idle": idle, "capacity": capacity}
+    tables = {"fanout": fanout, "latency": latency_table, "history": history, "generator": generator, "idle": idle, "capacity": capacity, "peers": peers}
     if len(sys.argv) != 3 or sys.argv[1] not in tables:
         sys.exit(f"usage: tables.py {'|'.join(tables)} DIR")
     tables[sys.argv[1]](Path(sys.argv[2]))
