@@ -354,33 +354,41 @@ impl Builder<'_> {
             }
             "file" => {
                 chorus_only("files")?;
-                let size = step.file.as_ref().unwrap_or_else(|| unreachable!("present"));
-                let size = self.values.size_range(key, size, super::stamp::BINARY_STAMP_LEN, MAX_FILE_SIZE)?;
-                let name = template(step.name.as_deref().unwrap_or("{group}-{bot}-{seq}.bin"))?;
-                if let Some(bad) = name.literal().and_then(crate::protocol::check_file_name) {
-                    return Err((format!("{key}.name"), bad));
-                }
-                Action::File { size, name }
+                self.file(step, key)?
             }
             "rename" => {
                 chorus_only("renames")?;
                 Action::Rename(template(step.rename.as_deref().unwrap_or_default())?)
             }
             "think" => Action::Think(self.think(step, key)?),
-            "wait_for" => {
-                let written = step.wait_for.clone().unwrap_or_default();
-                if written.is_empty() {
-                    return Err((key.to_string(), "is empty: give the text to wait for".into()));
-                }
-                let timeout = match &step.timeout {
-                    Some(t) => self.values.duration(&format!("{key}.timeout"), t)?,
-                    None => Duration::from_secs(10),
-                };
-                let check = step.check.clone().unwrap_or_else(|| format!("wait_for {written:?}"));
-                Action::WaitFor { pattern: template(&written)?, timeout, check }
-            }
+            "wait_for" => self.wait_for(step, key)?,
             other => unreachable!("{other} is an action key"),
         })
+    }
+
+    fn file(&self, step: &RawStep, key: &str) -> Result<Action, StepError> {
+        let size = step.file.as_ref().unwrap_or_else(|| unreachable!("present"));
+        let size = self.values.size_range(key, size, super::stamp::BINARY_STAMP_LEN, MAX_FILE_SIZE)?;
+        let name = template(step.name.as_deref().unwrap_or("{group}-{bot}-{seq}.bin"), self.cx.data)
+            .map_err(|why| (format!("{key}.name"), why))?;
+        if let Some(bad) = name.literal().and_then(crate::protocol::check_file_name) {
+            return Err((format!("{key}.name"), bad));
+        }
+        Ok(Action::File { size, name })
+    }
+
+    fn wait_for(&self, step: &RawStep, key: &str) -> Result<Action, StepError> {
+        let written = step.wait_for.clone().unwrap_or_default();
+        if written.is_empty() {
+            return Err((key.to_string(), "is empty: give the text to wait for".into()));
+        }
+        let timeout = match &step.timeout {
+            Some(t) => self.values.duration(&format!("{key}.timeout"), t)?,
+            None => Duration::from_secs(10),
+        };
+        let check = step.check.clone().unwrap_or_else(|| format!("wait_for {written:?}"));
+        let pattern = template(&written, self.cx.data).map_err(|why| (key.to_string(), why))?;
+        Ok(Action::WaitFor { pattern, timeout, check })
     }
 
     fn think(&self, step: &RawStep, key: &str) -> Result<Range<Duration>, StepError> {

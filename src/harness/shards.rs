@@ -46,88 +46,116 @@ pub async fn run(
         bail!("--shards takes 2 to 250 processes (got {count})");
     }
     let dir = results::make_dir(&options.results, options.out.as_deref(), &scenario.name, None)?;
-    let external = options.target.clone().or_else(|| scenario.target.clone());
-    let temporary_data = (external.is_none() && scenario.temporary_data).then(|| scenario.server.data_dir.clone());
-    if let Some(data) = &temporary_data {
-        std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
-    }
-    let _cleanup = super::driver::RemoveOnDrop(temporary_data);
-    let server = match external {
-        Some(_) => None,
-        None => Some(
-            ServerHandle::start("127.0.0.1:0", scenario.server.clone())
-                .await
-                .context("starting the embedded server")?,
-        ),
-    };
-    let url = match &server {
-        Some(server) => server.url(),
-        None => normalize_url(&options.target.clone().or_else(|| scenario.target.clone()).unwrap_or_default()),
-    };
-    let loopback = url.contains("://127.") || url.contains("://localhost");
+    let target = Target::start(&scenario, &options).await?;
     let start_at = SystemTime::now() + LEAD;
-    let start_secs = start_at.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-    let mut children = Vec::new();
-    for index in 1..=count {
-        let mut command = Command::new(std::env::current_exe().context("finding the chorus executable")?);
-        command.arg("run").arg(file).args(&args);
-        command.args(["--shard", &format!("{index}/{count}"), "--start-at", &format!("{start_secs:.6}")]);
-        command.args(["--target", &url, "--out-ndjson", "-"]).arg("--out").arg(dir.join(format!("shard-{index}")));
-        if loopback {
-            command.args(["--source-net", &index.to_string()]);
-        }
-        if let Some(token) = &options.connect.token {
-            command.env("CHORUS_TOKEN", token);
-        }
-        children.push(spawn(command, &dir.join(format!("shard-{index}.log")))?);
-    }
+    let launch = Launch { file, count, args: &args, dir: &dir, url: &target.url, start_at, options: &options };
+    let mut children = (1..=count).map(|index| launch.shard(index)).collect::<anyhow::Result<Vec<_>>>()?;
     eprintln!(
-        "{count} shards of {} ({} clients) against {url}, starting together in {:.0}s; logs in {}/shard-*.log",
+        "{count} shards of {} ({} clients) against {}, starting together in {:.0}s; logs in {}/shard-*.log",
         scenario.name,
         scenario.total_clients(),
+        target.url,
         LEAD.as_secs_f64(),
         dir.display()
     );
-    let planned = RunFacts::planned(scenario.total_clients() as u64, url.clone(), server.is_some());
+    let planned = RunFacts::planned(scenario.total_clients() as u64, target.url.clone(), target.server.is_some());
     let info = scenario_info(&scenario, &planned);
     let watching = Watching::start(&options.watch, info, planned, scenario.thresholds.clone()).await?;
     let timeline = Timeline::new(&scenario.phases);
     let mut view = View::new(timeline.end(), scenario.total_clients(), watching.as_ref().map(|w| w.feed.clone()));
     let (tx, rx) = mpsc::channel(1024);
-    let mut waits = Vec::new();
-    for (i, child) in children.iter_mut().enumerate() {
-        waits.push(read_seconds(child, tx.clone(), i + 1));
-    }
+    let readers: Vec<_> = children.iter_mut().enumerate().map(|(i, c)| read_seconds(c, tx.clone(), i + 1)).collect();
     drop(tx);
     let collected = follow(rx, &mut view, &timeline, start_at, &stop, &mut children).await;
     view.finish(&collected, &timeline);
-    for (i, child) in children.iter_mut().enumerate() {
-        let status = child.wait().await.context("waiting for a shard")?;
-        if !matches!(status.code(), Some(0 | 3 | 4)) {
-            let log = dir.join(format!("shard-{}.log", i + 1));
-            let tail = std::fs::read_to_string(&log).unwrap_or_default();
-            let tail: Vec<&str> = tail.lines().rev().take(5).collect();
-            bail!(
-                "shard {} of {count} failed ({status}); its log ends:\n{}",
-                i + 1,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
+    wait_all(&mut children, &dir).await?;
+    for reader in readers {
+        let _ = reader.await;
     }
-    for wait in waits {
-        let _ = wait.await;
-    }
-    if let Some(server) = server {
-        server.shutdown().await.context("stopping the embedded server")?;
-    }
+    target.stop().await?;
     let shard_dirs: Vec<PathBuf> = (1..=count).map(|i| dir.join(format!("shard-{i}"))).collect();
     let runs = shard_dirs.iter().map(|d| results::read(d)).collect::<anyhow::Result<Vec<_>>>()?;
     let outcome = super::merge_runs(&runs, &shard_dirs, dir)?;
-    drop(collected);
     if let Some(watching) = watching {
         watching.finish(&outcome.summary, &outcome.report).await;
     }
     Ok(outcome)
+}
+
+/// What the shards load: the given target, or an embedded server started here.
+struct Target {
+    url: String,
+    server: Option<ServerHandle>,
+    /// The embedded server's temporary data directory, removed at the end.
+    _cleanup: super::driver::RemoveOnDrop,
+}
+
+impl Target {
+    async fn start(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Target> {
+        if let Some(url) = options.target.clone().or_else(|| scenario.target.clone()) {
+            return Ok(Target { url: normalize_url(&url), server: None, _cleanup: super::driver::RemoveOnDrop(None) });
+        }
+        let temporary_data = scenario.temporary_data.then(|| scenario.server.data_dir.clone());
+        if let Some(data) = &temporary_data {
+            std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+        }
+        let cleanup = super::driver::RemoveOnDrop(temporary_data);
+        let server =
+            ServerHandle::start("127.0.0.1:0", scenario.server.clone()).await.context("starting the embedded server")?;
+        Ok(Target { url: server.url(), server: Some(server), _cleanup: cleanup })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        if let Some(server) = self.server {
+            server.shutdown().await.context("stopping the embedded server")?;
+        }
+        Ok(())
+    }
+}
+
+/// How each shard is started.
+struct Launch<'a> {
+    file: &'a Path,
+    count: u32,
+    args: &'a [String],
+    dir: &'a Path,
+    url: &'a str,
+    start_at: SystemTime,
+    options: &'a RunOptions,
+}
+
+impl Launch<'_> {
+    /// Start shard `index`: NDJSON on a pipe, everything else into its log.
+    fn shard(&self, index: u32) -> anyhow::Result<Child> {
+        let start_secs = self.start_at.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let mut command = Command::new(std::env::current_exe().context("finding the chorus executable")?);
+        command.arg("run").arg(self.file).args(self.args);
+        command.args(["--shard", &format!("{index}/{}", self.count), "--start-at", &format!("{start_secs:.6}")]);
+        command.args(["--target", self.url, "--out-ndjson", "-"]).arg("--out").arg(self.dir.join(format!("shard-{index}")));
+        // On loopback each shard connects from its own addresses.
+        if self.url.contains("://127.") || self.url.contains("://localhost") {
+            command.args(["--source-net", &index.to_string()]);
+        }
+        if let Some(token) = &self.options.connect.token {
+            command.env("CHORUS_TOKEN", token);
+        }
+        spawn(command, &self.dir.join(format!("shard-{index}.log")))
+    }
+}
+
+/// Wait for every shard; one that failed (not a finished, failed-thresholds
+/// or interrupted run) is an error quoting the end of its log.
+async fn wait_all(children: &mut [Child], dir: &Path) -> anyhow::Result<()> {
+    for (i, child) in children.iter_mut().enumerate() {
+        let status = child.wait().await.context("waiting for a shard")?;
+        if !matches!(status.code(), Some(0 | 3 | 4)) {
+            let log = std::fs::read_to_string(dir.join(format!("shard-{}.log", i + 1))).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(5)..].join("\n");
+            bail!("shard {} of {} failed ({status}); its log ends:\n{tail}", i + 1, children.len());
+        }
+    }
+    Ok(())
 }
 
 /// Start one shard: NDJSON on a pipe, everything else into its log.
