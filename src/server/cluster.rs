@@ -328,6 +328,8 @@ impl Cluster {
         shutdown: CancellationToken,
     ) {
         let _ = self.inner.hub.set(Arc::downgrade(hub));
+        let (url, ttl) = (&self.inner.config.url, self.inner.config.node_ttl);
+        tracing::info!("sharing rooms through Redis at {url} as node {} (node TTL {ttl:?})", self.inner.node);
         tasks.spawn(self.clone().presence_loop(started.ops, shutdown.clone()));
         tasks.spawn(self.clone().delivery_loop(started.pushes, shutdown.clone()));
         tasks.spawn(self.clone().heartbeat_loop(shutdown.clone()));
