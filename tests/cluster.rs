@@ -309,3 +309,14 @@ async fn the_harness_spreads_over_nodes_and_accounts_exactly() {
     let received: u64 = targets.iter().map(|t| t["received"].as_u64().unwrap()).sum();
     assert_eq!(received, d["received"].as_u64().unwrap(), "the targets add up to the run");
 }
+
+/// A Redis in cluster mode is refused at start with a clear error, not
+/// discovered later as `MOVED` replies turned into refused sends.
+#[tokio::test]
+#[ignore = "needs redis-server"]
+async fn a_redis_cluster_node_is_refused_at_start() {
+    let redis = Redis::start_with(false, &["--cluster-enabled", "yes"]);
+    let Err(err) = ServerHandle::start("127.0.0.1:0", node_config(&redis)).await else { panic!("refused") };
+    let err = format!("{err:#}");
+    assert!(err.contains("cluster mode") && err.contains("standalone Redis"), "{err}");
+}
