@@ -2,7 +2,7 @@
 bench/out/<script>/<stamp>/ and print Markdown tables (medians over the
 repeated runs), ready to paste into bench/README.md.
 
-    python3 bench/tables.py fanout|latency|history|generator|idle|capacity DIR
+    python3 bench/tables.py fanout|latency|history|generator|idle|capacity|scale-out DIR
 """
 
 import json
@@ -386,8 +386,87 @@ def peers(dir_):
             print(f"- {load_name}: {tool} / chorus CPU per message = {us / other:.2f}")
 
 
+def scale_out(root):
+    """bench/scale-out.sh: the broadcast to many connections, then fan-out
+    across nodes, each cluster beside the single node."""
+    print("Broadcast to every connection of one room:")
+    print()
+    print(
+        "| setup | connections (nodes) | time to connect all | RSS per node | first / median / last arrival ms "
+        "| expected / received | nodes CPU s | Redis CPU s | suspect |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for setup in ("single", "cluster"):
+        d = root / "broadcast" / setup
+        if not (d / "facts.json").exists() or not (d / "merged/summary.json").exists():
+            print(f"| {setup} | no result: see {d}/*.log | | | | | | | |")
+            continue
+        facts, merged = load(d / "facts.json"), load(d / "merged/summary.json")
+        arrival = merged["latency"].get("delivery", {})
+        connect = facts["connect_secs"]
+        print(
+            f"| {setup} | {fmt(facts['connections'])} ({facts['nodes']}) "
+            f"| {'not reached' if connect is None else f'{connect:.2f} s'} "
+            f"| {' / '.join(fmt(r / 1024, 0) for r in facts['rss_kib'])} MiB "
+            f"| {' / '.join(fmt(arrival.get(k), 1) for k in ('min_ms', 'p50_ms', 'max_ms'))} "
+            f"| {fmt(merged['delivery']['expected'])} / {fmt(merged['delivery']['received'])} "
+            f"| {facts['nodes_cpu']:.2f} | {facts['redis_cpu']:.2f} "
+            f"| {'; '.join(merged['run']['suspect']) or 'no'} |"
+        )
+    print()
+    print("Fan-out, talkers on node 1, listeners on nodes 2 and 3 (on the single node: every group on it):")
+    print()
+    print(
+        "| setup | rate/talker | sent/s | delivered/s | ratio | listeners p50 ms | listeners p99 ms "
+        "| nodes µs CPU/delivery | Redis µs CPU/message | suspect |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    cells = {}
+    for setup in ("single", "cluster"):
+        for rate_dir in sorted((root / "fanout" / setup).glob("rate-*"), key=lambda p: float(p.name[5:])):
+            rows = []
+            for run in sorted(rate_dir.glob("run-*")):
+                if not (run / "result/summary.json").exists():
+                    continue
+                s, cpu = load(run / "result/summary.json"), load(run / "server.cpu")
+                groups = [g for g in s["groups"] if g["name"].startswith("listeners")]
+                # Two halves, two histograms: the worse of their percentiles.
+                worst = lambda stat: max((g["latency"].get("delivery", {}).get(stat) or 0) for g in groups) if groups else None
+                rows.append({
+                    "sent": s["throughput"]["sent_per_sec"],
+                    "delivered": s["throughput"]["delivered_per_sec"],
+                    "ratio": s["delivery"]["ratio"],
+                    "p50": worst("p50_ms"),
+                    "p99": worst("p99_ms"),
+                    "cpu": cpu["cpu_secs"] / max(s["messages"]["received"], 1) * 1e6,
+                    "redis": cpu["redis_cpu_secs"] / max(s["messages"]["sent"], 1) * 1e6,
+                    "suspect": bool(s["run"]["suspect"]),
+                })
+            if not rows:
+                continue
+            rate = float(rate_dir.name[5:])
+            m = {k: median([r[k] for r in rows]) for k in rows[0] if k != "suspect"}
+            cells[(setup, rate)] = m
+            suspect = sum(r["suspect"] for r in rows)
+            print(
+                f"| {setup} | {rate:g} | {fmt(m['sent'])} | {fmt(m['delivered'])} | {fmt(m['ratio'], 4)} "
+                f"| {fmt(m['p50'], 2)} | {fmt(m['p99'], 2)} | {fmt(m['cpu'], 2)} "
+                f"| {fmt(m['redis'], 1) if setup == 'cluster' else '-'} | {suspect_cell(suspect, len(rows))} |"
+            )
+    for (setup, rate), c in sorted(cells.items()):
+        base = cells.get(("single", rate))
+        if setup != "cluster" or not base:
+            continue
+        ratio = lambda k: "-" if not base[k] or c[k] is None else f"{c[k] / base[k]:.2f}x"
+        print()
+        print(
+            f"At {rate:g} msg/s per talker, cluster / single: listeners p50 {ratio('p50')}, "
+            f"p99 {ratio('p99')}, nodes CPU per delivery {ratio('cpu')}."
+        )
+
+
 def main():
-    tables = {"fanout": fanout, "latency": latency_table, "history": history, "generator": generator, "idle": idle, "capacity": capacity, "peers": peers}
+    tables = {"fanout": fanout, "latency": latency_table, "history": history, "generator": generator, "idle": idle, "capacity": capacity, "peers": peers, "scale-out": scale_out}
     if len(sys.argv) != 3 or sys.argv[1] not in tables:
         sys.exit(f"usage: tables.py {'|'.join(tables)} DIR")
     tables[sys.argv[1]](Path(sys.argv[2]))

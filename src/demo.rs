@@ -136,43 +136,57 @@ pub async fn run(pace: Duration) -> anyhow::Result<()> {
         color: Display::color_for_stdout(),
     });
     println!("chorus demo: embedded server on {url}; four bots, two rooms (#lobby, #rust)\n");
-    let step = || tokio::time::sleep(pace);
+    let [alice, bob, carol] = converse(&url, &shared, pace).await?;
+    burst(alice, bob, &shared, pace).await?;
+    carol.quit(&shared).await;
+    server.shutdown().await?;
+    summary(&shared);
+    Ok(())
+}
 
-    let mut alice = Bot::connect("alice", &url, &shared).await?;
-    let mut bob = Bot::connect("bob", &url, &shared).await?;
-    let mut carol = Bot::connect("carol", &url, &shared).await?;
+/// The scripted conversation: renames, chat, rooms, binary, a taken name,
+/// who, rooms, a bot leaving. The three bots that stay.
+async fn converse(url: &str, shared: &Arc<Shared>, pace: Duration) -> anyhow::Result<[Bot; 3]> {
+    let step = || tokio::time::sleep(pace);
+    let mut alice = Bot::connect("alice", url, shared).await?;
+    let mut bob = Bot::connect("bob", url, shared).await?;
+    let mut carol = Bot::connect("carol", url, shared).await?;
     step().await;
     for bot in [&mut alice, &mut bob, &mut carol] {
         let name = bot.name;
-        bot.send(ClientFrame::Username { name: name.into() }, &shared, &format!("renames itself to {name}")).await?;
+        bot.send(ClientFrame::Username { name: name.into() }, shared, &format!("renames itself to {name}")).await?;
         step().await;
     }
-    alice.say("hi everyone!", &shared, false).await?;
+    alice.say("hi everyone!", shared, false).await?;
     step().await;
-    bob.say("hey alice, how is the server holding up?", &shared, false).await?;
+    bob.say("hey alice, how is the server holding up?", shared, false).await?;
     step().await;
-    carol.send(ClientFrame::Join { room: "rust".into() }, &shared, "joins #rust").await?;
+    carol.send(ClientFrame::Join { room: "rust".into() }, shared, "joins #rust").await?;
     step().await;
-    let mut dave = Bot::connect("dave", &url, &shared).await?;
+    let mut dave = Bot::connect("dave", url, shared).await?;
     step().await;
-    dave.send(ClientFrame::Username { name: "dave".into() }, &shared, "renames itself to dave").await?;
+    dave.send(ClientFrame::Username { name: "dave".into() }, shared, "renames itself to dave").await?;
     step().await;
-    dave.send(ClientFrame::Join { room: "rust".into() }, &shared, "joins #rust").await?;
+    dave.send(ClientFrame::Join { room: "rust".into() }, shared, "joins #rust").await?;
     step().await;
-    carol.say("anyone here tried tokio-tungstenite?", &shared, false).await?;
+    carol.say("anyone here tried tokio-tungstenite?", shared, false).await?;
     step().await;
-    action(&shared, "dave", "sends 8 binary bytes");
+    action(shared, "dave", "sends 8 binary bytes");
     dave.sender.send_binary(vec![0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3]).await?;
     step().await;
-    bob.send(ClientFrame::Username { name: "Alice".into() }, &shared, "tries to take the name Alice").await?;
+    bob.send(ClientFrame::Username { name: "Alice".into() }, shared, "tries to take the name Alice").await?;
     step().await;
-    alice.send(ClientFrame::Who, &shared, "asks who is in #lobby").await?;
+    alice.send(ClientFrame::Who, shared, "asks who is in #lobby").await?;
     step().await;
-    bob.send(ClientFrame::Rooms, &shared, "lists the rooms").await?;
+    bob.send(ClientFrame::Rooms, shared, "lists the rooms").await?;
     step().await;
-    dave.quit(&shared).await;
+    dave.quit(shared).await;
     step().await;
+    Ok([alice, bob, carol])
+}
 
+/// Quick messages from alice and bob, to measure delivery latency; then they leave.
+async fn burst(mut alice: Bot, mut bob: Bot, shared: &Arc<Shared>, pace: Duration) -> anyhow::Result<()> {
     println!("\n{BURST} quick messages from alice and bob to measure delivery latency…");
     for i in 0..BURST {
         let bot = if i % 2 == 0 { &mut alice } else { &mut bob };
@@ -184,13 +198,15 @@ pub async fn run(pace: Duration) -> anyhow::Result<()> {
         bot.sender.send_frame(&frame).await?;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    step().await;
+    tokio::time::sleep(pace).await;
     println!();
-    for bot in [alice, bob, carol] {
-        bot.quit(&shared).await;
-    }
-    server.shutdown().await?;
+    alice.quit(shared).await;
+    bob.quit(shared).await;
+    Ok(())
+}
 
+/// How many deliveries came, and how fast.
+fn summary(shared: &Shared) {
     let latency = crate::sync::lock(&shared.latency).clone();
     let expected = shared.expected.load(Ordering::Relaxed);
     let received = shared.received.load(Ordering::Relaxed);
@@ -207,5 +223,4 @@ pub async fn run(pace: Duration) -> anyhow::Result<()> {
         );
     }
     println!("\nnext: `chorus server` and two `chorus client` terminals, or `chorus run scenarios/smoke.toml`");
-    Ok(())
 }

@@ -105,9 +105,10 @@ struct TokenArgs {
 struct RunArgs {
     /// The scenario file (TOML), e.g. scenarios/smoke.toml.
     scenario: std::path::PathBuf,
-    /// Load this server instead of an embedded one (overrides the scenario's target).
+    /// Load this server instead of an embedded one (overrides the scenario's target / targets).
+    /// Repeat it for several nodes: clients spread over them as the scenario's `spread` says.
     #[arg(long, value_name = "URL")]
-    target: Option<String>,
+    target: Vec<String>,
     /// Write the results into exactly this folder.
     #[arg(long, value_name = "DIR")]
     out: Option<std::path::PathBuf>,
@@ -276,13 +277,13 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<u8> {
         set: args.set.clone(),
     };
     let scenario = harness::Scenario::load_with(&args.scenario, &overrides)?;
-    let target = args.target.clone().or_else(|| scenario.target.clone());
+    let targets = if args.target.is_empty() { &scenario.targets } else { &args.target };
     eprintln!(
         "running {} ({} clients, {:.0}s) against {}",
         scenario.name,
         scenario.total_clients(),
         scenario.total_duration().as_secs_f64(),
-        target.as_deref().unwrap_or("an embedded server")
+        if targets.is_empty() { "an embedded server".to_string() } else { targets.join(", ") }
     );
     let stop = tokio_util::sync::CancellationToken::new();
     let on_signal = stop.clone();
@@ -294,7 +295,7 @@ async fn run_scenario(args: RunArgs) -> anyhow::Result<u8> {
     let shard_args = shard_args(&args);
     let (file, shards) = (args.scenario.clone(), args.shards);
     let options = harness::RunOptions {
-        target: args.target,
+        targets: args.target,
         results: args.results,
         out: args.out,
         shard: args.shard,

@@ -704,6 +704,11 @@ mod tests {
             file_id: Some("ab".into()),
             url: Some("/files/ab/x".into()),
         });
+    }
+
+    #[test]
+    fn file_events_roundtrip() {
+        let ts = Cow::Borrowed("2026-11-28T15:29:58.123Z");
         roundtrip(ServerEvent::UploadReady { upload_id: "u1".into(), chunk_size: 65_536 });
         roundtrip(ServerEvent::UploadProgress { upload_id: "u1".into(), received: 3 });
         roundtrip(ServerEvent::File {
@@ -721,6 +726,11 @@ mod tests {
             ts: ts.clone(),
             client_id: None,
         });
+    }
+
+    #[test]
+    fn presence_and_answers_roundtrip() {
+        let ts = Cow::Borrowed("2026-11-28T15:29:58.123Z");
         roundtrip(ServerEvent::Left {
             room: "r".into(),
             user_id: "u2".into(),

@@ -261,3 +261,62 @@ async fn a_subscriber_that_missed_messages_fills_the_hole_from_the_stream() {
         node.shutdown().await.unwrap();
     }
 }
+
+/// `chorus run` against three nodes (`--target` three times): every client
+/// spread over them, and the delivery accounting exact across all of them,
+/// since an ack's `recipients` counts the members of every node.
+#[tokio::test]
+#[ignore = "needs redis-server"]
+async fn the_harness_spreads_over_nodes_and_accounts_exactly() {
+    let redis = Redis::start(false);
+    let nodes = nodes(&redis, 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("nodes.toml");
+    std::fs::write(
+        &scenario,
+        "name = \"nodes\"\nseed = 7\nramp_up = \"1s\"\nduration = \"2s\"\ndrain = \"2s\"\n\
+         [[group]]\nname = \"talkers\"\nclients = 9\nroom = \"hall\"\nrate = 10.0\n\
+         [[group]]\nname = \"listeners\"\nclients = 3\nroom = \"hall\"\nrate = 0.0\ntarget = 3\n\
+         [thresholds]\n\"delivery.ratio\" = \"== 1.0\"\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_chorus"));
+    command.arg("run").arg(&scenario).arg("--out").arg(&out);
+    for node in &nodes {
+        command.arg("--target").arg(node.url());
+    }
+    let run = tokio::time::timeout(Duration::from_secs(60), command.output()).await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert_eq!(run.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    assert!(stdout.contains("3 external servers, spread round-robin"), "{stdout}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let d = &summary["delivery"];
+    assert!(d["expected"].as_u64().unwrap() > 100, "{d}");
+    assert_eq!(d["received"], d["expected"], "{d}");
+    assert_eq!((d["lost"].as_u64(), d["duplicated"].as_u64(), d["reordered"].as_u64()), (Some(0), Some(0), Some(0)));
+    // Talkers round-robin over the three (ids 0..9: three each); the
+    // listeners all on the third, as their group says.
+    let targets = summary["targets"].as_array().unwrap();
+    let clients: Vec<u64> = targets.iter().map(|t| t["clients"].as_u64().unwrap()).collect();
+    assert_eq!(clients, [3, 3, 6], "{targets:?}");
+    for (t, node) in targets.iter().zip(&nodes) {
+        assert_eq!(t["url"], node.url());
+        assert_eq!(t["ok"], t["clients"], "every client connected: {t}");
+        assert!(t["received"].as_u64().unwrap() > 0, "{t}");
+    }
+    let received: u64 = targets.iter().map(|t| t["received"].as_u64().unwrap()).sum();
+    assert_eq!(received, d["received"].as_u64().unwrap(), "the targets add up to the run");
+}
+
+/// A Redis in cluster mode is refused at start with a clear error, not
+/// discovered later as `MOVED` replies turned into refused sends.
+#[tokio::test]
+#[ignore = "needs redis-server"]
+async fn a_redis_cluster_node_is_refused_at_start() {
+    let redis = Redis::start_with(false, &["--cluster-enabled", "yes"]);
+    let Err(err) = ServerHandle::start("127.0.0.1:0", node_config(&redis)).await else { panic!("refused") };
+    let err = format!("{err:#}");
+    assert!(err.contains("cluster mode") && err.contains("standalone Redis"), "{err}");
+}

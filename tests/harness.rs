@@ -449,7 +449,7 @@ async fn a_reused_results_folder_holds_only_the_last_run() {
 async fn source_addresses_with_an_ipv6_target_say_ipv4_loopback_is_needed() {
     let results = tempfile::tempdir().unwrap();
     let options =
-        RunOptions { target: Some("ws://[::1]:9/".into()), source_addresses: Some(2), ..options(results.path()) };
+        RunOptions { targets: vec!["ws://[::1]:9/".into()], source_addresses: Some(2), ..options(results.path()) };
     let err = harness::run(scenario(FAST), options, CancellationToken::new()).await.unwrap_err().to_string();
     assert!(err.contains("needs an IPv4 loopback target"), "{err}");
 }

@@ -54,7 +54,7 @@ binary_size = 1024
     assert_eq!((group.text_size.min, group.text_size.max), (16, 256));
     assert_eq!(group.binary_size.max, 1024);
     assert_eq!(scenario.thresholds.len(), 5);
-    assert!(scenario.target.is_none());
+    assert!(scenario.targets.is_empty());
 }
 
 #[test]
@@ -138,6 +138,22 @@ fn every_validation_error_names_the_file_the_key_and_the_fix() {
             "protocol must be \"chorus\", \"chorus-plain\" or \"raw\"",
         ),
         ("duration = \"5s\"\ntarget = \"http://x\"\n[[group]]\nclients = 1", "target must be a ws:// or wss:// URL"),
+        ("duration = \"5s\"\ntargets = []\n[[group]]\nclients = 1", "targets must list at least one"),
+        (
+            "duration = \"5s\"\ntargets = [\"ws://a/\", \"tcp://b\"]\n[[group]]\nclients = 1",
+            "targets must be a ws:// or wss:// URL (got \"tcp://b\")",
+        ),
+        ("duration = \"5s\"\ntargets = [\"ws://a/\", \"ws://a/\"]\n[[group]]\nclients = 1", "lists \"ws://a/\" twice"),
+        ("duration = \"5s\"\ntarget = \"ws://a/\"\ntargets = [\"ws://b/\"]\n[[group]]\nclients = 1", "not both"),
+        (
+            "duration = \"5s\"\nspread = \"random\"\n[[group]]\nclients = 1",
+            "spread must be \"round-robin\" or \"group\"",
+        ),
+        ("duration = \"5s\"\n[[group]]\nclients = 1\ntarget = 0", "group[0].target is a 1-based index"),
+        (
+            "duration = \"5s\"\ntargets = [\"ws://a/\", \"ws://b/\"]\n[[group]]\nclients = 1\ntarget = 3",
+            "group[0].target is target 3 of a list of 2",
+        ),
         (
             "duration = \"5s\"\ntarget = \"ws://x/\"\nprotocol = \"raw\"\n[[group]]\nclients = 1\nmix = { rename = 1 }",
             "raw servers have no renames",

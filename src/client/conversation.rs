@@ -218,26 +218,10 @@ impl Conversation {
                 self.pending = self.pending.saturating_sub(1);
             }
             ServerEvent::Error { code, client_id, message, .. } => {
-                let (code, message) = (code.to_string(), message.to_string());
-                if client_id.is_none()
-                    && ["unsupported", "history_failed"].contains(&code.as_str())
-                    && self.recovery.busy()
-                {
-                    drop(event);
-                    self.history_refused(&code, &message, &received, &mut effects);
-                    return effects;
-                }
-                self.unacked.retain(|(id, _)| Some(id.as_str()) != client_id.as_deref());
-                if client_id.is_none() && self.restore_answers > 0 {
-                    self.restore_answers -= 1;
-                    effects.push(Effect::Notice(format!(
-                        "! could not restore your name or room ({}: {})",
-                        p(&code),
-                        p(&message)
-                    )));
-                    return effects;
-                }
-                self.pending = self.pending.saturating_sub(1);
+                let error = (code.to_string(), message.to_string(), client_id.as_deref().map(str::to_string));
+                drop(event);
+                self.on_error(error, &received, &mut effects);
+                return effects;
             }
             ServerEvent::Joined { user_id, room, .. } if mine(user_id) => {
                 self.room = room.to_string();
@@ -257,6 +241,24 @@ impl Conversation {
         self.show(&received, &mut effects);
         self.prompt(&mut effects);
         effects
+    }
+
+    /// An `error` (code, message, client_id): a refused history fetch of
+    /// ours, a failed restore, or the answer to something the user sent.
+    fn on_error(&mut self, error: (String, String, Option<String>), received: &Received, effects: &mut Vec<Effect>) {
+        let (code, message, client_id) = error;
+        if client_id.is_none() && ["unsupported", "history_failed"].contains(&code.as_str()) && self.recovery.busy() {
+            return self.history_refused(&code, &message, received, effects);
+        }
+        self.unacked.retain(|(id, _)| Some(id.as_str()) != client_id.as_deref());
+        if client_id.is_none() && self.restore_answers > 0 {
+            self.restore_answers -= 1;
+            let notice = format!("! could not restore your name or room ({}: {})", p(&code), p(&message));
+            return effects.push(Effect::Notice(notice));
+        }
+        self.pending = self.pending.saturating_sub(1);
+        self.show(received, effects);
+        self.prompt(effects);
     }
 
     /// A direct answer to a username or join request: ours, or the user's.

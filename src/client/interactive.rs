@@ -34,7 +34,7 @@ use super::connection::{
 };
 use super::conversation::{Conversation, Effect};
 use super::display::Display;
-use super::files::{Fetcher, Transfers};
+use super::files::{Chunk, Fetcher, Prepared, Transfers};
 use super::reconnect::Backoff;
 use crate::printable::printable;
 use crate::protocol::ClientFrame;
@@ -426,31 +426,14 @@ async fn converse(ws: WsStream, session: Session<'_>, terminal: &mut Terminal, a
                 }
                 Some(Ok(received)) => on_received(received, conversation, transfers),
             },
-            prepared = transfers.prepared.recv(), if ready => {
-                transfers.prepared_one();
-                match prepared {
-                    Some(Ok(file)) => {
-                        let client_id = format!("file-{}", rand::random::<u32>());
-                        vec![conversation.request(transfers.uploads.offer(file, client_id))]
-                    }
-                    Some(Err(why)) => vec![Effect::Notice(format!("! {}", printable(&why)))],
-                    None => Vec::new(),
-                }
-            }
+            prepared = transfers.prepared.recv(), if ready => offer(prepared, conversation, transfers),
             Some(note) = transfers.notes.recv() => {
                 transfers.noted(&note);
                 vec![Effect::Notice(note.line)]
             }
-            chunk = transfers.uploads.next_chunk(), if conversation.welcomed() && transfers.uploads.can_send() => match chunk {
-                Ok(chunk) => vec![Effect::Send(chunk.header), Effect::SendBinary(chunk.bytes)],
-                Err((upload_id, why)) => {
-                    let cancel = ClientFrame::FileCancel { upload_id: upload_id.clone().into() };
-                    let line = transfers.uploads.finished(&upload_id, Some(&why));
-                    let mut effects = vec![Effect::Send(cancel)];
-                    effects.extend(line.map(Effect::Notice));
-                    effects
-                }
-            },
+            chunk = transfers.uploads.next_chunk(), if conversation.welcomed() && transfers.uploads.can_send() => {
+                send_chunk(chunk, transfers)
+            }
             () = &mut deadline, if !conversation.welcomed() || draining => {
                 if !conversation.welcomed() {
                     return Ended::Done(Err(no_welcome(url)));
@@ -478,6 +461,37 @@ async fn converse(ws: WsStream, session: Session<'_>, terminal: &mut Terminal, a
                 draining = true;
                 deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_TIMEOUT);
             }
+        }
+    }
+}
+
+/// A file read and hashed for `/file`: offer it (or say why not).
+fn offer(
+    prepared: Option<Result<Prepared, String>>,
+    conversation: &mut Conversation,
+    transfers: &mut Transfers,
+) -> Vec<Effect> {
+    transfers.prepared_one();
+    match prepared {
+        Some(Ok(file)) => {
+            let client_id = format!("file-{}", rand::random::<u32>());
+            vec![conversation.request(transfers.uploads.offer(file, client_id))]
+        }
+        Some(Err(why)) => vec![Effect::Notice(format!("! {}", printable(&why)))],
+        None => Vec::new(),
+    }
+}
+
+/// The next chunk of an upload, or the upload given up when reading failed.
+fn send_chunk(chunk: Result<Chunk, (String, String)>, transfers: &mut Transfers) -> Vec<Effect> {
+    match chunk {
+        Ok(chunk) => vec![Effect::Send(chunk.header), Effect::SendBinary(chunk.bytes)],
+        Err((upload_id, why)) => {
+            let cancel = ClientFrame::FileCancel { upload_id: upload_id.clone().into() };
+            let line = transfers.uploads.finished(&upload_id, Some(&why));
+            let mut effects = vec![Effect::Send(cancel)];
+            effects.extend(line.map(Effect::Notice));
+            effects
         }
     }
 }

@@ -43,7 +43,8 @@ const READ_BATCH: usize = 32;
 pub struct RunContext {
     pub scenario: Arc<Scenario>,
     pub timeline: Timeline,
-    pub url: String,
+    /// The servers, as `BotPlan::target` indexes them (the embedded one alone).
+    pub targets: Vec<String>,
     pub connect: ConnectOptions,
     /// Marks this run's messages (see `stamp::run_tag`).
     pub tag: u32,
@@ -100,6 +101,8 @@ pub struct BotPlan {
     pub id: u32,
     /// Index of its group in the scenario.
     pub group: usize,
+    /// Index of its server in `RunContext::targets`.
+    pub target: usize,
     pub room: String,
     pub connect_at: Duration,
     pub seed: u64,
@@ -355,10 +358,11 @@ impl Bot {
         options.recv_buffer = self.group().recv_buffer;
         // Ask for the room at the handshake (no detour through the lobby);
         // a server that ignores `?room=` gets a `join` after the welcome.
+        let target = &self.ctx.targets[self.plan.target];
         let url = match self.protocol() {
-            Protocol::Raw => self.ctx.url.clone(),
-            _ if self.plan.room == DEFAULT_ROOM => self.ctx.url.clone(),
-            _ => with_query(&self.ctx.url, "room", &self.plan.room),
+            Protocol::Raw => target.clone(),
+            _ if self.plan.room == DEFAULT_ROOM => target.clone(),
+            _ => with_query(target, "room", &self.plan.room),
         };
         let ws = match connect(&url, &options).await {
             Ok(ws) => ws,

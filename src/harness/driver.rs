@@ -24,7 +24,7 @@ use super::probe::{self, cpu_time};
 use super::progress::{self, Collected};
 use super::report;
 use super::results::{self, SavedRun};
-use super::scenario::{Protocol, Scenario};
+use super::scenario::{Protocol, Scenario, Spread};
 use super::schedule::Timeline;
 use super::stamp::run_tag;
 use super::summary::{REPORTED, RunFacts, Summary, scenario_info};
@@ -59,8 +59,8 @@ impl std::str::FromStr for Shard {
 /// How to run a scenario, beyond the file itself.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// Overrides the scenario's `target`.
-    pub target: Option<String>,
+    /// Overrides the scenario's `target` / `targets` (empty: the scenario's).
+    pub targets: Vec<String>,
     /// Where result folders go (`results/`).
     pub results: PathBuf,
     /// An exact folder for this run's results instead.
@@ -81,7 +81,7 @@ pub struct RunOptions {
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
-            target: None,
+            targets: Vec::new(),
             results: PathBuf::from("results"),
             out: None,
             shard: None,
@@ -111,35 +111,48 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
         results::clear_out(out)?;
     }
     let scenario = Arc::new(scenario);
-    let target = options.target.clone().or_else(|| scenario.target.clone()).map(|t| normalize_url(&t));
-    if scenario.protocol == Protocol::Raw && target.is_none() {
+    let targets: Vec<String> = if options.targets.is_empty() { &scenario.targets } else { &options.targets }
+        .iter()
+        .map(|t| normalize_url(t))
+        .collect();
+    if let Some((i, url)) = targets.iter().enumerate().find(|(i, url)| targets[..*i].contains(url)) {
+        bail!("target {} ({url}) is listed twice: each server once", i + 1);
+    }
+    let external = !targets.is_empty();
+    if scenario.protocol == Protocol::Raw && !external {
         bail!(
             "protocol = \"raw\" needs a target (the embedded server speaks chorus): set target = \"ws://...\" or pass --target URL"
         );
     }
-    if options.shard.is_some() && target.is_none() {
+    if options.shard.is_some() && !external {
         bail!(
             "--shard needs an external target (--target URL or target = in the scenario): every shard must load the same server"
         );
     }
-    if target.is_some() && scenario.has_server_table {
+    check_group_targets(&scenario, targets.len().max(1))?;
+    if external && scenario.has_server_table {
         eprintln!("note: the scenario's [server] settings are ignored when a target is given");
     }
-    let temporary_data = (target.is_none() && scenario.temporary_data).then(|| scenario.server.data_dir.clone());
+    let temporary_data = (!external && scenario.temporary_data).then(|| scenario.server.data_dir.clone());
     if let Some(dir) = &temporary_data {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let _cleanup = RemoveOnDrop(temporary_data);
-    let server = match &target {
-        Some(_) => None,
-        None => Some(
+    let server = match external {
+        true => None,
+        false => Some(
             ServerHandle::start("127.0.0.1:0", scenario.server.clone())
                 .await
                 .context("starting the embedded server")?,
         ),
     };
-    let url = target.clone().or_else(|| server.as_ref().map(ServerHandle::url)).unwrap_or_default();
-    if options.source_addresses.is_some() && !url_is_loopback_v4(&url) {
+    let urls = match &server {
+        Some(server) => vec![server.url()],
+        None => targets,
+    };
+    if let Some(url) = urls.iter().find(|url| !url_is_loopback_v4(url))
+        && options.source_addresses.is_some()
+    {
         bail!(
             "--source-addresses spreads connections over 127.0.0.1 to 127.0.0.N, so it needs an IPv4 loopback target \
              (ws://127.0.0.1:PORT/ or ws://localhost:PORT/; IPv6 loopback is the one address ::1); got {url}"
@@ -147,7 +160,9 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
     }
     let mut connect_options = options.connect.clone();
     connect_options.timeout = scenario.connect_timeout;
-    preflight(&url, &connect_options, scenario.protocol).await?;
+    for url in &urls {
+        preflight(url, &connect_options, scenario.protocol).await?;
+    }
     if let Some(at) = options.start_at
         && let Ok(wait) = at.duration_since(SystemTime::now())
     {
@@ -156,7 +171,7 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
     }
     let timeline = Timeline::new(&scenario.phases);
     let sources = Sources { count: options.source_addresses, net: options.source_net };
-    let plans = plan_bots(&scenario, &timeline, options.shard, &url, sources);
+    let plans = plan_bots(&scenario, &timeline, options.shard, &urls, sources);
     let target_clients = plans.len();
     let mut source_ips: Vec<String> = plans.iter().filter_map(|p| p.bind.map(|b| b.ip().to_string())).collect();
     source_ips.sort();
@@ -165,7 +180,7 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
         filler: filler(&scenario),
         tag: run_tag(&scenario.name, scenario.seed),
         timeline,
-        url: url.clone(),
+        targets: urls.clone(),
         connect: connect_options,
         epoch: Instant::now(),
         epoch_wall_us: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64),
@@ -175,8 +190,8 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
         rooms: scenario.rooms().into_iter().map(|r| (r, AtomicU64::new(0))).collect(),
         scenario: scenario.clone(),
     });
-    let planned = RunFacts::planned(target_clients as u64, url.clone(), target.is_none());
-    let info = scenario_info(&scenario, &planned);
+    let planned = RunFacts::planned(target_clients as u64, urls.join(", "), !external);
+    let info = scenario_info(&scenario, &planned, &urls);
     let watching = Watching::start(&options.watch, info, planned, scenario.thresholds.clone()).await?;
     let started_at = crate::ids::now_ts();
     let cpu_before = cpu_time();
@@ -191,7 +206,7 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
             epoch.elapsed()
         })
     };
-    let (mut total, groups) = run_bots(plans, &ctx, tick_tx).await;
+    let Measured { mut total, groups, targets } = run_bots(plans, &ctx, tick_tx).await;
     let stopped_after = if stop.is_cancelled() {
         stopped.await.ok()
     } else {
@@ -225,15 +240,15 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
         shard: options.shard.map(|s| format!("{}/{}", s.index, s.count)),
         sources: source_ips,
         merged_from: 1,
-        suspect: suspicions(&total, cpu_percent, cores, target.is_none()),
+        suspect: suspicions(&total, cpu_percent, cores, !external),
         generator_cpu_percent: cpu_percent,
         cores,
-        target: url,
-        embedded_server: target.is_none(),
+        target: urls.join(", "),
+        embedded_server: !external,
     };
-    let info = scenario_info(&scenario, &facts);
-    let summary = Summary::build(info, &scenario.thresholds, facts, &total, &groups);
-    let saved = SavedRun::new(&total, &groups, &collected.seconds);
+    let info = scenario_info(&scenario, &facts, &urls);
+    let summary = Summary::build(info, &scenario.thresholds, facts, &total, &groups, &targets);
+    let saved = SavedRun::new(&total, &groups, &targets, &collected.seconds);
     let dir =
         results::make_dir(&options.results, options.out.as_deref(), &scenario.name, summary.run.shard.as_deref())?;
     let outcome = finish(summary, &saved, &collected, dir)?;
@@ -285,16 +300,46 @@ struct Sources {
     net: u8,
 }
 
-/// Who connects when, from where, to which room.
+/// A group's `target = N` must name one of the targets (`count` of them;
+/// the embedded server is one).
+fn check_group_targets(scenario: &Scenario, count: usize) -> anyhow::Result<()> {
+    for group in &scenario.groups {
+        if let Some(n) = group.target
+            && n >= count
+        {
+            bail!(
+                "group {:?} asks for target {} but there {}: pass more --target URLs or fix its target",
+                group.name,
+                n + 1,
+                if count == 1 { "is one".to_string() } else { format!("are {count}") }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Which target client `id` of group `g` connects to: the group's own, else
+/// by the scenario's spread. Deterministic from the id, so every shard of a
+/// run agrees.
+fn target_of(scenario: &Scenario, g: usize, id: usize, targets: usize) -> usize {
+    match (scenario.groups[g].target, scenario.spread) {
+        (Some(n), _) => n,
+        (None, Spread::RoundRobin) => id % targets,
+        (None, Spread::Group) => g % targets,
+    }
+}
+
+/// Who connects when, from where, to which target and room.
 fn plan_bots(
     scenario: &Scenario,
     timeline: &Timeline,
     shard: Option<Shard>,
-    url: &str,
+    urls: &[String],
     sources: Sources,
 ) -> Vec<BotPlan> {
     let total = scenario.total_clients();
-    let loopback = url_is_loopback_v4(url);
+    let loopback = urls.iter().all(|url| url_is_loopback_v4(url));
+    let targets = urls.len().max(1);
     let mut plans = Vec::new();
     let mut id = 0usize;
     for (g, group) in scenario.groups.iter().enumerate() {
@@ -314,6 +359,7 @@ fn plan_bots(
                 plans.push(BotPlan {
                     id: id as u32,
                     group: g,
+                    target: target_of(scenario, g, id, targets),
                     room: group.rooms[i % group.rooms.len()].clone(),
                     connect_at: timeline.connect_at(id, total),
                     seed: splitmix(scenario.seed ^ (id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
@@ -338,34 +384,38 @@ fn splitmix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// Spawn every bot and merge what they measured: (total, per group).
-async fn run_bots(
-    plans: Vec<BotPlan>,
-    ctx: &Arc<RunContext>,
-    ticks: mpsc::Sender<super::metrics::Tick>,
-) -> (BotMetrics, Vec<GroupMetrics>) {
-    let mut groups: Vec<GroupMetrics> =
-        ctx.scenario.groups.iter().map(|g| (g.name.clone(), 0, BotMetrics::default())).collect();
-    let handles: Vec<(usize, tokio::task::JoinHandle<BotMetrics>)> =
-        plans.into_iter().map(|plan| (plan.group, tokio::spawn(bot::run(plan, ctx.clone(), ticks.clone())))).collect();
+/// What the bots measured, merged: in all, per group, per target.
+struct Measured {
+    total: BotMetrics,
+    groups: Vec<GroupMetrics>,
+    targets: Vec<GroupMetrics>,
+}
+
+/// Spawn every bot and merge what they measured.
+async fn run_bots(plans: Vec<BotPlan>, ctx: &Arc<RunContext>, ticks: mpsc::Sender<super::metrics::Tick>) -> Measured {
+    let empty = |name: &String| (name.clone(), 0, BotMetrics::default());
+    let mut groups: Vec<GroupMetrics> = ctx.scenario.groups.iter().map(|g| empty(&g.name)).collect();
+    let mut targets: Vec<GroupMetrics> = ctx.targets.iter().map(empty).collect();
+    let handles: Vec<(usize, usize, tokio::task::JoinHandle<BotMetrics>)> = plans
+        .into_iter()
+        .map(|plan| (plan.group, plan.target, tokio::spawn(bot::run(plan, ctx.clone(), ticks.clone()))))
+        .collect();
     drop(ticks);
     let mut total = BotMetrics::default();
-    for (group, handle) in handles {
-        let entry = &mut groups[group];
-        entry.1 += 1;
-        match handle.await {
-            Ok(metrics) => {
-                entry.2.merge(&metrics);
-                total.merge(&metrics);
-            }
-            Err(err) => {
-                tracing::error!("a bot task failed: {err}");
-                entry.2.count_error("bot task failed");
-                total.count_error("bot task failed");
-            }
+    for (group, target, handle) in handles {
+        let metrics = handle.await.unwrap_or_else(|err| {
+            tracing::error!("a bot task failed: {err}");
+            let mut failed = BotMetrics::default();
+            failed.count_error("bot task failed");
+            failed
+        });
+        for entry in [&mut groups[group], &mut targets[target]] {
+            entry.1 += 1;
+            entry.2.merge(&metrics);
         }
+        total.merge(&metrics);
     }
-    (total, groups)
+    Measured { total, groups, targets }
 }
 
 /// Random letters, as much as the longest text needs.
@@ -468,7 +518,7 @@ mod tests {
     fn plans_spread_rooms_shards_and_source_addresses() {
         let s = scenario(6);
         let timeline = Timeline::new(&s.phases);
-        let url = "ws://127.0.0.1:9/";
+        let url = &["ws://127.0.0.1:9/".to_string()];
         let three = Sources { count: Some(3), net: 0 };
         let all = plan_bots(&s, &timeline, None, url, three);
         let sources: Vec<String> = all.iter().map(|p| p.bind.unwrap().ip().to_string()).collect();
@@ -485,5 +535,33 @@ mod tests {
         let big = scenario(60_000);
         let plans = plan_bots(&big, &Timeline::new(&big.phases), None, url, Sources::default());
         assert_eq!(plans[30_000].bind.unwrap().ip().to_string(), "127.0.0.2", "25,000 per address past 25,000");
+    }
+
+    fn targets_of(text: &str, urls: usize, shard: Option<Shard>) -> Vec<(usize, usize)> {
+        let s = Scenario::parse(text, "t.toml", "t").unwrap();
+        let urls: Vec<String> = (1..=urls).map(|i| format!("ws://127.0.0.1:{i}/")).collect();
+        let plans = plan_bots(&s, &Timeline::new(&s.phases), shard, &urls, Sources::default());
+        plans.iter().map(|p| (p.group, p.target)).collect()
+    }
+
+    const TWO_GROUPS: &str =
+        "duration = \"1s\"\n[[group]]\nname = \"a\"\nclients = 3\n[[group]]\nname = \"b\"\nclients = 3\n";
+
+    #[test]
+    fn clients_spread_over_targets_round_robin_by_id_in_every_shard() {
+        assert_eq!(targets_of(TWO_GROUPS, 3, None), [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]);
+        // Shard 2 of 2 holds ids 1, 3, 5: the same targets as in the whole run.
+        assert_eq!(targets_of(TWO_GROUPS, 3, Some(Shard { index: 2, count: 2 })), [(0, 1), (1, 0), (1, 2)]);
+    }
+
+    #[test]
+    fn spread_group_puts_each_group_on_one_target_and_a_group_target_wins() {
+        let by_group = format!("spread = \"group\"\n{TWO_GROUPS}");
+        assert_eq!(targets_of(&by_group, 2, None), [(0, 0), (0, 0), (0, 0), (1, 1), (1, 1), (1, 1)]);
+        let pinned = TWO_GROUPS.replace("name = \"b\"", "name = \"b\"\ntarget = 3");
+        assert_eq!(targets_of(&pinned, 3, None), [(0, 0), (0, 1), (0, 2), (1, 2), (1, 2), (1, 2)]);
+        let s = Scenario::parse(&pinned, "t.toml", "t").unwrap();
+        let err = check_group_targets(&s, 2).unwrap_err().to_string();
+        assert!(err.contains("group \"b\" asks for target 3 but there are 2"), "{err}");
     }
 }

@@ -342,8 +342,46 @@ fn tables(s: &Summary) -> String {
     out.push_str("<h2>Latency (ms)</h2>");
     out.push_str(&table(&["metric", "count", "p50", "p90", "p99", "p99.9", "max"], &latency_rows(&s.latency)));
     out.push_str(&group_table(s));
+    if s.targets.len() > 1 {
+        out.push_str(&target_table(s));
+    }
     out.push_str(&threshold_table(s));
     out
+}
+
+fn target_table(s: &Summary) -> String {
+    let p99 = |l: &Option<super::summary::LatencyStats>| l.as_ref().map_or("-".to_string(), |l| ms(l.p99_ms));
+    let rows: Vec<Vec<String>> = s
+        .targets
+        .iter()
+        .map(|t| {
+            vec![
+                escape(&t.url),
+                t.clients.to_string(),
+                t.ok.to_string(),
+                t.failed.to_string(),
+                t.dropped.to_string(),
+                t.sent.to_string(),
+                t.received.to_string(),
+                p99(&t.connect),
+                p99(&t.delivery),
+                t.errors.to_string(),
+            ]
+        })
+        .collect();
+    let head = [
+        "target",
+        "clients",
+        "connected",
+        "failed",
+        "dropped",
+        "sent",
+        "received",
+        "connect p99 (ms)",
+        "delivery p99 (ms)",
+        "errors",
+    ];
+    format!("<h2>Targets</h2>{}", table(&head, &rows))
 }
 
 fn group_table(s: &Summary) -> String {

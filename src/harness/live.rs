@@ -252,7 +252,7 @@ impl LiveFeed {
         let mut facts = self.facts.clone();
         facts.steady_secs = state.last.as_ref().map_or(1.0, |(s, _, _)| f64::from(*s + 1));
         // A shard's summary skips thresholds (they are for the merge): evaluate here.
-        let mut summary = Summary::build(self.info.clone(), &self.thresholds, facts, &metrics, &[]);
+        let mut summary = Summary::build(self.info.clone(), &self.thresholds, facts, &metrics, &[], &[]);
         summary.evaluate(&self.thresholds);
         summary
             .thresholds
@@ -352,7 +352,7 @@ mod tests {
         )
         .unwrap();
         let facts = RunFacts::planned(2, String::new(), true);
-        let info = crate::harness::summary::scenario_info(&scenario, &facts);
+        let info = crate::harness::summary::scenario_info(&scenario, &facts, &[]);
         LiveFeed::new(info, facts, scenario.thresholds.clone(), None)
     }
 

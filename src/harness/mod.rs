@@ -112,6 +112,7 @@ pub fn merge_runs(runs: &[(Summary, SavedRun)], dirs: &[PathBuf], dir: PathBuf) 
     let info = first.scenario.clone();
     let mut total = BotMetrics::default();
     let mut groups: BTreeMap<String, (u64, BotMetrics)> = BTreeMap::new();
+    let mut targets: Vec<GroupMetrics> = Vec::new();
     let mut collected = Collected::default();
     for (_, saved) in runs {
         let (t, gs) = saved.metrics()?;
@@ -120,6 +121,16 @@ pub fn merge_runs(runs: &[(Summary, SavedRun)], dirs: &[PathBuf], dir: PathBuf) 
             let entry = groups.entry(name).or_insert_with(|| (0, BotMetrics::default()));
             entry.0 += clients;
             entry.1.merge(&m);
+        }
+        // Shards may list different targets: by URL, in order of appearance.
+        for (url, clients, m) in saved.target_metrics()? {
+            match targets.iter_mut().find(|(u, _, _)| *u == url) {
+                Some(entry) => {
+                    entry.1 += clients;
+                    entry.2.merge(&m);
+                }
+                None => targets.push((url, clients, m)),
+            }
         }
         add_seconds(&mut collected, saved)?;
     }
@@ -158,13 +169,21 @@ pub fn merge_runs(runs: &[(Summary, SavedRun)], dirs: &[PathBuf], dir: PathBuf) 
             .collect(),
         generator_cpu_percent: summaries.iter().map(|s| s.run.generator_cpu_percent).sum(),
         cores: summaries.iter().map(|s| s.run.cores).max().unwrap_or(1),
-        target: info.target.clone(),
+        target: if targets.is_empty() {
+            info.target.clone()
+        } else {
+            targets.iter().map(|(url, _, _)| url.as_str()).collect::<Vec<_>>().join(", ")
+        },
         embedded_server: info.embedded_server,
     };
     let mut merged_info = info;
     merged_info.clients = summaries.iter().map(|s| s.scenario.clients).max().unwrap_or(0);
-    let summary = Summary::build(merged_info, &thresholds, facts, &total, &groups);
-    let saved = SavedRun::new(&total, &groups, &collected.seconds);
+    if !targets.is_empty() {
+        merged_info.target = facts.target.clone();
+        merged_info.targets = targets.iter().map(|(url, _, _)| url.clone()).collect();
+    }
+    let summary = Summary::build(merged_info, &thresholds, facts, &total, &groups, &targets);
+    let saved = SavedRun::new(&total, &groups, &targets, &collected.seconds);
     driver::finish(summary, &saved, &collected, dir)
 }
 

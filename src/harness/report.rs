@@ -56,7 +56,11 @@ pub fn text(s: &Summary) -> String {
         sc.name,
         if sc.description.is_empty() { String::new() } else { format!(" — {}", sc.description) }
     );
-    let where_ = if sc.embedded_server { "embedded server" } else { "external server" };
+    let where_ = match sc.targets.len() {
+        _ if sc.embedded_server => "embedded server".to_string(),
+        0 | 1 => "external server".to_string(),
+        n => format!("{n} external servers, spread {}", if sc.spread.is_empty() { "round-robin" } else { &sc.spread }),
+    };
     let shard = s.run.shard.as_ref().map(|sh| format!(" · shard {sh}")).unwrap_or_default();
     let merged = if s.run.merged_from > 1 { format!(" · {} shards merged", s.run.merged_from) } else { String::new() };
     let _ = writeln!(
@@ -146,6 +150,9 @@ pub fn text(s: &Summary) -> String {
     files_and_checks(&mut out, s);
     if s.groups.len() > 1 {
         groups_table(&mut out, s);
+    }
+    if s.targets.len() > 1 {
+        targets_table(&mut out, s);
     }
     let _ = writeln!(out, "\nerrors       {}", count_list(&s.errors));
     if !s.closes.is_empty() {
@@ -246,6 +253,39 @@ fn groups_table(out: &mut String, s: &Summary) {
     }
     let _ =
         writeln!(out, "               (lost: each group's share of the run's, what its clients never read included)");
+}
+
+fn targets_table(out: &mut String, s: &Summary) {
+    let width = s.targets.iter().map(|t| t.url.len()).max().unwrap_or(0).max(12);
+    let _ = writeln!(
+        out,
+        "\n{:<width$}  clients  connected  failed  dropped       sent   received  connect p99  delivery p99  errors",
+        "targets",
+        width = width + 2
+    );
+    for t in &s.targets {
+        let p99 = |l: &Option<LatencyStats>| l.as_ref().map_or("-".to_string(), |l| format!("{}ms", ms(l.p99_ms)));
+        let _ = writeln!(
+            out,
+            "  {:<width$}  {:>7}  {:>9}  {:>6}  {:>7}  {:>9}  {:>9}  {:>11}  {:>12}  {:>6}",
+            printable(&t.url),
+            t.clients,
+            t.ok,
+            t.failed,
+            t.dropped,
+            t.sent,
+            t.received,
+            p99(&t.connect),
+            p99(&t.delivery),
+            t.errors,
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:width$}(received: what the clients on that server got, sent from any of them)",
+        "",
+        width = width + 4
+    );
 }
 
 fn thresholds(out: &mut String, s: &Summary) {

@@ -99,6 +99,9 @@ pub struct SavedRun {
     schema_version: u32,
     total: SavedMetrics,
     groups: Vec<(String, u64, SavedMetrics)>,
+    /// Per target URL (absent from results written before several targets).
+    #[serde(default)]
+    targets: Vec<(String, u64, SavedMetrics)>,
     pub seconds: BTreeMap<u32, SavedSecond>,
 }
 
@@ -126,6 +129,10 @@ fn save_metrics(m: &BotMetrics) -> SavedMetrics {
     }
 }
 
+fn load_list(list: &[(String, u64, SavedMetrics)]) -> anyhow::Result<Vec<GroupMetrics>> {
+    list.iter().map(|(n, c, m)| Ok((n.clone(), *c, load_metrics(m)?))).collect()
+}
+
 fn load_metrics(saved: &SavedMetrics) -> anyhow::Result<BotMetrics> {
     let mut m = BotMetrics::default();
     m.counters = saved.counters.clone();
@@ -142,24 +149,30 @@ fn load_metrics(saved: &SavedMetrics) -> anyhow::Result<BotMetrics> {
 }
 
 impl SavedRun {
-    pub fn new(total: &BotMetrics, groups: &[GroupMetrics], seconds: &BTreeMap<u32, Second>) -> SavedRun {
+    pub fn new(
+        total: &BotMetrics,
+        groups: &[GroupMetrics],
+        targets: &[GroupMetrics],
+        seconds: &BTreeMap<u32, Second>,
+    ) -> SavedRun {
+        let save = |list: &[GroupMetrics]| list.iter().map(|(n, c, m)| (n.clone(), *c, save_metrics(m))).collect();
         SavedRun {
             schema_version: SCHEMA_VERSION,
             total: save_metrics(total),
-            groups: groups.iter().map(|(n, c, m)| (n.clone(), *c, save_metrics(m))).collect(),
+            groups: save(groups),
+            targets: save(targets),
             seconds: seconds.iter().map(|(s, b)| (*s, SavedSecond::of(b))).collect(),
         }
     }
 
     /// The measurements back: (total, groups).
     pub fn metrics(&self) -> anyhow::Result<(BotMetrics, Vec<GroupMetrics>)> {
-        let total = load_metrics(&self.total)?;
-        let groups = self
-            .groups
-            .iter()
-            .map(|(n, c, m)| Ok((n.clone(), *c, load_metrics(m)?)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok((total, groups))
+        Ok((load_metrics(&self.total)?, load_list(&self.groups)?))
+    }
+
+    /// The measurements per target back (none in older results).
+    pub fn target_metrics(&self) -> anyhow::Result<Vec<GroupMetrics>> {
+        load_list(&self.targets)
     }
 
     /// The time series back.

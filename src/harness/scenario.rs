@@ -83,6 +83,10 @@ struct RawScenario {
     drain: Option<DurationValue>,
     protocol: Option<String>,
     target: Option<String>,
+    /// Several servers (nodes of one cluster): clients spread over them.
+    targets: Option<Vec<String>>,
+    /// How clients spread over the targets: "round-robin" (default) or "group".
+    spread: Option<String>,
     /// How long one client may take to connect (default 10s).
     connect_timeout: Option<DurationValue>,
     /// The embedded server's settings: the same keys as `chorus server`'s flags.
@@ -134,6 +138,8 @@ struct RawGroup {
     recv_buffer: Option<OneSize>,
     file_size: Option<SizeValue>,
     script: Option<Vec<RawStep>>,
+    /// Which of the targets (1-based) this group's clients connect to.
+    target: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -263,6 +269,9 @@ pub struct Group {
     pub file_size: Range<usize>,
     /// Steps each client follows, besides (or instead of) the rate mix.
     pub script: Option<Script>,
+    /// The target (0-based, into the scenario's targets) every client of
+    /// this group connects to; `None`: the scenario's `spread` decides.
+    pub target: Option<usize>,
 }
 
 /// Connections are opened evenly over a ramp; sending is scaled by `rate` (default 0).
@@ -329,8 +338,11 @@ pub struct Scenario {
     pub file: String,
     pub seed: u64,
     pub protocol: Protocol,
-    /// `None`: an embedded server.
-    pub target: Option<String>,
+    /// The servers to load (`target = "ws://..."` or `targets = [...]`);
+    /// empty: an embedded server.
+    pub targets: Vec<String>,
+    /// How clients spread over several targets.
+    pub spread: Spread,
     pub connect_timeout: Duration,
     pub server: ServerConfig,
     /// Whether the file had a `[server]` table (ignored when a target is set).
@@ -345,6 +357,27 @@ pub struct Scenario {
     pub overrides: Vec<String>,
     /// Data files script templates read lines from.
     pub data: Vec<DataSet>,
+}
+
+/// How clients spread over several targets (`spread = "..."`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Spread {
+    /// Client i (counted over every group, in order) connects to target
+    /// i mod n: each target gets an equal share of every group.
+    #[default]
+    RoundRobin,
+    /// Group g connects to target g mod n: each group on one target (a
+    /// group's own `target = N` decides for it in either mode).
+    Group,
+}
+
+impl Spread {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Spread::RoundRobin => "round-robin",
+            Spread::Group => "group",
+        }
+    }
 }
 
 /// Changes to a scenario from the command line, without editing the file.
@@ -667,11 +700,14 @@ impl Validator<'_> {
                 self.invalid("protocol", format!("must be \"chorus\", \"chorus-plain\" or \"raw\" (got {name:?})"))
             })?,
         };
-        if let Some(target) = &raw.target
-            && !(target.starts_with("ws://") || target.starts_with("wss://"))
-        {
-            return Err(self.invalid("target", format!("must be a ws:// or wss:// URL (got {target:?})")));
-        }
+        let targets = self.targets(&raw)?;
+        let spread = match raw.spread.as_deref() {
+            None | Some("round-robin") => Spread::RoundRobin,
+            Some("group") => Spread::Group,
+            Some(other) => {
+                return Err(self.invalid("spread", format!("must be \"round-robin\" or \"group\" (got {other:?})")));
+            }
+        };
         let phases = self.phases(&raw)?;
         let data = self.data(&raw.data)?;
         if raw.groups.is_empty() {
@@ -686,6 +722,17 @@ impl Validator<'_> {
         for (i, group) in groups.iter().enumerate() {
             if groups[..i].iter().any(|g| g.name == group.name) {
                 return Err(self.invalid(format!("group[{i}].name"), format!("{:?} is used twice", group.name)));
+            }
+        }
+        for (i, group) in groups.iter().enumerate() {
+            if let Some(n) = group.target
+                && !targets.is_empty()
+                && n >= targets.len()
+            {
+                return Err(self.invalid(
+                    format!("group[{i}].target"),
+                    format!("is target {} of a list of {}", n + 1, targets.len()),
+                ));
             }
         }
         let total: usize = groups.iter().map(|g| g.clients).sum();
@@ -711,7 +758,8 @@ impl Validator<'_> {
             file: self.file.to_string(),
             seed: raw.seed.unwrap_or(1),
             protocol,
-            target: raw.target,
+            targets,
+            spread,
             connect_timeout,
             server,
             has_server_table,
@@ -722,6 +770,30 @@ impl Validator<'_> {
             overrides: Vec::new(),
             data,
         })
+    }
+
+    /// `target = "ws://..."` or `targets = ["ws://...", ...]`: URLs, each once.
+    fn targets(&self, raw: &RawScenario) -> Result<Vec<String>, ScenarioError> {
+        let (key, targets) = match (&raw.target, &raw.targets) {
+            (Some(_), Some(_)) => {
+                return Err(self.invalid("targets", "use target = \"ws://...\" or targets = [...], not both"));
+            }
+            (Some(one), None) => ("target", vec![one.clone()]),
+            (None, Some(list)) if list.is_empty() => {
+                return Err(self.invalid("targets", "must list at least one ws:// or wss:// URL"));
+            }
+            (None, Some(list)) => ("targets", list.clone()),
+            (None, None) => return Ok(Vec::new()),
+        };
+        for (i, target) in targets.iter().enumerate() {
+            if !(target.starts_with("ws://") || target.starts_with("wss://")) {
+                return Err(self.invalid(key, format!("must be a ws:// or wss:// URL (got {target:?})")));
+            }
+            if targets[..i].contains(target) {
+                return Err(self.invalid(key, format!("lists {target:?} twice")));
+            }
+        }
+        Ok(targets)
     }
 
     fn phases(&self, raw: &RawScenario) -> Result<Vec<Phase>, ScenarioError> {
@@ -952,6 +1024,13 @@ impl Validator<'_> {
                         );
                     }
                     Some(bytes as u32)
+                }
+            },
+            target: match raw.target {
+                None => None,
+                Some(n) if n >= 1 => Some((n - 1) as usize),
+                Some(n) => {
+                    return Err(self.invalid(key("target"), format!("is a 1-based index into targets (got {n})")));
                 }
             },
         })

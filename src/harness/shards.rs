@@ -48,18 +48,18 @@ pub async fn run(
     let dir = results::make_dir(&options.results, options.out.as_deref(), &scenario.name, None)?;
     let target = Target::start(&scenario, &options).await?;
     let start_at = SystemTime::now() + LEAD;
-    let launch = Launch { file, count, args: &args, dir: &dir, url: &target.url, start_at, options: &options };
+    let launch = Launch { file, count, args: &args, dir: &dir, urls: &target.urls, start_at, options: &options };
     let mut children = (1..=count).map(|index| launch.shard(index)).collect::<anyhow::Result<Vec<_>>>()?;
     eprintln!(
         "{count} shards of {} ({} clients) against {}, starting together in {:.0}s; logs in {}/shard-*.log",
         scenario.name,
         scenario.total_clients(),
-        target.url,
+        target.urls.join(", "),
         LEAD.as_secs_f64(),
         dir.display()
     );
-    let planned = RunFacts::planned(scenario.total_clients() as u64, target.url.clone(), target.server.is_some());
-    let info = scenario_info(&scenario, &planned);
+    let planned = RunFacts::planned(scenario.total_clients() as u64, target.urls.join(", "), target.server.is_some());
+    let info = scenario_info(&scenario, &planned, &target.urls);
     let watching = Watching::start(&options.watch, info, planned, scenario.thresholds.clone()).await?;
     let timeline = Timeline::new(&scenario.phases);
     let mut view = View::new(timeline.end(), scenario.total_clients(), watching.as_ref().map(|w| w.feed.clone()));
@@ -82,9 +82,9 @@ pub async fn run(
     Ok(outcome)
 }
 
-/// What the shards load: the given target, or an embedded server started here.
+/// What the shards load: the given targets, or an embedded server started here.
 struct Target {
-    url: String,
+    urls: Vec<String>,
     server: Option<ServerHandle>,
     /// The embedded server's temporary data directory, removed at the end.
     _cleanup: super::driver::RemoveOnDrop,
@@ -92,17 +92,20 @@ struct Target {
 
 impl Target {
     async fn start(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Target> {
-        if let Some(url) = options.target.clone().or_else(|| scenario.target.clone()) {
-            return Ok(Target { url: normalize_url(&url), server: None, _cleanup: super::driver::RemoveOnDrop(None) });
+        let given = if options.targets.is_empty() { &scenario.targets } else { &options.targets };
+        if !given.is_empty() {
+            let urls = given.iter().map(|url| normalize_url(url)).collect();
+            return Ok(Target { urls, server: None, _cleanup: super::driver::RemoveOnDrop(None) });
         }
         let temporary_data = scenario.temporary_data.then(|| scenario.server.data_dir.clone());
         if let Some(data) = &temporary_data {
             std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
         }
         let cleanup = super::driver::RemoveOnDrop(temporary_data);
-        let server =
-            ServerHandle::start("127.0.0.1:0", scenario.server.clone()).await.context("starting the embedded server")?;
-        Ok(Target { url: server.url(), server: Some(server), _cleanup: cleanup })
+        let server = ServerHandle::start("127.0.0.1:0", scenario.server.clone())
+            .await
+            .context("starting the embedded server")?;
+        Ok(Target { urls: vec![server.url()], server: Some(server), _cleanup: cleanup })
     }
 
     async fn stop(self) -> anyhow::Result<()> {
@@ -119,7 +122,7 @@ struct Launch<'a> {
     count: u32,
     args: &'a [String],
     dir: &'a Path,
-    url: &'a str,
+    urls: &'a [String],
     start_at: SystemTime,
     options: &'a RunOptions,
 }
@@ -131,9 +134,13 @@ impl Launch<'_> {
         let mut command = Command::new(std::env::current_exe().context("finding the chorus executable")?);
         command.arg("run").arg(self.file).args(self.args);
         command.args(["--shard", &format!("{index}/{}", self.count), "--start-at", &format!("{start_secs:.6}")]);
-        command.args(["--target", self.url, "--out-ndjson", "-"]).arg("--out").arg(self.dir.join(format!("shard-{index}")));
+        // Every target, in order: each shard spreads its clients as the whole run would.
+        for url in self.urls {
+            command.args(["--target", url]);
+        }
+        command.args(["--out-ndjson", "-"]).arg("--out").arg(self.dir.join(format!("shard-{index}")));
         // On loopback each shard connects from its own addresses.
-        if self.url.contains("://127.") || self.url.contains("://localhost") {
+        if self.urls.iter().all(|url| url.contains("://127.") || url.contains("://localhost")) {
             command.args(["--source-net", &index.to_string()]);
         }
         if let Some(token) = &self.options.connect.token {

@@ -36,6 +36,10 @@ pub struct Summary {
     /// Script checks (`wait_for`): totals and each by name.
     #[serde(default)]
     pub checks: Checks,
+    /// Connections and traffic per server, in the order of `scenario.targets`
+    /// (one entry for a single target or the embedded server).
+    #[serde(default)]
+    pub targets: Vec<TargetSummary>,
     pub thresholds: Vec<ThresholdResult>,
     /// Every threshold passed.
     pub passed: bool,
@@ -48,7 +52,14 @@ pub struct ScenarioInfo {
     pub file: String,
     pub seed: u64,
     pub protocol: String,
+    /// Every target, joined with ", " (see `targets`).
     pub target: String,
+    /// The servers loaded (the embedded server's URL when there was none).
+    #[serde(default)]
+    pub targets: Vec<String>,
+    /// How clients spread over several targets: "round-robin" or "group".
+    #[serde(default)]
+    pub spread: String,
     pub embedded_server: bool,
     pub clients: u64,
     pub phases: Vec<PhaseInfo>,
@@ -308,6 +319,28 @@ pub struct GroupSummary {
     pub checks_failed: u64,
 }
 
+/// One server of a run: its clients' connections and traffic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetSummary {
+    pub url: String,
+    /// Clients planned on it.
+    pub clients: u64,
+    /// Connections opened (reconnects excluded), failed, reconnects, lost
+    /// before the end: as `connections` counts them for the run.
+    pub ok: u64,
+    pub failed: u64,
+    pub reconnects: u64,
+    pub dropped: u64,
+    /// Messages its clients sent, and deliveries they received (from any target).
+    pub sent: u64,
+    pub received: u64,
+    pub errors: u64,
+    pub closes: BTreeMap<String, u64>,
+    /// Its clients' connect latency, and the delivery latency of what they received.
+    pub connect: Option<LatencyStats>,
+    pub delivery: Option<LatencyStats>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ThresholdResult {
     pub key: String,
@@ -402,6 +435,7 @@ impl Summary {
         facts: RunFacts,
         total: &BotMetrics,
         groups: &[GroupMetrics],
+        targets: &[GroupMetrics],
     ) -> Summary {
         let c = &total.counters;
         let steady = facts.steady_secs.max(1e-9);
@@ -463,6 +497,7 @@ impl Summary {
                 upload_mb_per_sec: (c.upload_us > 0).then(|| c.file_bytes as f64 / c.upload_us as f64),
             },
             checks: Checks::of(total),
+            targets: targets.iter().map(|(url, clients, m)| target_summary(url, *clients, m)).collect(),
             thresholds: Vec::new(),
             passed: true,
             run: RunInfo {
@@ -628,8 +663,27 @@ fn group_summary(name: &str, clients: u64, m: &BotMetrics, lost: u64) -> GroupSu
     }
 }
 
-/// What a summary says about the scenario it ran.
-pub fn scenario_info(scenario: &Scenario, facts: &RunFacts) -> ScenarioInfo {
+fn target_summary(url: &str, clients: u64, m: &BotMetrics) -> TargetSummary {
+    let c = &m.counters;
+    let latency = latency_table(m);
+    TargetSummary {
+        url: url.to_string(),
+        clients,
+        ok: c.connects_ok.saturating_sub(c.reconnects),
+        failed: c.connects_failed,
+        reconnects: c.reconnects,
+        dropped: c.dropped,
+        sent: c.sent(),
+        received: c.received(),
+        errors: m.error_total(),
+        closes: m.closes.clone(),
+        connect: latency.get("connect").cloned(),
+        delivery: latency.get("delivery").cloned(),
+    }
+}
+
+/// What a summary says about the scenario it ran, against `targets`.
+pub fn scenario_info(scenario: &Scenario, facts: &RunFacts, targets: &[String]) -> ScenarioInfo {
     ScenarioInfo {
         name: scenario.name.clone(),
         description: scenario.description.clone(),
@@ -637,6 +691,8 @@ pub fn scenario_info(scenario: &Scenario, facts: &RunFacts) -> ScenarioInfo {
         seed: scenario.seed,
         protocol: scenario.protocol.as_str().to_string(),
         target: facts.target.clone(),
+        targets: targets.to_vec(),
+        spread: scenario.spread.as_str().to_string(),
         embedded_server: facts.embedded_server,
         clients: scenario.total_clients() as u64,
         phases: scenario

@@ -265,6 +265,24 @@ fn down(err: &redis::RedisError) -> Refusal {
     unavailable("the request")
 }
 
+/// chorus speaks to one standalone Redis (a primary): a Redis Cluster node
+/// answers keys of other slots with `MOVED`, which would surface later as
+/// refused sends. Refused at start instead, saying so.
+async fn refuse_cluster_mode(redis: &ConnectionManager, url: &str) -> anyhow::Result<()> {
+    let info: String = redis::cmd("INFO")
+        .arg("cluster")
+        .query_async(&mut redis.clone())
+        .await
+        .map_err(|err| anyhow::anyhow!("Redis at {url} did not answer INFO: {err}"))?;
+    if info.lines().any(|line| line.trim() == "cluster_enabled:1") {
+        anyhow::bail!(
+            "the Redis at {url} runs in cluster mode; chorus nodes share rooms through one standalone Redis \
+             (a primary, optionally with replicas): point --redis at that"
+        );
+    }
+    Ok(())
+}
+
 impl Cluster {
     /// Connect to Redis. Fails when it cannot be reached at start.
     pub async fn connect(config: ClusterConfig) -> anyhow::Result<(Cluster, Started)> {
@@ -287,6 +305,7 @@ impl Cluster {
         let redis = ConnectionManager::new_with_config(client, manager)
             .await
             .with_context(|| format!("cannot reach Redis at {}: is redis-server running there?", config.url))?;
+        refuse_cluster_mode(&redis, &config.url).await?;
         let (ops, ops_rx) = mpsc::unbounded_channel();
         let node = format!("n{:08x}", rand::random::<u32>());
         let inner = Inner {
@@ -328,6 +347,8 @@ impl Cluster {
         shutdown: CancellationToken,
     ) {
         let _ = self.inner.hub.set(Arc::downgrade(hub));
+        let (url, ttl) = (&self.inner.config.url, self.inner.config.node_ttl);
+        tracing::info!("sharing rooms through Redis at {url} as node {} (node TTL {ttl:?})", self.inner.node);
         tasks.spawn(self.clone().presence_loop(started.ops, shutdown.clone()));
         tasks.spawn(self.clone().delivery_loop(started.pushes, shutdown.clone()));
         tasks.spawn(self.clone().heartbeat_loop(shutdown.clone()));

@@ -10,6 +10,8 @@ pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// More `redis-server` arguments, for every launch.
+    extra: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -19,8 +21,14 @@ fn free_port() -> u16 {
 impl Redis {
     /// Start one (no persistence unless `appendonly`), and wait until it answers.
     pub fn start(appendonly: bool) -> Redis {
+        Redis::start_with(appendonly, &[])
+    }
+
+    /// Start one with more `redis-server` arguments (`--cluster-enabled yes`).
+    pub fn start_with(appendonly: bool, extra: &[&str]) -> Redis {
         let dir = tempfile::tempdir().unwrap();
-        let mut redis = Redis { child: None, port: free_port(), dir };
+        let extra = extra.iter().map(|a| a.to_string()).collect();
+        let mut redis = Redis { child: None, port: free_port(), dir, extra };
         redis.launch(appendonly);
         redis
     }
@@ -29,6 +37,7 @@ impl Redis {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", if appendonly { "yes" } else { "no" }])
+            .args(&self.extra)
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
