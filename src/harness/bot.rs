@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -14,7 +15,7 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::mpsc;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, Sleep, sleep_until, timeout};
 use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -146,6 +147,16 @@ impl Conn {
     fn missing(&self) -> u64 {
         self.tracker.missing() + self.file_tracker.missing()
     }
+
+    /// Read again (`resume_reading_after`).
+    fn resume_reading(&mut self) {
+        self.reading = true;
+        // A receive window smaller than loopback's 64 KiB segments makes
+        // TCP crawl: the backlog is read at full speed with a normal buffer.
+        if let Some(socket) = &self.socket {
+            let _ = socket2::SockRef::from(socket).set_recv_buffer_size(RESUMED_RECV_BUFFER);
+        }
+    }
 }
 
 /// Where a connection's counts stood when it entered its room (for the tail estimate).
@@ -240,11 +251,11 @@ pub async fn run(plan: BotPlan, ctx: Arc<RunContext>, ticks: mpsc::Sender<Tick>)
 }
 
 impl Bot {
-    pub fn group(&self) -> &Group {
+    pub(super) fn group(&self) -> &Group {
         &self.ctx.scenario.groups[self.plan.group]
     }
 
-    pub fn protocol(&self) -> Protocol {
+    pub(super) fn protocol(&self) -> Protocol {
         self.ctx.scenario.protocol
     }
 
@@ -452,13 +463,8 @@ impl Bot {
 
     /// Run one connection until the run ends, churn, or the server drops it.
     async fn session(&mut self, conn: &mut Conn) -> Outcome {
-        let churn_at = self.group().churn.map(|churn| {
-            let u: f64 = self.rng.random_range(f64::EPSILON..1.0);
-            Instant::now() + churn.every.mul_f64(-u.ln())
-        });
-        let steady = self.ctx.timeline.steady_start();
-        let stop_reading_at = self.group().stop_reading_after.map(|d| self.ctx.at(steady + d));
-        let resume_reading_at = self.group().resume_reading_after.map(|d| self.ctx.at(steady + d));
+        let churn_at = self.churn_at();
+        let (stop_reading_at, resume_reading_at) = self.stall();
         let mut resumed = false;
         let far = self.end + Duration::from_secs(3600);
         // The timers live across iterations and are reset only when their
@@ -488,24 +494,12 @@ impl Bot {
             let stop_reading = stop_reading_at.filter(|_| conn.reading && !resumed);
             let resume_reading = resume_reading_at.filter(|_| !conn.reading && !resumed);
             let reading_change = stop_reading.or(resume_reading);
-            if next_send != send_armed {
-                send_timer.as_mut().reset(next_send.unwrap_or(far));
-                send_armed = next_send;
-            }
-            if reading_change != reading_armed {
-                reading_timer.as_mut().reset(reading_change.unwrap_or(far));
-                reading_armed = reading_change;
-            }
+            rearm(send_timer.as_mut(), &mut send_armed, next_send, far);
+            rearm(reading_timer.as_mut(), &mut reading_armed, reading_change, far);
             let flush_at = self.live.pending_second().map(|s| self.ctx.at(Duration::from_secs(u64::from(s) + 1)));
-            if flush_at != flush_armed {
-                flush_timer.as_mut().reset(flush_at.unwrap_or(far));
-                flush_armed = flush_at;
-            }
+            rearm(flush_timer.as_mut(), &mut flush_armed, flush_at, far);
             let script_at = self.script_wake().map(|at| at.checked_sub(TIMER_SLACK).unwrap_or(at));
-            if script_at != script_armed {
-                script_timer.as_mut().reset(script_at.unwrap_or(far));
-                script_armed = script_at;
-            }
+            rearm(script_timer.as_mut(), &mut script_armed, script_at, far);
             tokio::select! {
                 biased;
                 () = &mut cancelled, if !self.stopping => {
@@ -526,13 +520,8 @@ impl Bot {
                     if stop_reading.is_some() {
                         conn.reading = false;
                     } else {
-                        conn.reading = true;
+                        conn.resume_reading();
                         resumed = true;
-                        // A receive window smaller than loopback's 64 KiB segments makes
-                        // TCP crawl: the backlog is read at full speed with a normal buffer.
-                        if let Some(socket) = &conn.socket {
-                            let _ = socket2::SockRef::from(socket).set_recv_buffer_size(RESUMED_RECV_BUFFER);
-                        }
                     }
                 }
                 () = &mut flush_timer, if flush_at.is_some() => {
@@ -548,35 +537,62 @@ impl Bot {
                 }
                 () = &mut script_timer, if script_at.is_some() => {
                     script_armed = None;
-                    match self.run_script(conn).await {
-                        Ok(None) => {}
-                        Ok(Some(outcome)) => {
-                            self.closing(conn).await;
-                            return outcome;
-                        }
-                        Err(err) => {
-                            self.note_failure(&err);
-                            return Outcome::Dropped;
-                        }
+                    if let Err(outcome) = self.script_steps(conn).await {
+                        return outcome;
                     }
                 }
                 frame = conn.stream.next(), if conn.reading => {
-                    if let Err(outcome) = self.on_frame(conn, frame).await {
+                    if let Err(outcome) = self.on_frames(conn, frame).await {
                         return outcome;
-                    }
-                    // Frames already read from the socket are handled
-                    // without another turn of every timer (a turn costs as
-                    // much as handling a frame); a bounded batch, so a
-                    // scheduled send waits at most that long.
-                    for _ in 1..READ_BATCH {
-                        let Some(frame) = conn.stream.next().now_or_never() else { break };
-                        if let Err(outcome) = self.on_frame(conn, frame).await {
-                            return outcome;
-                        }
                     }
                 }
             }
         }
+    }
+
+    /// When churn drops this connection, if the group churns: exponentially
+    /// distributed around `churn.every`.
+    fn churn_at(&mut self) -> Option<Instant> {
+        self.group().churn.map(|churn| {
+            let u: f64 = self.rng.random_range(f64::EPSILON..1.0);
+            Instant::now() + churn.every.mul_f64(-u.ln())
+        })
+    }
+
+    /// When the group's clients stop reading, and when they read again.
+    fn stall(&self) -> (Option<Instant>, Option<Instant>) {
+        let steady = self.ctx.timeline.steady_start();
+        let stop_reading_at = self.group().stop_reading_after.map(|d| self.ctx.at(steady + d));
+        let resume_reading_at = self.group().resume_reading_after.map(|d| self.ctx.at(steady + d));
+        (stop_reading_at, resume_reading_at)
+    }
+
+    /// The script's steps that are due; `Err` ends the connection.
+    async fn script_steps(&mut self, conn: &mut Conn) -> Result<(), Outcome> {
+        match self.run_script(conn).await {
+            Ok(None) => Ok(()),
+            Ok(Some(outcome)) => {
+                self.closing(conn).await;
+                Err(outcome)
+            }
+            Err(err) => {
+                self.note_failure(&err);
+                Err(Outcome::Dropped)
+            }
+        }
+    }
+
+    /// `frame`, then the frames already read behind it; `Err` ends the connection.
+    async fn on_frames(&mut self, conn: &mut Conn, frame: Option<Result<Message, WsError>>) -> Result<(), Outcome> {
+        self.on_frame(conn, frame).await?;
+        // Frames already read from the socket are handled without another
+        // turn of every timer (a turn costs as much as handling a frame); a
+        // bounded batch, so a scheduled send waits at most that long.
+        for _ in 1..READ_BATCH {
+            let Some(frame) = conn.stream.next().now_or_never() else { break };
+            self.on_frame(conn, frame).await?;
+        }
+        Ok(())
     }
 
     /// One frame (or the end of the stream); `Err` ends the connection.
@@ -779,13 +795,21 @@ impl Bot {
     }
 
     /// Closed model: the answer to our last message came; think, then send again.
-    pub fn answered(&mut self) {
+    pub(super) fn answered(&mut self) {
         self.script_answered();
         if self.group().arrival == Arrival::Closed {
             let think = self.group().think_time;
             let pause = if think.max > think.min { self.rng.random_range(think.min..=think.max) } else { think.min };
             self.closed_next = Some(Instant::now() + pause);
         }
+    }
+}
+
+/// Reset `timer` to `at` (none: `far`) if it is armed for another deadline.
+fn rearm(timer: Pin<&mut Sleep>, armed: &mut Option<Instant>, at: Option<Instant>, far: Instant) {
+    if at != *armed {
+        timer.reset(at.unwrap_or(far));
+        *armed = at;
     }
 }
 

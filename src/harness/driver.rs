@@ -111,10 +111,54 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
         results::clear_out(out)?;
     }
     let scenario = Arc::new(scenario);
-    let targets: Vec<String> = if options.targets.is_empty() { &scenario.targets } else { &options.targets }
+    let targets = check_targets(&scenario, &options)?;
+    let mut target = Target::start(&scenario, targets).await?;
+    let embedded = target.server.is_some();
+    check_source_addresses(&target.urls, &options)?;
+    let mut connect_options = options.connect.clone();
+    connect_options.timeout = scenario.connect_timeout;
+    for url in &target.urls {
+        preflight(url, &connect_options, scenario.protocol).await?;
+    }
+    if let Some(at) = options.start_at {
+        wait_until(at).await;
+    }
+    let timeline = Timeline::new(&scenario.phases);
+    let sources = Sources { count: options.source_addresses, net: options.source_net };
+    let plans = plan_bots(&scenario, &timeline, options.shard, &target.urls, sources);
+    let addresses = source_ips(&plans);
+    let ctx = run_context(&scenario, timeline, target.urls.clone(), connect_options, &stop);
+    let planned = RunFacts::planned(plans.len() as u64, target.urls.join(", "), embedded);
+    let info = scenario_info(&scenario, &planned, &target.urls);
+    let watching = Watching::start(&options.watch, info, planned, scenario.thresholds.clone()).await?;
+    let ran = Ran::run(plans, &ctx, &stop, watching.as_ref()).await;
+    target.stop().await?;
+    let facts = ran.facts(&ctx, &options, addresses, stop.is_cancelled(), embedded);
+    let info = scenario_info(&scenario, &facts, &target.urls);
+    let Measured { total, groups, targets } = &ran.measured;
+    let summary = Summary::build(info, &scenario.thresholds, facts, total, groups, targets);
+    let saved = SavedRun::new(total, groups, targets, &ran.collected.seconds);
+    let dir =
+        results::make_dir(&options.results, options.out.as_deref(), &scenario.name, summary.run.shard.as_deref())?;
+    let outcome = finish(summary, &saved, &ran.collected, dir)?;
+    if let Some(watching) = watching {
+        watching.finish(&outcome.summary, &outcome.report).await;
+    }
+    Ok(outcome)
+}
+
+/// The targets asked for, normalized: the options', else the scenario's.
+pub(super) fn given_targets(scenario: &Scenario, options: &RunOptions) -> Vec<String> {
+    if options.targets.is_empty() { &scenario.targets } else { &options.targets }
         .iter()
         .map(|t| normalize_url(t))
-        .collect();
+        .collect()
+}
+
+/// The given targets (none: the embedded server), once each and able to
+/// carry what the scenario and the options ask of them.
+fn check_targets(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Vec<String>> {
+    let targets = given_targets(scenario, options);
     if let Some((i, url)) = targets.iter().enumerate().find(|(i, url)| targets[..*i].contains(url)) {
         bail!("target {} ({url}) is listed twice: each server once", i + 1);
     }
@@ -129,27 +173,50 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
             "--shard needs an external target (--target URL or target = in the scenario): every shard must load the same server"
         );
     }
-    check_group_targets(&scenario, targets.len().max(1))?;
+    check_group_targets(scenario, targets.len().max(1))?;
     if external && scenario.has_server_table {
         eprintln!("note: the scenario's [server] settings are ignored when a target is given");
     }
-    let temporary_data = (!external && scenario.temporary_data).then(|| scenario.server.data_dir.clone());
-    if let Some(dir) = &temporary_data {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(targets)
+}
+
+/// What a run loads: the given targets, or an embedded server started here.
+pub(super) struct Target {
+    pub(super) urls: Vec<String>,
+    pub(super) server: Option<ServerHandle>,
+    /// The embedded server's temporary data directory, removed at the end.
+    _cleanup: RemoveOnDrop,
+}
+
+impl Target {
+    /// The targets `urls` (normalized), or the embedded server when there are none.
+    pub(super) async fn start(scenario: &Scenario, urls: Vec<String>) -> anyhow::Result<Target> {
+        if !urls.is_empty() {
+            return Ok(Target { urls, server: None, _cleanup: RemoveOnDrop(None) });
+        }
+        let temporary_data = scenario.temporary_data.then(|| scenario.server.data_dir.clone());
+        if let Some(data) = &temporary_data {
+            std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+        }
+        let cleanup = RemoveOnDrop(temporary_data);
+        let server = ServerHandle::start("127.0.0.1:0", scenario.server.clone())
+            .await
+            .context("starting the embedded server")?;
+        Ok(Target { urls: vec![server.url()], server: Some(server), _cleanup: cleanup })
     }
-    let _cleanup = RemoveOnDrop(temporary_data);
-    let server = match external {
-        true => None,
-        false => Some(
-            ServerHandle::start("127.0.0.1:0", scenario.server.clone())
-                .await
-                .context("starting the embedded server")?,
-        ),
-    };
-    let urls = match &server {
-        Some(server) => vec![server.url()],
-        None => targets,
-    };
+
+    /// Stop the embedded server, if there is one (its temporary data goes
+    /// when the target is dropped).
+    pub(super) async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.context("stopping the embedded server")?;
+        }
+        Ok(())
+    }
+}
+
+/// `--source-addresses` binds 127.0.0.x: every target must be on IPv4 loopback.
+fn check_source_addresses(urls: &[String], options: &RunOptions) -> anyhow::Result<()> {
     if let Some(url) = urls.iter().find(|url| !url_is_loopback_v4(url))
         && options.source_addresses.is_some()
     {
@@ -158,108 +225,141 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
              (ws://127.0.0.1:PORT/ or ws://localhost:PORT/; IPv6 loopback is the one address ::1); got {url}"
         );
     }
-    let mut connect_options = options.connect.clone();
-    connect_options.timeout = scenario.connect_timeout;
-    for url in &urls {
-        preflight(url, &connect_options, scenario.protocol).await?;
-    }
-    if let Some(at) = options.start_at
-        && let Ok(wait) = at.duration_since(SystemTime::now())
-    {
+    Ok(())
+}
+
+/// Wait for the agreed start time (the shards of a run start together).
+async fn wait_until(at: SystemTime) {
+    if let Ok(wait) = at.duration_since(SystemTime::now()) {
         eprintln!("waiting {:.1}s for the agreed start time", wait.as_secs_f64());
         tokio::time::sleep(wait).await;
     }
-    let timeline = Timeline::new(&scenario.phases);
-    let sources = Sources { count: options.source_addresses, net: options.source_net };
-    let plans = plan_bots(&scenario, &timeline, options.shard, &urls, sources);
-    let target_clients = plans.len();
-    let mut source_ips: Vec<String> = plans.iter().filter_map(|p| p.bind.map(|b| b.ip().to_string())).collect();
-    source_ips.sort();
-    source_ips.dedup();
-    let ctx = Arc::new(RunContext {
-        filler: filler(&scenario),
+}
+
+/// The source addresses the plans bind, sorted, once each.
+fn source_ips(plans: &[BotPlan]) -> Vec<String> {
+    let mut ips: Vec<String> = plans.iter().filter_map(|p| p.bind.map(|b| b.ip().to_string())).collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+/// What every bot of the run shares.
+fn run_context(
+    scenario: &Arc<Scenario>,
+    timeline: Timeline,
+    targets: Vec<String>,
+    connect: ConnectOptions,
+    stop: &CancellationToken,
+) -> Arc<RunContext> {
+    Arc::new(RunContext {
+        filler: filler(scenario),
         tag: run_tag(&scenario.name, scenario.seed),
         timeline,
-        targets: urls.clone(),
-        connect: connect_options,
+        targets,
+        connect,
         epoch: Instant::now(),
         epoch_wall_us: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64),
         stop: stop.clone(),
-        drain_after_stop: drain_of(&scenario),
+        drain_after_stop: drain_of(scenario),
         connected: AtomicUsize::new(0),
         rooms: scenario.rooms().into_iter().map(|r| (r, AtomicU64::new(0))).collect(),
         scenario: scenario.clone(),
-    });
-    let planned = RunFacts::planned(target_clients as u64, urls.join(", "), !external);
-    let info = scenario_info(&scenario, &planned, &urls);
-    let watching = Watching::start(&options.watch, info, planned, scenario.thresholds.clone()).await?;
-    let started_at = crate::ids::now_ts();
-    let cpu_before = cpu_time();
-    let (tick_tx, tick_rx) = mpsc::channel(16 * 1024);
-    let feed = watching.as_ref().map(|w| w.feed.clone());
-    let progress = tokio::spawn(progress::run(tick_rx, ctx.clone(), target_clients, feed));
-    let watcher = tokio::spawn(probe::watch(ctx.clone()));
-    let stopped = {
-        let (stop, epoch) = (stop.clone(), ctx.epoch);
-        tokio::spawn(async move {
-            stop.cancelled().await;
-            epoch.elapsed()
-        })
-    };
-    let Measured { mut total, groups, targets } = run_bots(plans, &ctx, tick_tx).await;
-    let stopped_after = if stop.is_cancelled() {
-        stopped.await.ok()
-    } else {
-        stopped.abort();
-        None
-    };
-    let collected = progress.await.unwrap_or_default();
-    let elapsed = ctx.epoch.elapsed();
-    let cpu = cpu_time().saturating_sub(cpu_before);
-    let observed = watcher.await.ok();
-    if let Some(observed) = &observed {
-        total.set_hist(Metric::LoopLag, observed.loop_lag.clone());
+    })
+}
+
+/// The bots' part of a run: what they measured, and how it went.
+struct Ran {
+    /// Clients planned (this shard's).
+    planned: usize,
+    started_at: String,
+    measured: Measured,
+    collected: Collected,
+    elapsed: Duration,
+    /// The process's CPU time over the run.
+    cpu: Duration,
+    observed: Option<probe::Observed>,
+    /// When `stop` came, if it did.
+    stopped_after: Option<Duration>,
+}
+
+impl Ran {
+    /// Spawn the bots, with the progress lines and the probe beside them,
+    /// and wait for them all.
+    async fn run(
+        plans: Vec<BotPlan>,
+        ctx: &Arc<RunContext>,
+        stop: &CancellationToken,
+        watching: Option<&Watching>,
+    ) -> Ran {
+        let planned = plans.len();
+        let started_at = crate::ids::now_ts();
+        let cpu_before = cpu_time();
+        let (tick_tx, tick_rx) = mpsc::channel(16 * 1024);
+        let feed = watching.map(|w| w.feed.clone());
+        let progress = tokio::spawn(progress::run(tick_rx, ctx.clone(), planned, feed));
+        let watcher = tokio::spawn(probe::watch(ctx.clone()));
+        let stopped = {
+            let (stop, epoch) = (stop.clone(), ctx.epoch);
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                epoch.elapsed()
+            })
+        };
+        let mut measured = run_bots(plans, ctx, tick_tx).await;
+        let stopped_after = if stop.is_cancelled() {
+            stopped.await.ok()
+        } else {
+            stopped.abort();
+            None
+        };
+        let collected = progress.await.unwrap_or_default();
+        let elapsed = ctx.epoch.elapsed();
+        let cpu = cpu_time().saturating_sub(cpu_before);
+        let observed = watcher.await.ok();
+        if let Some(observed) = &observed {
+            measured.total.set_hist(Metric::LoopLag, observed.loop_lag.clone());
+        }
+        Ran { planned, started_at, measured, collected, elapsed, cpu, observed, stopped_after }
     }
-    if let Some(server) = server {
-        server.shutdown().await.context("stopping the embedded server")?;
+
+    /// The facts of the run for its summary.
+    fn facts(
+        &self,
+        ctx: &RunContext,
+        options: &RunOptions,
+        sources: Vec<String>,
+        interrupted: bool,
+        embedded: bool,
+    ) -> RunFacts {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        // The steady phases are what counts: ramps and drains dilute the average.
+        let cpu_percent = self
+            .observed
+            .as_ref()
+            .and_then(probe::Observed::steady_cpu_percent)
+            .unwrap_or_else(|| self.cpu.as_secs_f64() / self.elapsed.as_secs_f64().max(1e-9) * 100.0);
+        RunFacts {
+            planned_clients: self.planned as u64,
+            started_at: self.started_at.clone(),
+            duration_secs: self.elapsed.as_secs_f64(),
+            steady_secs: steady_secs(ctx, self.stopped_after.map_or(self.elapsed, |at| at.min(self.elapsed))),
+            interrupted,
+            stopped_after_secs: self.stopped_after.map(|at| at.as_secs_f64()),
+            shard: options.shard.map(|s| format!("{}/{}", s.index, s.count)),
+            sources,
+            merged_from: 1,
+            suspect: suspicions(&self.measured.total, cpu_percent, cores, embedded),
+            generator_cpu_percent: cpu_percent,
+            cores,
+            target: ctx.targets.join(", "),
+            embedded_server: embedded,
+        }
     }
-    let interrupted = stop.is_cancelled();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-    // The steady phases are what counts: ramps and drains dilute the average.
-    let cpu_percent = observed
-        .as_ref()
-        .and_then(probe::Observed::steady_cpu_percent)
-        .unwrap_or_else(|| cpu.as_secs_f64() / elapsed.as_secs_f64().max(1e-9) * 100.0);
-    let facts = RunFacts {
-        planned_clients: target_clients as u64,
-        started_at,
-        duration_secs: elapsed.as_secs_f64(),
-        steady_secs: steady_secs(&ctx, stopped_after.map_or(elapsed, |at| at.min(elapsed))),
-        interrupted,
-        stopped_after_secs: stopped_after.map(|at| at.as_secs_f64()),
-        shard: options.shard.map(|s| format!("{}/{}", s.index, s.count)),
-        sources: source_ips,
-        merged_from: 1,
-        suspect: suspicions(&total, cpu_percent, cores, !external),
-        generator_cpu_percent: cpu_percent,
-        cores,
-        target: urls.join(", "),
-        embedded_server: !external,
-    };
-    let info = scenario_info(&scenario, &facts, &urls);
-    let summary = Summary::build(info, &scenario.thresholds, facts, &total, &groups, &targets);
-    let saved = SavedRun::new(&total, &groups, &targets, &collected.seconds);
-    let dir =
-        results::make_dir(&options.results, options.out.as_deref(), &scenario.name, summary.run.shard.as_deref())?;
-    let outcome = finish(summary, &saved, &collected, dir)?;
-    if let Some(watching) = watching {
-        watching.finish(&outcome.summary, &outcome.report).await;
-    }
-    Ok(outcome)
 }
 
 /// Removes a temporary data directory when the run is over.
-pub(super) struct RemoveOnDrop(pub(super) Option<PathBuf>);
+struct RemoveOnDrop(Option<PathBuf>);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {

@@ -43,7 +43,7 @@ pub use scenario::{Scenario, ScenarioError};
 use metrics::{BotMetrics, GroupMetrics};
 use progress::Collected;
 use results::SavedRun;
-use summary::{RunFacts, Summary};
+use summary::{RunFacts, ScenarioInfo, Summary};
 use thresholds::Threshold;
 
 /// Exit code: every threshold passed.
@@ -96,6 +96,26 @@ pub fn merge(dirs: &[PathBuf], results_base: &Path, out: Option<&Path>) -> anyho
 
 /// Merge the results of a run's shards (read from `dirs`) into `dir`.
 pub fn merge_runs(runs: &[(Summary, SavedRun)], dirs: &[PathBuf], dir: PathBuf) -> anyhow::Result<RunOutcome> {
+    check_one_run(runs, dirs)?;
+    let info = runs[0].0.scenario.clone();
+    let order: Vec<String> = info.groups.iter().map(|g| g.name.clone()).collect();
+    let Merged { total, groups, targets, collected } = Merged::add_up(runs, &order)?;
+    let thresholds = thresholds_of(&info, &order)?;
+    let summaries: Vec<&Summary> = runs.iter().map(|(s, _)| s).collect();
+    let facts = merged_facts(&summaries, &info, &targets);
+    let mut merged_info = info;
+    merged_info.clients = summaries.iter().map(|s| s.scenario.clients).max().unwrap_or(0);
+    if !targets.is_empty() {
+        merged_info.target = facts.target.clone();
+        merged_info.targets = targets.iter().map(|(url, _, _)| url.clone()).collect();
+    }
+    let summary = Summary::build(merged_info, &thresholds, facts, &total, &groups, &targets);
+    let saved = SavedRun::new(&total, &groups, &targets, &collected.seconds);
+    driver::finish(summary, &saved, &collected, dir)
+}
+
+/// Only shards of one run merge: the same scenario, the same seed.
+fn check_one_run(runs: &[(Summary, SavedRun)], dirs: &[PathBuf]) -> anyhow::Result<()> {
     let (first, _) = &runs[0];
     for (other, dir) in runs.iter().map(|(s, _)| s).zip(dirs).skip(1) {
         if other.scenario.name != first.scenario.name || other.scenario.seed != first.scenario.seed {
@@ -109,43 +129,62 @@ pub fn merge_runs(runs: &[(Summary, SavedRun)], dirs: &[PathBuf], dir: PathBuf) 
             );
         }
     }
-    let info = first.scenario.clone();
-    let mut total = BotMetrics::default();
-    let mut groups: BTreeMap<String, (u64, BotMetrics)> = BTreeMap::new();
-    let mut targets: Vec<GroupMetrics> = Vec::new();
-    let mut collected = Collected::default();
-    for (_, saved) in runs {
-        let (t, gs) = saved.metrics()?;
-        total.merge(&t);
-        for (name, clients, m) in gs {
-            let entry = groups.entry(name).or_insert_with(|| (0, BotMetrics::default()));
-            entry.0 += clients;
-            entry.1.merge(&m);
-        }
-        // Shards may list different targets: by URL, in order of appearance.
-        for (url, clients, m) in saved.target_metrics()? {
-            match targets.iter_mut().find(|(u, _, _)| *u == url) {
-                Some(entry) => {
-                    entry.1 += clients;
-                    entry.2.merge(&m);
-                }
-                None => targets.push((url, clients, m)),
+    Ok(())
+}
+
+/// The shards' measurements added up: in all, per group, per target, per second.
+struct Merged {
+    total: BotMetrics,
+    groups: Vec<GroupMetrics>,
+    targets: Vec<GroupMetrics>,
+    collected: Collected,
+}
+
+impl Merged {
+    /// Add up `runs`; the groups in the scenario's `order`.
+    fn add_up(runs: &[(Summary, SavedRun)], order: &[String]) -> anyhow::Result<Merged> {
+        let mut total = BotMetrics::default();
+        let mut groups: BTreeMap<String, (u64, BotMetrics)> = BTreeMap::new();
+        let mut targets: Vec<GroupMetrics> = Vec::new();
+        let mut collected = Collected::default();
+        for (_, saved) in runs {
+            let (t, gs) = saved.metrics()?;
+            total.merge(&t);
+            for (name, clients, m) in gs {
+                let entry = groups.entry(name).or_insert_with(|| (0, BotMetrics::default()));
+                entry.0 += clients;
+                entry.1.merge(&m);
             }
+            // Shards may list different targets: by URL, in order of appearance.
+            for (url, clients, m) in saved.target_metrics()? {
+                match targets.iter_mut().find(|(u, _, _)| *u == url) {
+                    Some(entry) => {
+                        entry.1 += clients;
+                        entry.2.merge(&m);
+                    }
+                    None => targets.push((url, clients, m)),
+                }
+            }
+            add_seconds(&mut collected, saved)?;
         }
-        add_seconds(&mut collected, saved)?;
+        let groups = order.iter().filter_map(|name| groups.remove(name).map(|(c, m)| (name.clone(), c, m))).collect();
+        Ok(Merged { total, groups, targets, collected })
     }
-    let order: Vec<String> = info.groups.iter().map(|g| g.name.clone()).collect();
-    let groups: Vec<GroupMetrics> =
-        order.iter().filter_map(|name| groups.remove(name).map(|(c, m)| (name.clone(), c, m))).collect();
+}
+
+/// The run's thresholds, parsed again from its summary.
+fn thresholds_of(info: &ScenarioInfo, order: &[String]) -> anyhow::Result<Vec<Threshold>> {
     let group_names: Vec<&str> = order.iter().map(String::as_str).collect();
     let protocol = scenario::Protocol::from_name(&info.protocol).unwrap_or(scenario::Protocol::Chorus);
-    let thresholds = info
-        .thresholds
+    info.thresholds
         .iter()
         .map(|(k, c)| Threshold::parse(k, c, protocol, &group_names).map_err(|e| anyhow::anyhow!("threshold {k}: {e}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let summaries: Vec<&Summary> = runs.iter().map(|(s, _)| s).collect();
-    let facts = RunFacts {
+        .collect()
+}
+
+/// The facts of the whole run, from its shards'.
+fn merged_facts(summaries: &[&Summary], info: &ScenarioInfo, targets: &[GroupMetrics]) -> RunFacts {
+    RunFacts {
         planned_clients: summaries.iter().map(|s| s.connections.target).sum(),
         started_at: summaries.iter().map(|s| s.run.started_at.clone()).min().unwrap_or_default(),
         duration_secs: summaries.iter().map(|s| s.run.duration_secs).fold(0.0, f64::max),
@@ -175,16 +214,7 @@ pub fn merge_runs(runs: &[(Summary, SavedRun)], dirs: &[PathBuf], dir: PathBuf) 
             targets.iter().map(|(url, _, _)| url.as_str()).collect::<Vec<_>>().join(", ")
         },
         embedded_server: info.embedded_server,
-    };
-    let mut merged_info = info;
-    merged_info.clients = summaries.iter().map(|s| s.scenario.clients).max().unwrap_or(0);
-    if !targets.is_empty() {
-        merged_info.target = facts.target.clone();
-        merged_info.targets = targets.iter().map(|(url, _, _)| url.clone()).collect();
     }
-    let summary = Summary::build(merged_info, &thresholds, facts, &total, &groups, &targets);
-    let saved = SavedRun::new(&total, &groups, &targets, &collected.seconds);
-    driver::finish(summary, &saved, &collected, dir)
 }
 
 fn add_seconds(collected: &mut Collected, saved: &SavedRun) -> anyhow::Result<()> {

@@ -286,7 +286,7 @@ fn native_histogram(hist: Option<&Hist>) -> Vec<u8> {
 
 /// Protocol buffers encoding, the few wire types the exposition needs.
 mod pb {
-    pub fn varint(out: &mut Vec<u8>, mut value: u64) {
+    pub(super) fn varint(out: &mut Vec<u8>, mut value: u64) {
         while value >= 0x80 {
             out.push((value as u8) | 0x80);
             value >>= 7;
@@ -298,29 +298,29 @@ mod pb {
         varint(out, (u64::from(field) << 3) | u64::from(wire));
     }
 
-    pub fn uint(out: &mut Vec<u8>, field: u32, value: u64) {
+    pub(super) fn uint(out: &mut Vec<u8>, field: u32, value: u64) {
         key(out, field, 0);
         varint(out, value);
     }
 
     /// `sint32` / `sint64`: zigzag.
-    pub fn sint(out: &mut Vec<u8>, field: u32, value: i64) {
+    pub(super) fn sint(out: &mut Vec<u8>, field: u32, value: i64) {
         key(out, field, 0);
         varint(out, ((value << 1) ^ (value >> 63)) as u64);
     }
 
-    pub fn double(out: &mut Vec<u8>, field: u32, value: f64) {
+    pub(super) fn double(out: &mut Vec<u8>, field: u32, value: f64) {
         key(out, field, 1);
         out.extend_from_slice(&value.to_le_bytes());
     }
 
-    pub fn message(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+    pub(super) fn message(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
         key(out, field, 2);
         varint(out, bytes.len() as u64);
         out.extend_from_slice(bytes);
     }
 
-    pub fn string(out: &mut Vec<u8>, field: u32, text: &str) {
+    pub(super) fn string(out: &mut Vec<u8>, field: u32, text: &str) {
         message(out, field, text.as_bytes());
     }
 }

@@ -49,6 +49,26 @@ fn count_list(map: &std::collections::BTreeMap<String, u64>) -> String {
 /// The terminal report of a run.
 pub fn text(s: &Summary) -> String {
     let mut out = String::new();
+    header(&mut out, s);
+    connections(&mut out, s);
+    messages(&mut out, s);
+    throughput(&mut out, s);
+    latency_table(&mut out, s);
+    delivery(&mut out, s);
+    files_and_checks(&mut out, s);
+    if s.groups.len() > 1 {
+        groups_table(&mut out, s);
+    }
+    if s.targets.len() > 1 {
+        targets_table(&mut out, s);
+    }
+    errors_and_generator(&mut out, s);
+    thresholds(&mut out, s);
+    out
+}
+
+/// What ran, against what, from where; whether it was interrupted.
+fn header(out: &mut String, s: &Summary) {
     let sc = &s.scenario;
     let _ = writeln!(
         out,
@@ -83,6 +103,9 @@ pub fn text(s: &Summary) -> String {
         );
     }
     let _ = writeln!(out);
+}
+
+fn connections(out: &mut String, s: &Summary) {
     let c = &s.connections;
     let connect = s
         .latency
@@ -94,6 +117,10 @@ pub fn text(s: &Summary) -> String {
         "connections  {} of {} ok, {} failed{connect}  reconnects {}  dropped {}",
         c.ok, c.target, c.failed, c.reconnects, c.dropped
     );
+}
+
+/// Messages and bytes sent and received, and what went unanswered.
+fn messages(out: &mut String, s: &Summary) {
     let m = &s.messages;
     let _ = writeln!(
         out,
@@ -121,6 +148,9 @@ pub fn text(s: &Summary) -> String {
         );
     }
     let _ = writeln!(out, "             foreign frames {}  echoes of our own {}", m.foreign, m.echoes);
+}
+
+fn throughput(out: &mut String, s: &Summary) {
     let t = &s.throughput;
     let _ = writeln!(
         out,
@@ -130,7 +160,10 @@ pub fn text(s: &Summary) -> String {
         format_bytes_rate(t.sent_bytes_per_sec),
         format_bytes_rate(t.received_bytes_per_sec)
     );
-    latency_table(&mut out, s);
+}
+
+/// Deliveries expected and what became of them.
+fn delivery(out: &mut String, s: &Summary) {
     let d = &s.delivery;
     let _ = writeln!(out, "\ndelivery       expected   received       lost  duplicated  reordered     ratio");
     let ratio = d.ratio.map_or("-".to_string(), |r| format!("{r:.6}"));
@@ -147,13 +180,10 @@ pub fn text(s: &Summary) -> String {
             d.gaps, d.gap_messages, d.recovered, d.missing
         );
     }
-    files_and_checks(&mut out, s);
-    if s.groups.len() > 1 {
-        groups_table(&mut out, s);
-    }
-    if s.targets.len() > 1 {
-        targets_table(&mut out, s);
-    }
+}
+
+/// Errors, closes by the server, and whether the generator kept up.
+fn errors_and_generator(out: &mut String, s: &Summary) {
     let _ = writeln!(out, "\nerrors       {}", count_list(&s.errors));
     if !s.closes.is_empty() {
         let _ = writeln!(out, "closed by server  {}", count_list(&s.closes));
@@ -167,8 +197,6 @@ pub fn text(s: &Summary) -> String {
             let _ = writeln!(out, "             - {reason}");
         }
     }
-    thresholds(&mut out, s);
-    out
 }
 
 /// File uploads and script checks, when the run had any.

@@ -684,16 +684,7 @@ impl Validator<'_> {
     }
 
     fn scenario(&self, raw: RawScenario, default_name: &str) -> Result<Scenario, ScenarioError> {
-        let name = raw.name.clone().unwrap_or_else(|| default_name.to_string());
-        if name.is_empty()
-            || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            || name.len() > 64
-        {
-            return Err(self.invalid(
-                "name",
-                format!("must be 1-64 letters, digits, '-', '_' or '.' (it names the results folder); got {name:?}"),
-            ));
-        }
+        let name = self.name(&raw, default_name)?;
         let protocol = match raw.protocol.as_deref() {
             None => Protocol::Chorus,
             Some(name) => Protocol::from_name(name).ok_or_else(|| {
@@ -710,42 +701,8 @@ impl Validator<'_> {
         };
         let phases = self.phases(&raw)?;
         let data = self.data(&raw.data)?;
-        if raw.groups.is_empty() {
-            return Err(self.invalid("group", "is missing: add at least one [[group]] with clients = N"));
-        }
-        let groups = raw
-            .groups
-            .iter()
-            .enumerate()
-            .map(|(i, g)| self.group(i, g, protocol, &data))
-            .collect::<Result<Vec<_>, _>>()?;
-        for (i, group) in groups.iter().enumerate() {
-            if groups[..i].iter().any(|g| g.name == group.name) {
-                return Err(self.invalid(format!("group[{i}].name"), format!("{:?} is used twice", group.name)));
-            }
-        }
-        for (i, group) in groups.iter().enumerate() {
-            if let Some(n) = group.target
-                && !targets.is_empty()
-                && n >= targets.len()
-            {
-                return Err(self.invalid(
-                    format!("group[{i}].target"),
-                    format!("is target {} of a list of {}", n + 1, targets.len()),
-                ));
-            }
-        }
-        let total: usize = groups.iter().map(|g| g.clients).sum();
-        if total > 1_000_000 {
-            return Err(self.invalid("group", format!("at most 1,000,000 clients in all (got {total})")));
-        }
-        let group_names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
-        let mut thresholds = Vec::new();
-        for (key, condition) in &raw.thresholds {
-            let threshold = Threshold::parse(key, condition, protocol, &group_names)
-                .map_err(|why| self.invalid(format!("thresholds.\"{key}\""), why))?;
-            thresholds.push(threshold);
-        }
+        let groups = self.groups(&raw, protocol, &data, &targets)?;
+        let thresholds = self.thresholds(&raw, protocol, &groups)?;
         let connect_timeout = match &raw.connect_timeout {
             Some(value) => self.duration("connect_timeout", value)?,
             None => Duration::from_secs(10),
@@ -770,6 +727,78 @@ impl Validator<'_> {
             overrides: Vec::new(),
             data,
         })
+    }
+
+    /// The scenario's name: the file's unless it says otherwise.
+    fn name(&self, raw: &RawScenario, default_name: &str) -> Result<String, ScenarioError> {
+        let name = raw.name.clone().unwrap_or_else(|| default_name.to_string());
+        if name.is_empty()
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            || name.len() > 64
+        {
+            return Err(self.invalid(
+                "name",
+                format!("must be 1-64 letters, digits, '-', '_' or '.' (it names the results folder); got {name:?}"),
+            ));
+        }
+        Ok(name)
+    }
+
+    /// The `[[group]]`s: at least one, each name once, each target in the list.
+    fn groups(
+        &self,
+        raw: &RawScenario,
+        protocol: Protocol,
+        data: &[DataSet],
+        targets: &[String],
+    ) -> Result<Vec<Group>, ScenarioError> {
+        if raw.groups.is_empty() {
+            return Err(self.invalid("group", "is missing: add at least one [[group]] with clients = N"));
+        }
+        let groups = raw
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| self.group(i, g, protocol, data))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, group) in groups.iter().enumerate() {
+            if groups[..i].iter().any(|g| g.name == group.name) {
+                return Err(self.invalid(format!("group[{i}].name"), format!("{:?} is used twice", group.name)));
+            }
+        }
+        for (i, group) in groups.iter().enumerate() {
+            if let Some(n) = group.target
+                && !targets.is_empty()
+                && n >= targets.len()
+            {
+                return Err(self.invalid(
+                    format!("group[{i}].target"),
+                    format!("is target {} of a list of {}", n + 1, targets.len()),
+                ));
+            }
+        }
+        let total: usize = groups.iter().map(|g| g.clients).sum();
+        if total > 1_000_000 {
+            return Err(self.invalid("group", format!("at most 1,000,000 clients in all (got {total})")));
+        }
+        Ok(groups)
+    }
+
+    /// The `[thresholds]`, each for a quantity this protocol and these groups have.
+    fn thresholds(
+        &self,
+        raw: &RawScenario,
+        protocol: Protocol,
+        groups: &[Group],
+    ) -> Result<Vec<Threshold>, ScenarioError> {
+        let group_names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+        let mut thresholds = Vec::new();
+        for (key, condition) in &raw.thresholds {
+            let threshold = Threshold::parse(key, condition, protocol, &group_names)
+                .map_err(|why| self.invalid(format!("thresholds.\"{key}\""), why))?;
+            thresholds.push(threshold);
+        }
+        Ok(thresholds)
     }
 
     /// `target = "ws://..."` or `targets = ["ws://...", ...]`: URLs, each once.
@@ -885,23 +914,7 @@ impl Validator<'_> {
             Some(n) if n < 1 => return Err(self.invalid(key("clients"), format!("must be >= 1 (got {n})"))),
             Some(n) => n as usize,
         };
-        let rooms = match (&raw.room, &raw.rooms) {
-            (Some(_), Some(_)) => return Err(self.invalid(key("rooms"), "use room = \"x\" or rooms = [...], not both")),
-            (Some(room), None) => vec![room.clone()],
-            (None, Some(rooms)) if rooms.is_empty() => {
-                return Err(self.invalid(key("rooms"), "must list at least one room"));
-            }
-            (None, Some(rooms)) => rooms.clone(),
-            (None, None) => vec![crate::protocol::DEFAULT_ROOM.to_string()],
-        };
-        // Rooms in the form the server uses (NFKC), so events match them.
-        let rooms = rooms
-            .iter()
-            .map(|room| crate::names::room(room).map_err(|why| self.invalid(key("rooms"), why)))
-            .collect::<Result<Vec<String>, ScenarioError>>()?;
-        if protocol == Protocol::Raw && rooms.len() > 1 {
-            return Err(self.invalid(key("rooms"), "raw servers have no rooms: use one room (or none)"));
-        }
+        let rooms = self.rooms(&key("rooms"), raw, protocol)?;
         let script = match &raw.script {
             None => None,
             Some(steps) => {
@@ -914,32 +927,8 @@ impl Validator<'_> {
         if !rate.is_finite() || rate < 0.0 {
             return Err(self.invalid(key("rate"), format!("must be >= 0 (got {rate})")));
         }
-        let arrival = match raw.arrival.as_deref() {
-            None | Some("poisson") => Arrival::Poisson,
-            Some("uniform") => Arrival::Uniform,
-            Some("closed") => Arrival::Closed,
-            Some(other) => {
-                return Err(self.invalid(
-                    key("arrival"),
-                    format!("must be \"poisson\", \"uniform\" or \"closed\" (got {other:?})"),
-                ));
-            }
-        };
-        let think_time = match &raw.think_time {
-            None => Range { min: Duration::ZERO, max: Duration::ZERO },
-            Some(DurationRange::One(d)) => {
-                let d = self.duration(&key("think_time"), d)?;
-                Range { min: d, max: d }
-            }
-            Some(DurationRange::Range([a, b])) => {
-                let range =
-                    Range { min: self.duration(&key("think_time"), a)?, max: self.duration(&key("think_time"), b)? };
-                if range.min > range.max {
-                    return Err(self.invalid(key("think_time"), "[min, max] needs min <= max"));
-                }
-                range
-            }
-        };
+        let arrival = self.arrival(&key("arrival"), raw.arrival.as_deref())?;
+        let think_time = self.think_time(&key("think_time"), raw.think_time.as_ref())?;
         if raw.think_time.is_some() && arrival != Arrival::Closed {
             return Err(self.invalid(key("think_time"), "only applies to arrival = \"closed\""));
         }
@@ -968,20 +957,101 @@ impl Validator<'_> {
             Some(size) => self.size_range(&key("binary_size"), size, BINARY_STAMP_LEN)?,
             None => Range { min: 64, max: 64 },
         };
-        let churn = match &raw.churn {
-            None => None,
-            Some(churn) => {
-                let every = self.duration(&key("churn.every"), &churn.every)?;
-                if every < Duration::from_millis(10) {
-                    return Err(self.invalid(key("churn.every"), "must be at least 10ms"));
-                }
-                let downtime = match &churn.downtime {
-                    Some(d) => self.duration(&key("churn.downtime"), d)?,
-                    None => Duration::from_millis(100),
-                };
-                Some(Churn { every, downtime })
+        let churn = self.churn(&key("churn"), raw.churn.as_ref())?;
+        let (stop_reading_after, resume_reading_after) = self.stall(raw, key)?;
+        let recv_buffer = self.recv_buffer(&key("recv_buffer"), raw.recv_buffer.as_ref())?;
+        let target = self.group_target(&key("target"), raw.target)?;
+        Ok(Group {
+            file_size,
+            script,
+            name,
+            clients,
+            rooms,
+            rate,
+            arrival,
+            think_time,
+            mix,
+            text_size,
+            binary_size,
+            churn,
+            stop_reading_after,
+            resume_reading_after,
+            recv_buffer,
+            target,
+        })
+    }
+
+    /// `room = "x"` or `rooms = [...]`, in the form the server uses.
+    fn rooms(&self, key: &str, raw: &RawGroup, protocol: Protocol) -> Result<Vec<String>, ScenarioError> {
+        let rooms = match (&raw.room, &raw.rooms) {
+            (Some(_), Some(_)) => return Err(self.invalid(key, "use room = \"x\" or rooms = [...], not both")),
+            (Some(room), None) => vec![room.clone()],
+            (None, Some(rooms)) if rooms.is_empty() => {
+                return Err(self.invalid(key, "must list at least one room"));
             }
+            (None, Some(rooms)) => rooms.clone(),
+            (None, None) => vec![crate::protocol::DEFAULT_ROOM.to_string()],
         };
+        // Rooms in the form the server uses (NFKC), so events match them.
+        let rooms = rooms
+            .iter()
+            .map(|room| crate::names::room(room).map_err(|why| self.invalid(key, why)))
+            .collect::<Result<Vec<String>, ScenarioError>>()?;
+        if protocol == Protocol::Raw && rooms.len() > 1 {
+            return Err(self.invalid(key, "raw servers have no rooms: use one room (or none)"));
+        }
+        Ok(rooms)
+    }
+
+    fn arrival(&self, key: &str, raw: Option<&str>) -> Result<Arrival, ScenarioError> {
+        match raw {
+            None | Some("poisson") => Ok(Arrival::Poisson),
+            Some("uniform") => Ok(Arrival::Uniform),
+            Some("closed") => Ok(Arrival::Closed),
+            Some(other) => {
+                Err(self.invalid(key, format!("must be \"poisson\", \"uniform\" or \"closed\" (got {other:?})")))
+            }
+        }
+    }
+
+    /// A pause or a `[min, max]` range of them (none: no pause).
+    fn think_time(&self, key: &str, raw: Option<&DurationRange>) -> Result<Range<Duration>, ScenarioError> {
+        match raw {
+            None => Ok(Range { min: Duration::ZERO, max: Duration::ZERO }),
+            Some(DurationRange::One(d)) => {
+                let d = self.duration(key, d)?;
+                Ok(Range { min: d, max: d })
+            }
+            Some(DurationRange::Range([a, b])) => {
+                let range = Range { min: self.duration(key, a)?, max: self.duration(key, b)? };
+                if range.min > range.max {
+                    return Err(self.invalid(key, "[min, max] needs min <= max"));
+                }
+                Ok(range)
+            }
+        }
+    }
+
+    fn churn(&self, key: &str, raw: Option<&RawChurn>) -> Result<Option<Churn>, ScenarioError> {
+        let Some(churn) = raw else { return Ok(None) };
+        let every = self.duration(&format!("{key}.every"), &churn.every)?;
+        if every < Duration::from_millis(10) {
+            return Err(self.invalid(format!("{key}.every"), "must be at least 10ms"));
+        }
+        let downtime = match &churn.downtime {
+            Some(d) => self.duration(&format!("{key}.downtime"), d)?,
+            None => Duration::from_millis(100),
+        };
+        Ok(Some(Churn { every, downtime }))
+    }
+
+    /// `stop_reading_after` and `resume_reading_after`: when a group's
+    /// clients stop reading, and when they read again.
+    fn stall(
+        &self,
+        raw: &RawGroup,
+        key: impl Fn(&str) -> String,
+    ) -> Result<(Option<Duration>, Option<Duration>), ScenarioError> {
         let stop_reading_after = match &raw.stop_reading_after {
             Some(d) => Some(self.duration(&key("stop_reading_after"), d)?),
             None => None,
@@ -999,41 +1069,25 @@ impl Validator<'_> {
                 Some(resume)
             }
         };
-        Ok(Group {
-            file_size,
-            script,
-            name,
-            clients,
-            rooms,
-            rate,
-            arrival,
-            think_time,
-            mix,
-            text_size,
-            binary_size,
-            churn,
-            stop_reading_after,
-            resume_reading_after,
-            recv_buffer: match &raw.recv_buffer {
-                None => None,
-                Some(size) => {
-                    let bytes = self.size(&key("recv_buffer"), size)?;
-                    if !(1024..=64 << 20).contains(&bytes) {
-                        return Err(
-                            self.invalid(key("recv_buffer"), format!("must be from 1KiB to 64MiB (got {bytes})"))
-                        );
-                    }
-                    Some(bytes as u32)
-                }
-            },
-            target: match raw.target {
-                None => None,
-                Some(n) if n >= 1 => Some((n - 1) as usize),
-                Some(n) => {
-                    return Err(self.invalid(key("target"), format!("is a 1-based index into targets (got {n})")));
-                }
-            },
-        })
+        Ok((stop_reading_after, resume_reading_after))
+    }
+
+    fn recv_buffer(&self, key: &str, raw: Option<&OneSize>) -> Result<Option<u32>, ScenarioError> {
+        let Some(size) = raw else { return Ok(None) };
+        let bytes = self.size(key, size)?;
+        if !(1024..=64 << 20).contains(&bytes) {
+            return Err(self.invalid(key, format!("must be from 1KiB to 64MiB (got {bytes})")));
+        }
+        Ok(Some(bytes as u32))
+    }
+
+    /// A group's `target = N`, 1-based, as an index.
+    fn group_target(&self, key: &str, raw: Option<i64>) -> Result<Option<usize>, ScenarioError> {
+        match raw {
+            None => Ok(None),
+            Some(n) if n >= 1 => Ok(Some((n - 1) as usize)),
+            Some(n) => Err(self.invalid(key, format!("is a 1-based index into targets (got {n})"))),
+        }
     }
 
     fn mix(&self, key: &str, raw: Option<&RawMix>, protocol: Protocol, rate: f64) -> Result<Mix, ScenarioError> {

@@ -23,7 +23,7 @@ use crate::protocol::ClientFrame;
 
 /// Where a bot is in its script.
 #[derive(Debug)]
-pub struct ScriptState {
+pub(super) struct ScriptState {
     script: Script,
     /// The next op.
     pc: usize,
@@ -57,7 +57,7 @@ enum Waiting {
 }
 
 impl ScriptState {
-    pub fn for_group(group: &Group) -> Option<ScriptState> {
+    pub(super) fn for_group(group: &Group) -> Option<ScriptState> {
         let script = group.script.clone()?;
         Some(ScriptState {
             script,
@@ -71,7 +71,7 @@ impl ScriptState {
         })
     }
 
-    pub fn starts_offline(&self) -> bool {
+    pub(super) fn starts_offline(&self) -> bool {
         self.script.starts_offline
     }
 

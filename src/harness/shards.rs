@@ -19,15 +19,13 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::driver::{RunOptions, RunOutcome};
+use super::driver::{RunOptions, RunOutcome, Target, given_targets};
 use super::live::{LiveRecord, Watching};
 use super::progress::{Collected, Second, View};
 use super::results;
 use super::scenario::Scenario;
 use super::schedule::Timeline;
 use super::summary::{RunFacts, scenario_info};
-use crate::client::connection::normalize_url;
-use crate::server::ServerHandle;
 
 /// How far ahead the shards are told to start: time to launch and connect.
 const LEAD: Duration = Duration::from_secs(3);
@@ -46,7 +44,7 @@ pub async fn run(
         bail!("--shards takes 2 to 250 processes (got {count})");
     }
     let dir = results::make_dir(&options.results, options.out.as_deref(), &scenario.name, None)?;
-    let target = Target::start(&scenario, &options).await?;
+    let mut target = Target::start(&scenario, given_targets(&scenario, &options)).await?;
     let start_at = SystemTime::now() + LEAD;
     let launch = Launch { file, count, args: &args, dir: &dir, urls: &target.urls, start_at, options: &options };
     let mut children = (1..=count).map(|index| launch.shard(index)).collect::<anyhow::Result<Vec<_>>>()?;
@@ -73,6 +71,7 @@ pub async fn run(
         let _ = reader.await;
     }
     target.stop().await?;
+    drop(target);
     let shard_dirs: Vec<PathBuf> = (1..=count).map(|i| dir.join(format!("shard-{i}"))).collect();
     let runs = shard_dirs.iter().map(|d| results::read(d)).collect::<anyhow::Result<Vec<_>>>()?;
     let outcome = super::merge_runs(&runs, &shard_dirs, dir)?;
@@ -80,40 +79,6 @@ pub async fn run(
         watching.finish(&outcome.summary, &outcome.report).await;
     }
     Ok(outcome)
-}
-
-/// What the shards load: the given targets, or an embedded server started here.
-struct Target {
-    urls: Vec<String>,
-    server: Option<ServerHandle>,
-    /// The embedded server's temporary data directory, removed at the end.
-    _cleanup: super::driver::RemoveOnDrop,
-}
-
-impl Target {
-    async fn start(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Target> {
-        let given = if options.targets.is_empty() { &scenario.targets } else { &options.targets };
-        if !given.is_empty() {
-            let urls = given.iter().map(|url| normalize_url(url)).collect();
-            return Ok(Target { urls, server: None, _cleanup: super::driver::RemoveOnDrop(None) });
-        }
-        let temporary_data = scenario.temporary_data.then(|| scenario.server.data_dir.clone());
-        if let Some(data) = &temporary_data {
-            std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
-        }
-        let cleanup = super::driver::RemoveOnDrop(temporary_data);
-        let server = ServerHandle::start("127.0.0.1:0", scenario.server.clone())
-            .await
-            .context("starting the embedded server")?;
-        Ok(Target { urls: vec![server.url()], server: Some(server), _cleanup: cleanup })
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        if let Some(server) = self.server {
-            server.shutdown().await.context("stopping the embedded server")?;
-        }
-        Ok(())
-    }
 }
 
 /// How each shard is started.

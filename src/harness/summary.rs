@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::metrics::{BotMetrics, GroupMetrics, Hist, Metric};
+use super::metrics::{BotMetrics, Counters, GroupMetrics, Hist, Metric};
 use super::scenario::{Arrival, Phase, Scenario};
 use super::thresholds::{Quantity, Threshold};
 
@@ -115,6 +115,24 @@ pub struct RunInfo {
     pub cores: u64,
 }
 
+impl RunInfo {
+    fn of(facts: RunFacts) -> RunInfo {
+        RunInfo {
+            started_at: facts.started_at,
+            duration_secs: facts.duration_secs,
+            steady_secs: facts.steady_secs,
+            interrupted: facts.interrupted,
+            stopped_after_secs: facts.stopped_after_secs,
+            shard: facts.shard,
+            sources: facts.sources,
+            merged_from: facts.merged_from,
+            suspect: facts.suspect,
+            generator_cpu_percent: facts.generator_cpu_percent,
+            cores: facts.cores,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Connections {
     pub target: u64,
@@ -153,6 +171,29 @@ pub struct Messages {
     pub bytes_sent: u64,
     #[serde(default)]
     pub bytes_received: u64,
+}
+
+impl Messages {
+    fn of(c: &Counters) -> Messages {
+        Messages {
+            sent_text: c.sent_text,
+            sent_binary: c.sent_binary,
+            sent_rename: c.sent_rename,
+            sent_file: c.sent_file,
+            sent: c.sent(),
+            acked: c.acked,
+            skipped: c.skipped,
+            unacked: c.unacked,
+            received_text: c.received_text,
+            received_binary: c.received_binary,
+            received_file: c.received_file,
+            received: c.received(),
+            foreign: c.foreign,
+            echoes: c.echoes,
+            bytes_sent: c.bytes_sent,
+            bytes_received: c.bytes_received,
+        }
+    }
 }
 
 /// File uploads of a run.
@@ -285,6 +326,23 @@ pub struct Delivery {
     pub recovered: u64,
     /// received / expected; none when nothing was expected.
     pub ratio: Option<f64>,
+}
+
+impl Delivery {
+    fn of(c: &Counters) -> Delivery {
+        Delivery {
+            expected: c.expected,
+            received: c.received(),
+            lost: c.expected.saturating_sub(c.received()),
+            duplicated: c.duplicated,
+            reordered: c.reordered,
+            missing: c.missing,
+            gaps: c.gaps,
+            gap_messages: c.gap_messages,
+            recovered: c.recovered,
+            ratio: ratio(c.received(), c.expected),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -449,24 +507,7 @@ impl Summary {
                 reconnects: c.reconnects,
                 dropped: c.dropped,
             },
-            messages: Messages {
-                sent_text: c.sent_text,
-                sent_binary: c.sent_binary,
-                sent_rename: c.sent_rename,
-                sent_file: c.sent_file,
-                sent: c.sent(),
-                acked: c.acked,
-                skipped: c.skipped,
-                unacked: c.unacked,
-                received_text: c.received_text,
-                received_binary: c.received_binary,
-                received_file: c.received_file,
-                received: c.received(),
-                foreign: c.foreign,
-                echoes: c.echoes,
-                bytes_sent: c.bytes_sent,
-                bytes_received: c.bytes_received,
-            },
+            messages: Messages::of(c),
             throughput: Throughput {
                 sent_per_sec: (c.sent_text + c.sent_binary) as f64 / steady,
                 delivered_per_sec: c.received() as f64 / steady,
@@ -474,18 +515,7 @@ impl Summary {
                 received_bytes_per_sec: c.bytes_received as f64 / steady,
             },
             latency: latency_table(total),
-            delivery: Delivery {
-                expected: c.expected,
-                received: c.received(),
-                lost: c.expected.saturating_sub(c.received()),
-                duplicated: c.duplicated,
-                reordered: c.reordered,
-                missing: c.missing,
-                gaps: c.gaps,
-                gap_messages: c.gap_messages,
-                recovered: c.recovered,
-                ratio: ratio(c.received(), c.expected),
-            },
+            delivery: Delivery::of(c),
             errors: total.errors.clone(),
             closes: total.closes.clone(),
             groups: group_summaries(groups, c.expected.saturating_sub(c.received())),
@@ -500,19 +530,7 @@ impl Summary {
             targets: targets.iter().map(|(url, clients, m)| target_summary(url, *clients, m)).collect(),
             thresholds: Vec::new(),
             passed: true,
-            run: RunInfo {
-                started_at: facts.started_at,
-                duration_secs: facts.duration_secs,
-                steady_secs: facts.steady_secs,
-                interrupted: facts.interrupted,
-                stopped_after_secs: facts.stopped_after_secs,
-                shard: facts.shard,
-                sources: facts.sources,
-                merged_from: facts.merged_from,
-                suspect: facts.suspect,
-                generator_cpu_percent: facts.generator_cpu_percent,
-                cores: facts.cores,
-            },
+            run: RunInfo::of(facts),
             scenario,
         };
         // A shard sees only part of the deliveries its acks announce:

@@ -23,7 +23,7 @@ use crate::protocol::{ClientFrame, FileOffer, ServerEvent};
 const WINDOW: usize = 4;
 
 /// The error codes that end an upload.
-pub const UPLOAD_ERRORS: &[&str] = &[
+pub(super) const UPLOAD_ERRORS: &[&str] = &[
     "invalid_file",
     "file_too_large",
     "too_many_uploads",
@@ -36,14 +36,14 @@ pub const UPLOAD_ERRORS: &[&str] = &[
 
 /// A client's uploads: the one under way and those waiting.
 #[derive(Debug, Default)]
-pub struct Uploads {
+pub(super) struct Uploads {
     active: Option<Upload>,
     queue: VecDeque<Queued>,
 }
 
 impl Uploads {
     /// Forget everything (the connection ended: its uploads with it).
-    pub fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         self.active = None;
         self.queue.clear();
     }
