@@ -8,14 +8,14 @@
 # rooms of 100, so that older builds without the presence limit take it too.
 #
 # Usage: [CHORUS_BASELINE=path/to/other/chorus] bench/idle-compare.sh [--tiny]
-# BENCH_TINY=1 (= --tiny): 100 connections, one run.
+# IDLE_CONNS (2,000) idle connections; BENCH_TINY=1 (= --tiny): 100 connections, one run.
 # Raw outputs: bench/out/idle-compare/<stamp>/<server>/run-<n>/ and table.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 
 runs=${IDLE_RUNS:-2}
-conns=2000
+conns=${IDLE_CONNS:-2000}
 [ "$BENCH_TINY" = 0 ] || { runs=1; conns=100; }
 servers=(chorus)
 [ -z "${CHORUS_BASELINE:-}" ] || servers+=(chorus-baseline)

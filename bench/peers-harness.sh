@@ -119,13 +119,16 @@ EOF
         [[ $load == send-* ]] && path="/?room=%%_room%%"
         local port=${SERVER_URL##*:}
         port=${port%/}
+        # Tsung's arrivals are random (exponential gaps): a one-second phase at
+        # $clients a second starts about 90 users, not $clients. A longer phase
+        # capped by maxnumber starts all of them in about a second.
         cat > "$dir/tsung.xml" <<EOF
 <?xml version="1.0"?>
 <!DOCTYPE tsung SYSTEM "/usr/share/tsung/tsung-1.0.dtd">
 <tsung loglevel="error" dumptraffic="false">
   <clients><client host="localhost" use_controller_vm="true" maxusers="$((clients * 2))"/></clients>
   <servers><server host="127.0.0.1" port="$port" type="tcp"/></servers>
-  <load><arrivalphase phase="1" duration="1" unit="second"><users maxnumber="$clients" arrivalrate="$clients" unit="second"/></arrivalphase></load>
+  <load><arrivalphase phase="1" duration="10" unit="second"><users maxnumber="$clients" arrivalrate="$clients" unit="second"/></arrivalphase></load>
   <sessions>
     <session name="chat" probability="100" type="ts_websocket">
       <setdynvars sourcetype="random_string" length="12"><var name="room"/></setdynvars>
