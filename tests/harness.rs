@@ -597,3 +597,38 @@ async fn shards_in_one_command_connect_from_their_own_addresses_and_merge() {
     assert_eq!(live_sent, sent);
     assert_eq!(seconds.last().unwrap()["summary"]["run"]["merged_from"], 3);
 }
+
+#[tokio::test]
+async fn shards_spread_over_every_target_as_the_whole_run_would() {
+    let (a, b) = (common::server().await, common::server().await);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("two.toml");
+    std::fs::write(
+        &file,
+        "name = \"two\"\nramp_up = \"500ms\"\nduration = \"1s\"\ndrain = \"500ms\"\n[[group]]\nname = \"all\"\n\
+         clients = 8\nrate = 10.0\n[thresholds]\n\"delivery.ratio\" = \"== 1.0\"\n\"errors\" = \"== 0\"\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let args = ["run", file.to_str().unwrap(), "--shards", "2", "--target", &a.url(), "--target", &b.url()];
+    let mut args: Vec<String> = args.map(String::from).to_vec();
+    args.extend(["--out".to_string(), out.to_str().unwrap().to_string()]);
+    let (code, report, stderr) = run_chorus(args).await;
+    assert_eq!(code, 0, "{report}\n{stderr}");
+    let read = |dir: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
+    };
+    let per_target = |summary: &serde_json::Value| -> Vec<(String, u64)> {
+        let targets = summary["targets"].as_array().unwrap();
+        targets.iter().map(|t| (t["url"].as_str().unwrap().to_string(), t["clients"].as_u64().unwrap())).collect()
+    };
+    // Each shard got both targets and put client k where the whole run would,
+    // on target k mod 2: shard 1 runs clients 0, 2, 4, 6, shard 2 the others.
+    let shard = |i: usize| per_target(&read(&out.join(format!("shard-{i}"))));
+    assert_eq!(shard(1), [(a.url(), 4), (b.url(), 0)]);
+    assert_eq!(shard(2), [(a.url(), 0), (b.url(), 4)]);
+    let merged = read(&out);
+    assert_eq!(per_target(&merged), [(a.url(), 4), (b.url(), 4)], "the merge adds up by URL");
+    assert_eq!(merged["delivery"]["ratio"], 1.0);
+    assert!(report.contains("2 external servers"), "{report}");
+}
