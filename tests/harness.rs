@@ -578,6 +578,8 @@ async fn shards_in_one_command_connect_from_their_own_addresses_and_merge() {
     };
     let merged = read(&out);
     assert_eq!(merged["run"]["merged_from"], 3);
+    assert_eq!(merged["scenario"]["embedded_server"], true, "the parent's server, though each shard had its URL");
+    assert!(report.contains("(embedded server)"), "{report}");
     assert_eq!(merged["connections"]["ok"], 9);
     assert_eq!(merged["delivery"]["ratio"], 1.0);
     let sources: Vec<&str> = merged["run"]["sources"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
@@ -631,4 +633,5 @@ async fn shards_spread_over_every_target_as_the_whole_run_would() {
     assert_eq!(per_target(&merged), [(a.url(), 4), (b.url(), 4)], "the merge adds up by URL");
     assert_eq!(merged["delivery"]["ratio"], 1.0);
     assert!(report.contains("2 external servers"), "{report}");
+    assert_eq!(merged["scenario"]["embedded_server"], false);
 }

@@ -70,10 +70,15 @@ pub async fn run(
     for reader in readers {
         let _ = reader.await;
     }
+    let embedded = target.server.is_some();
     target.stop().await?;
     drop(target);
     let shard_dirs: Vec<PathBuf> = (1..=count).map(|i| dir.join(format!("shard-{i}"))).collect();
-    let runs = shard_dirs.iter().map(|d| results::read(d)).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut runs = shard_dirs.iter().map(|d| results::read(d)).collect::<anyhow::Result<Vec<_>>>()?;
+    // Each shard was given the URL; the server is still the one started here.
+    for (summary, _) in &mut runs {
+        summary.scenario.embedded_server = embedded;
+    }
     let outcome = super::merge_runs(&runs, &shard_dirs, dir)?;
     if let Some(watching) = watching {
         watching.finish(&outcome.summary, &outcome.report).await;
