@@ -426,6 +426,8 @@ pub enum Live {
     Received(u64),
     /// An ack, this many microseconds after its intended send.
     Acked(u64),
+    /// An upload's ack (its latency is the whole upload: not in the live ack figures).
+    AckedFile,
     /// An ack announced this many deliveries.
     Expected(u64),
     /// A script check passed (true) or failed.
@@ -453,6 +455,7 @@ impl LiveWindow {
                 self.tick.acked += 1;
                 record_live(&mut self.tick.ack, micros);
             }
+            Live::AckedFile => self.tick.acked += 1,
             Live::SentBytes(bytes) => self.tick.bytes_sent += bytes,
             Live::ReceivedFile => self.tick.received += 1,
             Live::Expected(n) => self.tick.expected += n,
@@ -531,11 +534,13 @@ mod tests {
         live.count(0, Live::Sent(10));
         live.count(0, Live::Received(1500));
         live.count(1, Live::Acked(700));
+        live.count(1, Live::AckedFile);
         let first = rx.recv().await.unwrap();
         assert_eq!((first.second, first.sent, first.received), (0, 1, 1));
         assert_eq!(first.delivery.unwrap().len(), 1);
         live.flush();
         let second = rx.recv().await.unwrap();
-        assert_eq!((second.second, second.acked), (1, 1));
+        assert_eq!((second.second, second.acked), (1, 2));
+        assert_eq!(second.ack.unwrap().len(), 1, "an upload's ack is counted, not in the ack latency");
     }
 }

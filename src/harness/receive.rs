@@ -229,7 +229,10 @@ impl Bot {
         self.metrics.record(kind.ack_metric(), latency);
         self.metrics.record(Metric::AckRaw, (now - pending.sent_us).max(0) as u64);
         self.metrics.counters.acked += 1;
-        self.live.count(self.ctx.second_at(instant), Live::Acked(latency));
+        // An upload's ack is in the live count but not in the live ack
+        // latency, as `ack` leaves `ack.file` out of the report.
+        let live = if kind == Kind::File { Live::AckedFile } else { Live::Acked(latency) };
+        self.live.count(self.ctx.second_at(instant), live);
         self.answered();
     }
 
