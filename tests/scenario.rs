@@ -314,7 +314,7 @@ fn bad_scripts_name_the_step_and_the_fix() {
         ("script = []", "group[0].script is empty"),
         ("script = [{ say = \"a\", think = \"1s\" }]", "group[0].script[0] has 2 actions (say, think)"),
         ("script = [{ }]", "group[0].script[0] has no action"),
-        ("script = [{ shout = \"a\" }]", "unknown field `shout`"),
+        ("script = [{ shout = \"a\" }]", "group[0].script[0].shout: line 4, column 13: unknown field `shout`"),
         ("script = [{ say = \"{who}\" }]", "group[0].script[0].say has an unknown placeholder {who}"),
         ("script = [{ say = \"{line}\" }]", "add [data.lines]"),
         ("script = [{ think = \"1s\", timeout = \"2s\" }]", "group[0].script[0].timeout goes with wait_for only"),
@@ -337,6 +337,7 @@ fn bad_scripts_name_the_step_and_the_fix() {
         let err = parse(&text).unwrap_err();
         assert!(err.contains(want), "{group}: {err}");
         assert!(err.starts_with("scenario test.toml"), "{err}");
+        assert!(!err.contains('\n'), "one line, as an error line shows it: {err}");
     }
     let raw = "protocol = \"raw\"\ntarget = \"ws://127.0.0.1:1/\"\nduration = \"5s\"\n[[group]]\nclients = 1\n";
     let err = parse(&format!("{raw}script = [{{ history = 5 }}]")).unwrap_err();

@@ -525,12 +525,12 @@ impl Scenario {
     /// Validate scenario text; `file` names it in errors, `default_name` is used without a `name` key.
     pub fn parse(text: &str, file: &str, default_name: &str) -> Result<Scenario, ScenarioError> {
         let parse_error = |message: String| ScenarioError::Parse { file: file.to_string(), message };
-        let deserializer = toml::Deserializer::parse(text).map_err(|err| parse_error(err.to_string()))?;
+        let deserializer = toml::Deserializer::parse(text).map_err(|err| parse_error(toml_error(text, &err)))?;
         // The key's path (`server.max_queue_bytes`) before toml's own message
         // with the line and column.
         let raw: RawScenario = serde_path_to_error::deserialize(deserializer).map_err(|err| {
             let path = err.path().to_string();
-            let inner = err.into_inner().to_string();
+            let inner = toml_error(text, err.inner());
             parse_error(if path == "." { inner } else { format!("{path}: {inner}") })
         })?;
         Validator { file }.scenario(raw, default_name)
@@ -579,6 +579,19 @@ fn split(err: ScenarioError) -> script::StepError {
         ScenarioError::Invalid { key, message, .. } => (key, message),
         other => (String::new(), other.to_string()),
     }
+}
+
+/// A TOML error on one line: `line L, column C: message` (toml's own
+/// rendering spans several lines, with a snippet, which an error line
+/// cannot show).
+fn toml_error(text: &str, err: &toml::de::Error) -> String {
+    let message = err.message().trim();
+    let Some(before) = err.span().and_then(|span| text.get(..span.start)) else {
+        return message.to_string();
+    };
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("line {line}, column {column}: {message}")
 }
 
 /// Turns a `RawScenario` into a `Scenario`, naming the file in every error.
