@@ -316,6 +316,17 @@ async fn ctrl_c_stops_sending_and_writes_a_partial_report() {
     assert!((summary["throughput"]["sent_per_sec"].as_f64().unwrap() - sent / steady).abs() < 1e-6);
     let csv = std::fs::read_to_string(out.join("timeseries.csv")).unwrap();
     assert!(csv.lines().last().unwrap().contains(",stopped,"), "{csv}");
+    // Each second's phase is the same in the progress lines and the CSV.
+    let csv_phase: HashMap<&str, &str> =
+        csv.lines().skip(1).filter_map(|l| l.split(',').next().zip(l.split(',').nth(1))).collect();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for line in stderr.lines().filter(|l| l.starts_with('[')) {
+        let second = line[1..].split('s').next().unwrap().trim();
+        let phase = line.split(']').nth(1).unwrap().split_whitespace().next().unwrap();
+        if let Some(&in_csv) = csv_phase.get(second) {
+            assert_eq!(phase, in_csv, "second {second}: {line}\n{csv}");
+        }
+    }
     assert!(summary["messages"]["sent"].as_u64().unwrap() > 0);
     assert_eq!(summary["delivery"]["ratio"], 1.0, "in-flight messages were drained");
 }

@@ -323,6 +323,7 @@ fn bad_scripts_name_the_step_and_the_fix() {
         ("script = [{ loop = 2, do = [{ leave = true }] }]", "a loop must end as it began"),
         ("script = [{ loop = 0, do = [{ say = \"a\" }] }]", "group[0].script[0].loop must be a count from 1"),
         ("script = [{ loop = 2 }]", "group[0].script[0].do is missing"),
+        ("script = [{ wait_for = \"x\", timeout = \"0s\" }]", "group[0].script[0].timeout must be more than 0s"),
         ("script = [{ history = 0 }]", "group[0].script[0].history must be a number of messages from 1 to 500"),
         ("script = [{ file = 10 }]", "group[0].script[0].file must be at least 30 bytes"),
         ("script = [{ file = \"1GiB\" }]", "must be at most 256"),

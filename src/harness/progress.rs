@@ -156,6 +156,11 @@ pub async fn run(
                 Some(t) => absorb(&mut collected, t),
                 None => break,
             },
+            // The second the interrupt fell in, as the summary and timeseries.csv
+            // count it (not the second of the next 250 ms tick).
+            () = ctx.stop.cancelled(), if view.stopped.is_none() => {
+                view.stopped = Some(ctx.epoch.elapsed().as_secs() as u32);
+            },
             _ = tick.tick() => {
                 let now = ctx.epoch.elapsed();
                 let second = now.as_secs() as u32;

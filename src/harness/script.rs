@@ -382,10 +382,15 @@ impl Builder<'_> {
         if written.is_empty() {
             return Err((key.to_string(), "is empty: give the text to wait for".into()));
         }
+        // `timeout` sits beside `wait_for` in the step: name it so.
+        let timeout_key = format!("{}.timeout", key.strip_suffix(".wait_for").unwrap_or(key));
         let timeout = match &step.timeout {
-            Some(t) => self.values.duration(&format!("{key}.timeout"), t)?,
+            Some(t) => self.values.duration(&timeout_key, t)?,
             None => Duration::from_secs(10),
         };
+        if timeout.is_zero() {
+            return Err((timeout_key, "must be more than 0s: the check would fail at once".into()));
+        }
         let check = step.check.clone().unwrap_or_else(|| format!("wait_for {written:?}"));
         let pattern = template(&written, self.cx.data).map_err(|why| (key.to_string(), why))?;
         Ok(Action::WaitFor { pattern, timeout, check })
