@@ -24,7 +24,7 @@ use super::metrics::{BotMetrics, CheckCount, Hist, Metric, new_hist};
 use super::progress::Second;
 use super::results::SavedSecond;
 use super::summary::{RunFacts, ScenarioInfo, Summary};
-use super::thresholds::Threshold;
+use super::thresholds::{STATS, Threshold};
 use crate::sync::lock;
 
 /// Percentiles of one latency histogram, in milliseconds.
@@ -271,30 +271,31 @@ impl LiveFeed {
     }
 }
 
-/// Whether the per-second figures carry what threshold `key` reads. Files,
-/// connection failures, sequence holes, recoveries, the per-group and
-/// per-target figures and latency by kind are counted by the bots and known
-/// only at the end (live latency is `delivery` and `ack` as a whole).
+/// Whether the per-second figures carry what threshold `key` reads: the
+/// run's counts of sends, deliveries, acks, errors and checks, and the
+/// `delivery` and `ack` latencies as a whole. Everything else (files,
+/// connection failures, sequence holes and recoveries, latency by kind,
+/// per-group figures, and any key added later) is known only at the end.
 fn followed_live(key: &str) -> bool {
-    const AT_THE_END: [&str; 16] = [
-        "files.",
-        "connect.",
-        "gaps",
-        "group.",
-        "target.",
-        "delivery.missing",
-        "delivery.duplicated",
-        "delivery.reordered",
-        "delivery.recovered",
-        "delivery.text.",
-        "delivery.binary.",
-        "delivery.file.",
-        "ack.text.",
-        "ack.binary.",
-        "ack.rename.",
-        "ack.file.",
+    const LIVE_COUNTERS: [&str; 10] = [
+        "delivery.ratio",
+        "delivery.lost",
+        "errors",
+        "messages.sent",
+        "messages.received",
+        "throughput.sent",
+        "throughput.delivered",
+        "checks.rate",
+        "checks.passed",
+        "checks.failed",
     ];
-    !AT_THE_END.iter().any(|prefix| key.starts_with(prefix))
+    if LIVE_COUNTERS.contains(&key) {
+        return true;
+    }
+    let latency_of = |metric: &str| {
+        key.strip_prefix(metric).and_then(|rest| rest.strip_prefix('.')).is_some_and(|stat| STATS.contains(&stat))
+    };
+    latency_of("delivery") || latency_of("ack")
 }
 
 /// What a run shows while it goes, beyond the progress lines.
@@ -377,7 +378,7 @@ mod tests {
         let scenario = crate::harness::Scenario::parse(
             "duration = \"2s\"\n[[group]]\nclients = 2\n[thresholds]\n\"delivery.ratio\" = \"== 1.0\"\n\
              \"delivery.p99\" = \"< 5ms\"\n\"connect.p99\" = \"< 1s\"\n\"files.stored\" = \">= 1\"\n\
-             \"connect.failed\" = \"== 0\"\n\"delivery.text.p99\" = \"< 5ms\"\n",
+             \"connect.failed\" = \"== 0\"\n\"delivery.text.p99\" = \"< 5ms\"\n\"delivery.missing\" = \"== 0\"\n",
             "t.toml",
             "t",
         )
@@ -404,7 +405,7 @@ mod tests {
         let by_key = |key: &str| record.thresholds.iter().find(|t| t.key == key).unwrap().clone();
         assert_eq!(by_key("delivery.ratio").passing, Some(false), "9 of 10 so far");
         assert_eq!(by_key("delivery.p99").passing, Some(false), "9 ms > 5 ms");
-        for key in ["connect.p99", "files.stored", "connect.failed", "delivery.text.p99"] {
+        for key in ["connect.p99", "files.stored", "connect.failed", "delivery.text.p99", "delivery.missing"] {
             assert_eq!((by_key(key).observed, by_key(key).passing), (None, None), "{key}: not followed live");
         }
         // The histogram travels whole: a parent adds seconds exactly.
