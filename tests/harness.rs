@@ -320,13 +320,16 @@ async fn ctrl_c_stops_sending_and_writes_a_partial_report() {
     let csv_phase: HashMap<&str, &str> =
         csv.lines().skip(1).filter_map(|l| l.split(',').next().zip(l.split(',').nth(1))).collect();
     let stderr = String::from_utf8_lossy(&output.stderr);
+    let mut compared = 0;
     for line in stderr.lines().filter(|l| l.starts_with('[')) {
         let second = line[1..].split('s').next().unwrap().trim();
         let phase = line.split(']').nth(1).unwrap().split_whitespace().next().unwrap();
         if let Some(&in_csv) = csv_phase.get(second) {
             assert_eq!(phase, in_csv, "second {second}: {line}\n{csv}");
+            compared += 1;
         }
     }
+    assert!(compared >= 2, "progress lines for the seconds before the stop: {stderr}");
     assert!(summary["messages"]["sent"].as_u64().unwrap() > 0);
     assert_eq!(summary["delivery"]["ratio"], 1.0, "in-flight messages were drained");
 }
@@ -564,16 +567,26 @@ file_size = ["1KiB", "200KiB"]
     assert!(report.contains("files        sent"), "{report}");
 }
 
+/// A scenario for the `--shards` tests: one group of `clients` at 10 msg/s
+/// for `duration`, everything delivered and no errors.
+fn sharded_scenario(dir: &Path, duration: &str, clients: u32) -> std::path::PathBuf {
+    let file = dir.join("sharded.toml");
+    let text = format!(
+        "name = \"sharded\"\nramp_up = \"500ms\"\nduration = \"{duration}\"\ndrain = \"500ms\"\n[[group]]\nname = \"all\"\n\
+         clients = {clients}\nrate = 10.0\n[thresholds]\n\"delivery.ratio\" = \"== 1.0\"\n\"errors\" = \"== 0\"\n"
+    );
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+fn read_summary(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
+}
+
 #[tokio::test]
 async fn shards_in_one_command_connect_from_their_own_addresses_and_merge() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("sharded.toml");
-    std::fs::write(
-        &file,
-        "name = \"sharded\"\nramp_up = \"500ms\"\nduration = \"2s\"\ndrain = \"500ms\"\n[[group]]\nname = \"all\"\n\
-         clients = 9\nrate = 10.0\n[thresholds]\n\"delivery.ratio\" = \"== 1.0\"\n\"errors\" = \"== 0\"\n",
-    )
-    .unwrap();
+    let file = sharded_scenario(dir.path(), "2s", 9);
     let out = dir.path().join("out");
     let ndjson = dir.path().join("run.ndjson");
     let args = ["run", file.to_str().unwrap(), "--shards", "3", "--out", out.to_str().unwrap(), "--out-ndjson"];
@@ -584,9 +597,7 @@ async fn shards_in_one_command_connect_from_their_own_addresses_and_merge() {
     assert!(stderr.contains("3 shards of sharded (9 clients)"), "{stderr}");
     assert!(stderr.contains("] steady   9/9 connected"), "progress shows the whole run: {stderr}");
     assert!(report.contains("3 shards merged") && report.contains("result: PASSED"), "{report}");
-    let read = |dir: &Path| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
-    };
+    let read = read_summary;
     let merged = read(&out);
     assert_eq!(merged["run"]["merged_from"], 3);
     assert_eq!(merged["scenario"]["embedded_server"], true, "the parent's server, though each shard had its URL");
@@ -615,22 +626,14 @@ async fn shards_in_one_command_connect_from_their_own_addresses_and_merge() {
 async fn shards_spread_over_every_target_as_the_whole_run_would() {
     let (a, b) = (common::server().await, common::server().await);
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("two.toml");
-    std::fs::write(
-        &file,
-        "name = \"two\"\nramp_up = \"500ms\"\nduration = \"1s\"\ndrain = \"500ms\"\n[[group]]\nname = \"all\"\n\
-         clients = 8\nrate = 10.0\n[thresholds]\n\"delivery.ratio\" = \"== 1.0\"\n\"errors\" = \"== 0\"\n",
-    )
-    .unwrap();
+    let file = sharded_scenario(dir.path(), "1s", 8);
     let out = dir.path().join("out");
     let args = ["run", file.to_str().unwrap(), "--shards", "2", "--target", &a.url(), "--target", &b.url()];
     let mut args: Vec<String> = args.map(String::from).to_vec();
     args.extend(["--out".to_string(), out.to_str().unwrap().to_string()]);
     let (code, report, stderr) = run_chorus(args).await;
     assert_eq!(code, 0, "{report}\n{stderr}");
-    let read = |dir: &Path| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
-    };
+    let read = read_summary;
     let per_target = |summary: &serde_json::Value| -> Vec<(String, u64)> {
         let targets = summary["targets"].as_array().unwrap();
         targets.iter().map(|t| (t["url"].as_str().unwrap().to_string(), t["clients"].as_u64().unwrap())).collect()
