@@ -24,7 +24,7 @@ use super::metrics::{BotMetrics, CheckCount, Hist, Metric, new_hist};
 use super::progress::Second;
 use super::results::SavedSecond;
 use super::summary::{RunFacts, ScenarioInfo, Summary};
-use super::thresholds::{STATS, Threshold};
+use super::thresholds::{Threshold, followed_live};
 use crate::sync::lock;
 
 /// Percentiles of one latency histogram, in milliseconds.
@@ -269,33 +269,6 @@ impl LiveFeed {
             })
             .collect()
     }
-}
-
-/// Whether the per-second figures carry what threshold `key` reads: the
-/// run's counts of sends, deliveries, acks, errors and checks, and the
-/// `delivery` and `ack` latencies as a whole. Everything else (files,
-/// connection failures, sequence holes and recoveries, latency by kind,
-/// per-group figures, and any key added later) is known only at the end.
-fn followed_live(key: &str) -> bool {
-    const LIVE_COUNTERS: [&str; 10] = [
-        "delivery.ratio",
-        "delivery.lost",
-        "errors",
-        "messages.sent",
-        "messages.received",
-        "throughput.sent",
-        "throughput.delivered",
-        "checks.rate",
-        "checks.passed",
-        "checks.failed",
-    ];
-    if LIVE_COUNTERS.contains(&key) {
-        return true;
-    }
-    let latency_of = |metric: &str| {
-        key.strip_prefix(metric).and_then(|rest| rest.strip_prefix('.')).is_some_and(|stat| STATS.contains(&stat))
-    };
-    latency_of("delivery") || latency_of("ack")
 }
 
 /// What a run shows while it goes, beyond the progress lines.

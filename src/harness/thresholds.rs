@@ -28,17 +28,12 @@ pub const LATENCY_METRICS: &[&str] = &[
 /// Statistics of a latency metric.
 pub const STATS: &[&str] = &["p50", "p90", "p95", "p99", "p99.9", "p999", "max", "min", "mean", "count"];
 
-/// Counters and ratios.
+/// Counters and ratios; the first `LIVE_COUNTERS` are also in the live
+/// per-second figures (see `followed_live`).
 pub const COUNTERS: &[&str] = &[
     "delivery.ratio",
     "delivery.lost",
-    "delivery.duplicated",
-    "delivery.reordered",
-    "delivery.missing",
-    "delivery.recovered",
-    "gaps",
     "errors",
-    "connect.failed",
     "messages.sent",
     "messages.received",
     "throughput.sent",
@@ -46,9 +41,32 @@ pub const COUNTERS: &[&str] = &[
     "checks.rate",
     "checks.passed",
     "checks.failed",
+    "delivery.duplicated",
+    "delivery.reordered",
+    "delivery.missing",
+    "delivery.recovered",
+    "gaps",
+    "connect.failed",
     "files.stored",
     "files.upload_mb_per_sec",
 ];
+
+/// How many of `COUNTERS`, from the first, the live figures carry.
+const LIVE_COUNTERS: usize = 10;
+
+/// Whether the live per-second figures carry what threshold `key` reads:
+/// the run's counts of sends, deliveries, acks, errors and checks, and the
+/// `delivery` and `ack` latencies as a whole. Files, connection failures,
+/// sequence holes and recoveries, latency by kind and per-group keys are
+/// known only at the end.
+pub fn followed_live(key: &str) -> bool {
+    match parse_quantity(key) {
+        Ok(Quantity::Counter(name)) => COUNTERS[..LIVE_COUNTERS].contains(&name.as_str()),
+        Ok(Quantity::Latency { metric, .. }) => metric == "delivery" || metric == "ack",
+        // `group.<name>.*`, or a key that is no threshold.
+        Err(_) => false,
+    }
+}
 
 /// What a threshold looks at.
 #[derive(Debug, Clone, PartialEq)]
