@@ -42,6 +42,8 @@ async fn ndjson_has_one_line_a_second_that_add_up_to_the_summary() {
     assert_eq!(sum(|r| r.counts.received), s.messages.received, "every delivery in some second");
     assert_eq!(sum(|r| r.counts.sent), s.messages.sent);
     assert_eq!(sum(|r| r.counts.expected), s.delivery.expected);
+    assert_eq!(sum(|r| r.counts.bytes_received), s.messages.bytes_received, "every byte read in some second");
+    assert_eq!(sum(|r| r.counts.bytes_sent), s.messages.bytes_sent);
     let end = records.last().unwrap();
     assert_eq!(end.totals.received, s.messages.received, "the totals run along");
     assert_eq!(records[0].phase, "ramp");

@@ -153,7 +153,7 @@ pub async fn run(
     loop {
         tokio::select! {
             received = ticks.recv() => match received {
-                Some(t) => absorb(&mut collected, t),
+                Some(t) => absorb(&mut collected, t, view.shown),
                 None => break,
             },
             // The second the interrupt fell in, as the summary and timeseries.csv
@@ -200,8 +200,14 @@ impl View {
     }
 }
 
-fn absorb(collected: &mut Collected, tick: Tick) {
-    let second = collected.seconds.entry(tick.second).or_default();
+/// Add a bot's tick to its second. A tick for a second already shown (and
+/// published to NDJSON, the dashboard and /metrics) goes to the first one
+/// not shown yet, so the live figures and timeseries.csv add up alike: a bot
+/// counts the bytes it reads into its current tick without reading the
+/// clock, and a bot that has counted nothing else for a while still holds
+/// an old second.
+fn absorb(collected: &mut Collected, tick: Tick, shown: u32) {
+    let second = collected.seconds.entry(tick.second.max(shown)).or_default();
     second.sent += u64::from(tick.sent);
     second.received += u64::from(tick.received);
     second.acked += u64::from(tick.acked);
@@ -287,5 +293,30 @@ mod tests {
         let line = status(&collected, &timeline, 2, 4, None);
         assert!(line.starts_with("[   2s] drain    4/4 connected  0 sent/s"), "{line}");
         assert!(status(&collected, &timeline, 1, 4, Some(1)).contains("stopped"));
+    }
+
+    #[test]
+    fn a_tick_for_a_second_already_shown_counts_in_the_next_one() {
+        let tick = |second, bytes_received| Tick {
+            second,
+            sent: 1,
+            received: 0,
+            acked: 0,
+            errors: 0,
+            expected: 0,
+            checks_passed: 0,
+            checks_failed: 0,
+            bytes_sent: 0,
+            bytes_received,
+            delivery: None,
+            ack: None,
+        };
+        let mut collected = Collected::default();
+        absorb(&mut collected, tick(2, 100), 2);
+        absorb(&mut collected, tick(1, 40), 2);
+        absorb(&mut collected, tick(3, 5), 2);
+        assert!(!collected.seconds.contains_key(&1), "second 1 was shown: nothing changes under it");
+        assert_eq!((collected.seconds[&2].sent, collected.seconds[&2].bytes_received), (2, 140));
+        assert_eq!(collected.seconds[&3].bytes_received, 5);
     }
 }
