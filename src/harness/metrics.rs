@@ -370,7 +370,8 @@ pub struct Tick {
 }
 
 impl Tick {
-    fn new(second: u32) -> Tick {
+    /// An empty tick for `second`.
+    pub(super) fn new(second: u32) -> Tick {
         Tick {
             second,
             sent: 0,

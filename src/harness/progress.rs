@@ -297,20 +297,7 @@ mod tests {
 
     #[test]
     fn a_tick_for_a_second_already_shown_counts_in_the_next_one() {
-        let tick = |second, bytes_received| Tick {
-            second,
-            sent: 1,
-            received: 0,
-            acked: 0,
-            errors: 0,
-            expected: 0,
-            checks_passed: 0,
-            checks_failed: 0,
-            bytes_sent: 0,
-            bytes_received,
-            delivery: None,
-            ack: None,
-        };
+        let tick = |second, bytes_received| Tick { sent: 1, bytes_received, ..Tick::new(second) };
         let mut collected = Collected::default();
         absorb(&mut collected, tick(2, 100), 2);
         absorb(&mut collected, tick(1, 40), 2);
