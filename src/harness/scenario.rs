@@ -420,7 +420,7 @@ fn apply_sets(text: &str, file: &str, sets: &[String]) -> Result<String, Scenari
         return Ok(text.to_string());
     }
     let bad = |message: String| ScenarioError::Parse { file: file.to_string(), message };
-    let mut doc: toml::Table = toml::from_str(text).map_err(|err| bad(err.to_string()))?;
+    let mut doc: toml::Table = toml::from_str(text).map_err(|err| bad(toml_error(text, &err)))?;
     for set in sets {
         let usage = || bad(format!("--set {set:?}: write key=value, e.g. --set ramp_up=1s or --set group.0.rate=2"));
         let (key, value) = set.split_once('=').ok_or_else(usage)?;
@@ -1137,5 +1137,15 @@ impl Validator<'_> {
     /// temporary one.
     fn server(&self, settings: &ServerSettings) -> Result<(ServerConfig, bool), ScenarioError> {
         settings.resolve(Profile::Harness).map_err(|err| self.invalid(format!("server.{}", err.key), err.why))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn toml_errors_under_set_are_one_line_with_their_place() {
+        let err = super::apply_sets("seed = 1\nname = \"x\n", "f.toml", &["seed=2".into()]).unwrap_err().to_string();
+        assert!(err.starts_with("scenario f.toml: line 2, column 10:"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
     }
 }
