@@ -17,11 +17,14 @@
 # bench/procstat.py). `held` = accepted / asked; CPU per message = generator CPU
 # / (accepted + deliveries received by its connections).
 # tinygen (examples/tinygen.rs: sends on a timer, counts what arrives, nothing
-# else) runs the fan-out loads too, as the floor a generator's CPU per message
-# is compared with.
+# else: no stamps, no acks matched, no histograms) runs every load too, as the
+# floor a generator's CPU per message is compared with (for the send loads
+# each of its clients asks for a room of its own, `?room=r{i}`).
 #
 # Usage: bench/peers-harness.sh [--tiny] [loads...]   (default send-1000 send-10000 send-50000 fanout-10)
-# Environment: BENCH_RUNS (3), PEER_TOOLS ("chorus artillery tsung tinygen").
+# Environment: BENCH_RUNS (3), PEER_TOOLS ("chorus artillery tsung tinygen"),
+#   CHORUS_BASELINE=path/to/another/chorus: adds `chorus-baseline`, that
+#   build's harness against the same server, for a before / after in one run.
 # Installs Artillery (npm, PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1) into
 # bench/peers/artillery/node_modules and Tsung (apt) when missing; a tool that
 # cannot be installed is skipped and said so.
@@ -34,6 +37,9 @@ set_rates "send-1000 send-10000 send-50000 fanout-10" "send-200 fanout-2" "$@"
 loads=("${rates[@]}")
 runs=${BENCH_RUNS:-3}
 read -r -a tools <<< "${PEER_TOOLS:-chorus artillery tsung tinygen}"
+if [ -n "${CHORUS_BASELINE:-}" ] && [[ " ${tools[*]} " != *" chorus-baseline "* ]]; then
+    tools+=(chorus-baseline)
+fi
 clients=100
 window=10
 if [ "$BENCH_TINY" = 1 ]; then
@@ -75,7 +81,7 @@ configure() {
     think=$(python3 -c "print(round(1 / $rate, 6))")
     count=$(python3 -c "print(int($rate * $sending))")
     case "$tool" in
-    chorus)
+    chorus | chorus-baseline)
         {
             echo "name = \"peers-$load\""
             echo "protocol = \"chorus-plain\""
@@ -91,7 +97,9 @@ configure() {
             echo "rate = $rate"
             echo "text_size = 32"
         } > "$dir/scenario.toml"
-        echo "$CHORUS run $dir/scenario.toml --target $SERVER_URL --out $dir/result"
+        local harness=$CHORUS
+        [ "$tool" = chorus ] || harness=$CHORUS_BASELINE
+        echo "$harness run $dir/scenario.toml --target $SERVER_URL --out $dir/result"
         ;;
     artillery)
         local path="/"
@@ -144,7 +152,9 @@ EOF
         echo "tsung -f $dir/tsung.xml -l $dir/log start"
         ;;
     tinygen)
-        echo "$TINYGEN $SERVER_URL $clients $rate $sending 32"
+        local url=$SERVER_URL
+        [[ $load == send-* ]] && url="${SERVER_URL}?room=r{i}"
+        echo "$TINYGEN $url $clients $rate $sending 32"
         ;;
     esac
 }
@@ -209,9 +219,6 @@ for run in $(seq "$runs"); do
     for load in "${loads[@]}"; do
         for tool in "${tools[@]}"; do
             step=$((step + 1))
-            if [ "$tool" = tinygen ] && [[ $load != fanout-* ]]; then
-                continue
-            fi
             if ! have_tool "$tool"; then
                 echo "[$step/$total] $tool is not installed: skipped" >&2
                 continue

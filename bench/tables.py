@@ -341,7 +341,7 @@ def capacity(root):
                 )
 
 
-PEER_TOOLS = ["chorus", "artillery", "tsung", "tinygen"]
+PEER_TOOLS = ["chorus", "chorus-baseline", "artillery", "tsung", "tinygen"]
 
 
 def peers(dir_):
@@ -378,10 +378,13 @@ def peers(dir_):
             )
     print()
     for (load_name, tool), us in sorted(per_message.items()):
-        base = per_message.get((load_name, "tinygen")) if load_name.startswith("fanout") else None
+        base = per_message.get((load_name, "tinygen"))
         other = per_message.get((load_name, "chorus"))
+        before = per_message.get((load_name, "chorus-baseline"))
         if tool == "chorus" and base and us:
             print(f"- {load_name}: chorus / tinygen CPU per message = {us / base:.2f}")
+        if tool == "chorus" and before and us:
+            print(f"- {load_name}: chorus / chorus-baseline CPU per message = {us / before:.2f}")
         elif tool in ("artillery", "tsung") and us and other:
             print(f"- {load_name}: {tool} / chorus CPU per message = {us / other:.2f}")
 

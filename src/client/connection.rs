@@ -32,6 +32,13 @@ use crate::protocol::{ClientFrame, ServerEvent};
 /// The WebSocket stream of a client connection (plain or TLS).
 pub type WsStream = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// Bytes asked of the socket per read. tungstenite zeroes this much of its
+/// buffer before every read, so it is a cost per read, not only memory: at
+/// 16 KiB the zeroing was 5 % of the load harness's CPU at 10,000 messages a
+/// second (perf, bench/peers-harness.sh send-10000); 4 KiB holds dozens of
+/// chat events, and a larger frame still arrives whole over several reads.
+const READ_BUFFER: usize = 4 * 1024;
+
 /// Where a client connects by default.
 pub const DEFAULT_URL: &str = "ws://127.0.0.1:8080/";
 
@@ -156,7 +163,7 @@ async fn connect_inner(url: &str, options: &ConnectOptions) -> Result<WsStream, 
     let config = WebSocketConfig::default()
         .max_message_size(Some(options.max_message_size))
         .max_frame_size(Some(options.max_message_size))
-        .read_buffer_size(16 * 1024)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(16 * 1024);
     match client_async_tls_with_config(request, tcp, Some(config), Some(connector)).await {
         Ok((ws, _response)) => Ok(ws),

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -113,8 +112,9 @@ pub struct BotPlan {
 
 /// One open connection of a bot.
 pub(super) struct Conn {
-    pub sink: SplitSink<WsStream, Message>,
-    pub stream: SplitStream<WsStream>,
+    /// Read and written from the bot's one task, so not split: a split
+    /// stream takes a lock on every read and every write.
+    pub ws: WsStream,
     /// Per-sender sequence tracking of this connection.
     pub tracker: SeqTracker,
     /// A `binary` announcement was read; the frame comes next.
@@ -389,10 +389,8 @@ impl Bot {
             MaybeTlsStream::Plain(tcp) if options.recv_buffer.is_some() => tcp.as_fd().try_clone_to_owned().ok(),
             _ => None,
         };
-        let (sink, stream) = ws.split();
         let mut conn = Conn {
-            sink,
-            stream,
+            ws,
             tracker: SeqTracker::default(),
             expect_binary: false,
             recovering: Vec::new(),
@@ -436,7 +434,7 @@ impl Bot {
             return Ok(());
         }
         let join = ClientFrame::Join { room: room.as_str().into() }.encode();
-        conn.sink.send(Message::Text(join.into())).await.map_err(|e| e.to_string())?;
+        conn.ws.send(Message::Text(join.into())).await.map_err(|e| e.to_string())?;
         loop {
             let text = next_text(conn).await?;
             let Ok(header) = EventHeader::decode(&text) else { continue };
@@ -541,7 +539,7 @@ impl Bot {
                         return outcome;
                     }
                 }
-                frame = conn.stream.next(), if conn.reading => {
+                frame = conn.ws.next(), if conn.reading => {
                     if let Err(outcome) = self.on_frames(conn, frame).await {
                         return outcome;
                     }
@@ -589,7 +587,7 @@ impl Bot {
         // turn of every timer (a turn costs as much as handling a frame); a
         // bounded batch, so a scheduled send waits at most that long.
         for _ in 1..READ_BATCH {
-            let Some(frame) = conn.stream.next().now_or_never() else { break };
+            let Some(frame) = conn.ws.next().now_or_never() else { break };
             self.on_frame(conn, frame).await?;
         }
         Ok(())
@@ -626,10 +624,10 @@ impl Bot {
     /// the server had closed it.
     async fn closing(&mut self, conn: &mut Conn) {
         let frame = CloseFrame { code: CloseCode::Normal, reason: Utf8Bytes::from_static("run finished") };
-        let _ = conn.sink.send(Message::Close(Some(frame))).await;
+        let _ = conn.ws.send(Message::Close(Some(frame))).await;
         let deadline = Instant::now() + Duration::from_secs(1);
         loop {
-            match timeout(deadline.saturating_duration_since(Instant::now()), conn.stream.next()).await {
+            match timeout(deadline.saturating_duration_since(Instant::now()), conn.ws.next()).await {
                 Ok(Some(Ok(Message::Close(frame)))) => {
                     if let Some(frame) = frame.filter(|f| f.code != CloseCode::Normal) {
                         self.metrics.count_close(format!("{} {}", u16::from(frame.code), frame.reason));
@@ -708,7 +706,7 @@ impl Bot {
             }
         }
         let bytes = message.len() as u64;
-        conn.sink.send(message).await?;
+        conn.ws.send(message).await?;
         let counters = &mut self.metrics.counters;
         counters.bytes_sent += bytes;
         match kind {
@@ -830,7 +828,7 @@ fn with_query(url: &str, name: &str, value: &str) -> String {
 /// The next text frame (pings answered by tungstenite as we read).
 async fn next_text(conn: &mut Conn) -> Result<Utf8Bytes, String> {
     loop {
-        match conn.stream.next().await {
+        match conn.ws.next().await {
             Some(Ok(Message::Text(text))) => return Ok(text),
             Some(Ok(Message::Close(frame))) => {
                 return Err(format!("closed by the server: {}", frame.map(|f| f.to_string()).unwrap_or_default()));

@@ -278,7 +278,7 @@ impl Bot {
             limit: Some(limit),
         };
         conn.history_for.push_back(HistoryFor::Recovery);
-        conn.sink.send(Message::Text(request.encode().into())).await
+        conn.ws.send(Message::Text(request.encode().into())).await
     }
 
     /// A `history` answer to a gap fetch: count what it recovers, ask for more.

@@ -182,14 +182,14 @@ impl Bot {
             Action::Join(room) => {
                 let room = self.render(&room);
                 self.wait(Waiting::Joined { deadline });
-                conn.sink.send(Message::Text(ClientFrame::Join { room: room.into() }.encode().into())).await?;
+                conn.ws.send(Message::Text(ClientFrame::Join { room: room.into() }.encode().into())).await?;
             }
             Action::History(limit) => {
                 let request =
                     ClientFrame::History { room: None, after_seq: None, before_seq: None, limit: Some(limit) };
                 conn.history_for.push_back(HistoryFor::Script);
                 self.wait(Waiting::History { since: Instant::now(), deadline });
-                conn.sink.send(Message::Text(request.encode().into())).await?;
+                conn.ws.send(Message::Text(request.encode().into())).await?;
             }
             Action::WaitFor { pattern, timeout, check } => {
                 let pattern = self.render(&pattern);

@@ -128,7 +128,7 @@ impl Bot {
             sent: 0,
             stored: 0,
         });
-        conn.sink.send(Message::Text(offer.into())).await?;
+        conn.ws.send(Message::Text(offer.into())).await?;
         self.metrics.counters.sent_file += 1;
         self.metrics.counters.bytes_sent += bytes;
         self.live.count(self.ctx.second(), Live::Sent(bytes));
@@ -156,12 +156,12 @@ impl Bot {
             let header =
                 ClientFrame::FileChunk { upload_id: upload.id.as_str().into(), offset: upload.sent as u64 }.encode();
             sent_bytes += (header.len() + end - upload.sent) as u64;
-            conn.sink.feed(Message::Text(header.into())).await?;
-            conn.sink.feed(Message::Binary(upload.data.slice(upload.sent..end))).await?;
+            conn.ws.feed(Message::Text(header.into())).await?;
+            conn.ws.feed(Message::Binary(upload.data.slice(upload.sent..end))).await?;
             upload.sent = end;
         }
         if sent_bytes > 0 {
-            conn.sink.flush().await?;
+            conn.ws.flush().await?;
             self.metrics.counters.bytes_sent += sent_bytes;
             self.live.count(self.ctx.second(), Live::SentBytes(sent_bytes));
         }
