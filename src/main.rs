@@ -148,7 +148,9 @@ struct RunArgs {
     #[arg(long, value_name = "KEY=VALUE")]
     set: Vec<String>,
     /// Serve a live dashboard of the run (default 127.0.0.1 on a free port; the address is printed).
-    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:0")]
+    /// An address is attached with `=` (--dashboard=127.0.0.1:9000), so that
+    /// `--dashboard scenarios/x.toml` reads the scenario, not an address.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, require_equals = true, default_missing_value = "127.0.0.1:0")]
     dashboard: Option<String>,
     /// Write one JSON line per second of the run to FILE, or to stdout with `-` (the report then goes to stderr).
     #[arg(long, value_name = "FILE|-")]
@@ -400,8 +402,26 @@ async fn run_chat(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// The word after a bare `--dashboard`, when clap refused it: an address
+/// meant for the flag but written apart from it.
+fn dashboard_value_apart() -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.windows(2).find(|w| w[0] == "--dashboard" && !w[1].starts_with('-')).map(|w| w[1].clone())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            if err.kind() == clap::error::ErrorKind::UnknownArgument
+                && let Some(value) = dashboard_value_apart()
+            {
+                eprintln!("chorus: --dashboard takes its address after `=`: --dashboard={value}");
+                return ExitCode::from(2);
+            }
+            err.exit()
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {

@@ -156,3 +156,29 @@ async fn ndjson_to_stdout_leaves_stdout_to_ndjson_alone() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("result: PASSED"), "the report goes to stderr: {stderr}");
 }
+
+/// `--dashboard` takes an address only after `=`: right before the scenario
+/// it does not swallow it, and an address written apart gets a clear error.
+#[tokio::test]
+async fn dashboard_takes_its_address_after_an_equals_sign() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("watched.toml");
+    std::fs::write(&file, SCENARIO).unwrap();
+    let out = dir.path().join("out");
+    let (file, out) = (file.to_str().unwrap(), out.to_str().unwrap());
+    let finish = |child: Child| async {
+        let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.unwrap().unwrap();
+        (output.status.code(), String::from_utf8(output.stderr).unwrap())
+    };
+    for args in [
+        vec!["--dashboard", file, "--duration", "1s", "--out", out],
+        vec![file, "--dashboard=127.0.0.1:0", "--duration", "1s", "--out", out],
+    ] {
+        let (code, stderr) = finish(chorus_run(&args)).await;
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert!(stderr.contains("dashboard: http://127.0.0.1:"), "{args:?}: {stderr}");
+    }
+    let (code, stderr) = finish(chorus_run([file, "--dashboard", "127.0.0.1:9000"])).await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--dashboard=127.0.0.1:9000"), "{stderr}");
+}
