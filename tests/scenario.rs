@@ -112,7 +112,11 @@ stop_reading_after = "5s"
 #[test]
 fn every_validation_error_names_the_file_the_key_and_the_fix() {
     let cases: &[(&str, &str)] = &[
-        ("duration = 5\n[[group]]\nclients = 1\nbogus = 1", "unknown field `bogus`"),
+        ("duration = 5\n[[group]]\nclients = 1\nbogus = 1", "unknown key `bogus`; the keys here are `name`, `clients`"),
+        (
+            "duration = 5\n[[group]]\nclinets = 1",
+            "group[0].clinets: line 3, column 1: unknown key `clinets` (did you mean `clients`?)",
+        ),
         ("[[group]]\nclients = 1", "duration is missing"),
         ("duration = \"soon\"\n[[group]]\nclients = 1", "duration \"soon\" is not a duration"),
         ("duration = \"0s\"\n[[group]]\nclients = 1", "duration must be more than 0"),
@@ -179,7 +183,7 @@ fn every_validation_error_names_the_file_the_key_and_the_fix() {
         ),
         ("duration = \"5s\"\n[[group]]\nclients = 1\n[thresholds]\n\"delivery.p99\" = \"fast\"", "must start with <"),
         ("duration = \"5s\"\n[[group]]\nclients = 1\n[server]\nmax_queue_bytes = \"lots\"", "server.max_queue_bytes"),
-        ("duration = \"5s\"\n[[group]]\nclients = 1\n[server]\nwarp = true", "unknown field `warp`"),
+        ("duration = \"5s\"\n[[group]]\nclients = 1\n[server]\nwarp = true", "unknown key `warp`"),
         (
             "duration = 1e20\n[[group]]\nclients = 1",
             "duration must be a duration from 0 to 1e9 seconds (got 100000000000000000000)",
@@ -314,7 +318,14 @@ fn bad_scripts_name_the_step_and_the_fix() {
         ("script = []", "group[0].script is empty"),
         ("script = [{ say = \"a\", think = \"1s\" }]", "group[0].script[0] has 2 actions (say, think)"),
         ("script = [{ }]", "group[0].script[0] has no action"),
-        ("script = [{ shout = \"a\" }]", "group[0].script[0].shout: line 4, column 13: unknown field `shout`"),
+        (
+            "script = [{ shout = \"a\" }]",
+            "group[0].script[0].shout: line 4, column 13: unknown step key `shout`: a step is one action (connect,",
+        ),
+        (
+            "script = [{ loop = 2, do = [{ wait_for = \"x\", tiemout = \"1s\" }] }]",
+            "script[0].do[0].tiemout: line 4, column 47: unknown step key `tiemout` (did you mean `timeout`?)",
+        ),
         ("script = [{ say = \"{who}\" }]", "group[0].script[0].say has an unknown placeholder {who}"),
         ("script = [{ say = \"{line}\" }]", "add [data.lines]"),
         ("script = [{ think = \"1s\", timeout = \"2s\" }]", "group[0].script[0].timeout goes with wait_for only"),

@@ -530,7 +530,9 @@ impl Scenario {
         // with the line and column.
         let raw: RawScenario = serde_path_to_error::deserialize(deserializer).map_err(|err| {
             let path = err.path().to_string();
-            let inner = toml_error(text, err.inner());
+            let message = err.inner().message().trim();
+            let message = unknown_key(&path, message).unwrap_or_else(|| message.to_string());
+            let inner = located(text, err.inner(), &message);
             parse_error(if path == "." { inner } else { format!("{path}: {inner}") })
         })?;
         Validator { file }.scenario(raw, default_name)
@@ -585,13 +587,44 @@ fn split(err: ScenarioError) -> script::StepError {
 /// rendering spans several lines, with a snippet, which an error line
 /// cannot show).
 fn toml_error(text: &str, err: &toml::de::Error) -> String {
-    let message = err.message().trim();
+    located(text, err, err.message().trim())
+}
+
+/// `message` after the line and column `err` points at.
+fn located(text: &str, err: &toml::de::Error, message: &str) -> String {
     let Some(before) = err.span().and_then(|span| text.get(..span.start)) else {
         return message.to_string();
     };
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     format!("line {line}, column {column}: {message}")
+}
+
+/// serde's "unknown field `X`, expected one of `a`, `b`" for the key at
+/// `path`, said with the fix: the nearest known key when one is a typo away,
+/// and for a script step which keys are actions and which go with one.
+fn unknown_key(path: &str, message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (key, expected) = rest.split_once("`, expected ")?;
+    let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    let nearest = known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(key, k), *k))
+        .filter(|(distance, k)| *distance <= 2 && *distance < k.len())
+        .min()
+        .map(|(_, k)| format!(" (did you mean `{k}`?)"))
+        .unwrap_or_default();
+    let in_step = path.rsplit_once('.').is_some_and(|(step, _)| step.ends_with(']') && step.contains("script["));
+    Some(if in_step {
+        format!(
+            "unknown step key `{key}`{nearest}: a step is one action ({}) with its options (`name` with file, \
+             `timeout` and `check` with wait_for, `do` with loop)",
+            script::ACTIONS
+        )
+    } else {
+        let list: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
+        format!("unknown key `{key}`{nearest}; the keys here are {}", list.join(", "))
+    })
 }
 
 /// Turns a `RawScenario` into a `Scenario`, naming the file in every error.

@@ -179,7 +179,7 @@ pub(super) trait Values {
     fn size_range(&self, key: &str, value: &SizeValue, min: usize, max: usize) -> Result<Range<usize>, StepError>;
 }
 
-const ACTIONS: &str = "connect, leave, join, history, say, binary, file, rename, think, wait_for or loop";
+pub(super) const ACTIONS: &str = "connect, leave, join, history, say, binary, file, rename, think, wait_for or loop";
 
 /// Validate a script: its steps, its templates, and that it is connected
 /// wherever a step needs a connection (a loop must end as connected as it began).
