@@ -148,8 +148,8 @@ struct RunArgs {
     #[arg(long, value_name = "KEY=VALUE")]
     set: Vec<String>,
     /// Serve a live dashboard of the run (default 127.0.0.1 on a free port; the address is printed).
-    /// An address is attached with `=` (--dashboard=127.0.0.1:9000), so that
-    /// `--dashboard scenarios/x.toml` reads the scenario, not an address.
+    /// `--dashboard ADDR` and `--dashboard=ADDR` both work; a word that is
+    /// not an address (`--dashboard scenarios/x.toml`) is not taken for one.
     #[arg(long, value_name = "ADDR", num_args = 0..=1, require_equals = true, default_missing_value = "127.0.0.1:0")]
     dashboard: Option<String>,
     /// Write one JSON line per second of the run to FILE, or to stdout with `-` (the report then goes to stderr).
@@ -402,21 +402,46 @@ async fn run_chat(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// The word after a bare `--dashboard`, when clap refused it: an address
-/// meant for the flag but written apart from it.
-fn dashboard_value_apart() -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.windows(2).find(|w| w[0] == "--dashboard" && !w[1].starts_with('-')).map(|w| w[1].clone())
+/// The command line with `--dashboard ADDR` written `--dashboard=ADDR` when
+/// ADDR is an address (`host:port` or a port): the flag's value is optional,
+/// so clap would otherwise take `--dashboard scenarios/x.toml`'s path for
+/// the address, or refuse the address written apart.
+fn with_dashboard_joined(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let is_address = |word: &str| {
+        let port = word.rsplit_once(':').map_or(word, |(host, port)| if host.is_empty() { "" } else { port });
+        !word.contains('/') && port.parse::<u16>().is_ok()
+    };
+    let mut out: Vec<std::ffi::OsString> = Vec::new();
+    for arg in args {
+        if out.last().is_some_and(|last| last == "--dashboard")
+            && let Some(word) = arg.to_str().filter(|w| is_address(w))
+        {
+            out.pop();
+            out.push(format!("--dashboard={word}").into());
+            continue;
+        }
+        out.push(arg);
+    }
+    out
+}
+
+/// The word after a bare `--dashboard`, when clap refused it: meant as the
+/// flag's value but not an address.
+fn dashboard_value_apart(args: &[std::ffi::OsString]) -> Option<String> {
+    args.windows(2)
+        .find(|w| w[0] == "--dashboard" && !w[1].to_string_lossy().starts_with('-'))
+        .map(|w| w[1].to_string_lossy().into_owned())
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let args = with_dashboard_joined(std::env::args_os());
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(err) => {
             if err.kind() == clap::error::ErrorKind::UnknownArgument
-                && let Some(value) = dashboard_value_apart()
+                && let Some(value) = dashboard_value_apart(&args)
             {
-                eprintln!("chorus: --dashboard takes its address after `=`: --dashboard={value}");
+                eprintln!("chorus: --dashboard takes an address (host:port or a port), not {value:?}");
                 return ExitCode::from(2);
             }
             err.exit()

@@ -157,10 +157,11 @@ async fn ndjson_to_stdout_leaves_stdout_to_ndjson_alone() {
     assert!(stderr.contains("result: PASSED"), "the report goes to stderr: {stderr}");
 }
 
-/// `--dashboard` takes an address only after `=`: right before the scenario
-/// it does not swallow it, and an address written apart gets a clear error.
+/// `--dashboard` with an address apart or after `=`, or without one right
+/// before the scenario (which it must not take for an address); a word that
+/// is no address gets a clear error.
 #[tokio::test]
-async fn dashboard_takes_its_address_after_an_equals_sign() {
+async fn dashboard_takes_an_address_and_leaves_the_scenario_alone() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("watched.toml");
     std::fs::write(&file, SCENARIO).unwrap();
@@ -170,15 +171,21 @@ async fn dashboard_takes_its_address_after_an_equals_sign() {
         let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.unwrap().unwrap();
         (output.status.code(), String::from_utf8(output.stderr).unwrap())
     };
+    let port = common::free_port();
+    let apart = format!("127.0.0.1:{port}");
     for args in [
         vec!["--dashboard", file, "--duration", "1s", "--out", out],
         vec![file, "--dashboard=127.0.0.1:0", "--duration", "1s", "--out", out],
+        vec![file, "--dashboard", &apart, "--duration", "1s", "--out", out],
     ] {
         let (code, stderr) = finish(chorus_run(&args)).await;
         assert_eq!(code, Some(0), "{args:?}: {stderr}");
         assert!(stderr.contains("dashboard: http://127.0.0.1:"), "{args:?}: {stderr}");
+        if args.contains(&apart.as_str()) {
+            assert!(stderr.contains(&format!("dashboard: http://{apart}/")), "{stderr}");
+        }
     }
-    let (code, stderr) = finish(chorus_run([file, "--dashboard", "127.0.0.1:9000"])).await;
+    let (code, stderr) = finish(chorus_run([file, "--dashboard", "nowhere"])).await;
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("--dashboard=127.0.0.1:9000"), "{stderr}");
+    assert!(stderr.contains("--dashboard takes an address (host:port or a port), not \"nowhere\""), "{stderr}");
 }

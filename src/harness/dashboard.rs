@@ -1,4 +1,4 @@
-//! `chorus run --dashboard[=ADDR]`: a page served by the harness (axum, on
+//! `chorus run --dashboard [ADDR]`: a page served by the harness (axum, on
 //! loopback unless told otherwise) that follows the run: every second's
 //! record arrives over a WebSocket (`/live`), a page that connects late
 //! first gets every record so far, and when the run ends the summary and

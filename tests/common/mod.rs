@@ -19,6 +19,11 @@ use chorus::server::{ServerConfig, ServerHandle};
 /// How long a test waits for something it expects.
 pub const WAIT: Duration = Duration::from_secs(5);
 
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// A server on a free port with the default configuration.
 pub async fn server() -> ServerHandle {
     server_with(quick_close()).await

@@ -6,16 +6,14 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use super::free_port;
+
 pub struct Redis {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
     /// More `redis-server` arguments, for every launch.
     extra: Vec<String>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Redis {
