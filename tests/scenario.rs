@@ -122,7 +122,7 @@ fn every_validation_error_names_the_file_the_key_and_the_fix() {
         ("duration = \"5s\"\n[[group]]\nclients = 0", "group[0].clients must be >= 1 (got 0)"),
         ("duration = \"5s\"\n[[group]]\nclients = 1\nrate = -2", "group[0].rate must be >= 0 (got -2)"),
         ("duration = \"5s\"\n[[group]]\nclients = 1\narrival = \"bursty\"", "group[0].arrival must be"),
-        ("duration = \"5s\"\n[[group]]\nclients = 1\nroom = \"a b\"", "group[0].rooms"),
+        ("duration = \"5s\"\n[[group]]\nclients = 1\nroom = \"a b\"", "group[0].room \"a b\" is not a room name"),
         ("duration = \"5s\"\n[[group]]\nclients = 1\nroom = \"a\"\nrooms = [\"b\"]", "not both"),
         ("duration = \"5s\"\n[[group]]\nclients = 1\ntext_size = [10, 5]", "min <= max"),
         ("duration = \"5s\"\n[[group]]\nclients = 1\nbinary_size = 8", "binary_size must be at least 30 bytes"),
@@ -358,4 +358,27 @@ fn bad_scripts_name_the_step_and_the_fix() {
     assert!(err.contains("data.x.file cannot be read"), "{err}");
     let err = parse("duration = \"5s\"\n[[group]]\nclients = 1\n[thresholds]\n\"checks.rate\" = \"high\"").unwrap_err();
     assert!(err.contains("must start with"), "{err}");
+}
+
+/// Values the server would refuse, or that would do nothing, are refused
+/// when the scenario is read, naming the key as written.
+#[test]
+fn values_that_would_fail_or_do_nothing_are_refused_up_front() {
+    let cases: &[(&str, &str)] = &[
+        ("script = [{ leave = false }]", "group[0].script[0].leave takes true only"),
+        ("script = [{ say = \"a\" }, { connect = false }]", "group[0].script[1].connect takes true only"),
+        ("script = [{ rename = \"bob smith\" }]", "group[0].script[0].rename is not a name the server accepts"),
+        ("script = [{ rename = \"\" }]", "group[0].script[0].rename is not a name the server accepts"),
+        ("script = [{ wait_for = \"x\", check = \" \" }]", "group[0].script[0].check is empty"),
+        ("rooms = [\"a\", \"\"]", "group[0].rooms[1] \"\" is not a room name the server accepts"),
+        ("script = [{ join = \"a b\" }]", "group[0].script[0].join is not a room name the server accepts"),
+        ("mix = { file = 1 }\nscript = [{ say = \"x\" }]", "group[0].mix shapes the messages sent at `rate`"),
+        ("rate = 0\nmix = { text = 1 }", "group[0].mix shapes the messages sent at `rate`, and rate is 0"),
+    ];
+    for (group, want) in cases {
+        let err = parse(&format!("duration = \"5s\"\n[[group]]\nclients = 1\n{group}\n")).unwrap_err();
+        assert!(err.contains(want), "{group}: {err}");
+    }
+    // A template is checked when it is filled in, not here.
+    parse("duration = \"5s\"\n[[group]]\nclients = 1\nscript = [{ rename = \"guest-{bot}\" }]\n").unwrap();
 }

@@ -1039,9 +1039,16 @@ impl Validator<'_> {
             (None, None) => vec![crate::protocol::DEFAULT_ROOM.to_string()],
         };
         // Rooms in the form the server uses (NFKC), so events match them.
+        let group = key.strip_suffix(".rooms").unwrap_or(key);
         let rooms = rooms
             .iter()
-            .map(|room| crate::names::room(room).map_err(|why| self.invalid(key, why)))
+            .enumerate()
+            .map(|(i, room)| {
+                crate::names::room(room).map_err(|why| {
+                    let at = if raw.room.is_some() { format!("{group}.room") } else { format!("{group}.rooms[{i}]") };
+                    self.invalid(at, format!("{room:?} is not a room name the server accepts: {why}"))
+                })
+            })
             .collect::<Result<Vec<String>, ScenarioError>>()?;
         if protocol == Protocol::Raw && rooms.len() > 1 {
             return Err(self.invalid(key, "raw servers have no rooms: use one room (or none)"));
@@ -1138,6 +1145,13 @@ impl Validator<'_> {
 
     fn mix(&self, key: &str, raw: Option<&RawMix>, protocol: Protocol, rate: f64) -> Result<Mix, ScenarioError> {
         let Some(raw) = raw else { return Ok(Mix { text: 1, binary: 0, rename: 0, file: 0 }) };
+        if rate == 0.0 {
+            return Err(self.invalid(
+                key,
+                "shapes the messages sent at `rate`, and rate is 0 (a scripted group's default): \
+                 set rate = N to send a mix, or remove mix",
+            ));
+        }
         let weight = |field: &str, value: Option<i64>| -> Result<u32, ScenarioError> {
             match value {
                 None => Ok(0),

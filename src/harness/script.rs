@@ -313,6 +313,9 @@ impl Builder<'_> {
         };
         let template = |text: &str| template(text, cx.data).map_err(|why| (key.to_string(), why));
         Ok(match action {
+            "connect" | "leave" if step.connect == Some(false) || step.leave == Some(false) => {
+                return Err((key.to_string(), format!("takes true only: {action} = true, or leave the step out")));
+            }
             "connect" => Action::Connect,
             "leave" => Action::Leave,
             "join" => {
@@ -320,7 +323,8 @@ impl Builder<'_> {
                 let mut room = template(step.join.as_deref().unwrap_or_default())?;
                 if let Some(literal) = room.literal() {
                     // In the form the server uses (NFKC), so its `joined` matches.
-                    let normal = crate::names::room(literal).map_err(|why| (key.to_string(), why))?;
+                    let normal = crate::names::room(literal)
+                        .map_err(|why| (key.to_string(), format!("is not a room name the server accepts: {why}")))?;
                     room = Template { parts: vec![Part::Text(normal)] };
                 }
                 Action::Join(room)
@@ -358,7 +362,13 @@ impl Builder<'_> {
             }
             "rename" => {
                 chorus_only("renames")?;
-                Action::Rename(template(step.rename.as_deref().unwrap_or_default())?)
+                let name = template(step.rename.as_deref().unwrap_or_default())?;
+                if let Some(literal) = name.literal() {
+                    // The server's own rule, so a name it would refuse is refused here.
+                    crate::names::username(literal)
+                        .map_err(|why| (key.to_string(), format!("is not a name the server accepts: {why}")))?;
+                }
+                Action::Rename(name)
             }
             "think" => Action::Think(self.think(step, key)?),
             "wait_for" => self.wait_for(step, key)?,
@@ -390,6 +400,10 @@ impl Builder<'_> {
         };
         if timeout.is_zero() {
             return Err((timeout_key, "must be more than 0s: the check would fail at once".into()));
+        }
+        let check_key = format!("{}.check", key.strip_suffix(".wait_for").unwrap_or(key));
+        if step.check.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            return Err((check_key, "is empty: name the check, or leave the key out for \"wait_for TEXT\"".into()));
         }
         let check = step.check.clone().unwrap_or_else(|| format!("wait_for {written:?}"));
         let pattern = template(&written, self.cx.data).map_err(|why| (key.to_string(), why))?;
