@@ -323,7 +323,8 @@ fn timeseries_csv(seconds: &BTreeMap<u32, Second>, summary: &Summary) -> String 
 }
 
 /// The name of the phase running `second` seconds into the run
-/// (`stopped` once an interrupted run was stopped).
+/// (`stopped` once an interrupted run was stopped, `done` after the last
+/// phase: the names of the progress lines).
 pub fn phase_at(summary: &Summary, second: f64) -> String {
     if summary.run.stopped_after_secs.is_some_and(|at| second >= at.floor()) {
         return "stopped".to_string();
@@ -335,7 +336,7 @@ pub fn phase_at(summary: &Summary, second: f64) -> String {
         }
         start += phase.seconds;
     }
-    "end".to_string()
+    "done".to_string()
 }
 
 #[cfg(test)]
