@@ -78,8 +78,8 @@ async fn the_smoke_scenario_delivers_everything_with_no_errors() {
     assert!(csv.starts_with("second,phase,connected,sent,delivered"));
     assert!(csv.lines().next().unwrap().ends_with(",sent_bytes,received_bytes"));
     assert!(s.messages.bytes_sent > 0 && s.messages.bytes_received > s.messages.bytes_sent);
-    assert!(s.throughput.received_bytes_per_sec > 0.0);
-    assert!(outcome.report.contains(" in (steady phases)"), "{}", outcome.report);
+    assert!(s.throughput.received_bytes_per_sec.unwrap() > 0.0);
+    assert!(outcome.report.contains(" in (the 3 seconds of steady phases)"), "{}", outcome.report);
     assert!(csv.lines().count() >= 5);
 }
 
@@ -311,10 +311,17 @@ async fn ctrl_c_stops_sending_and_writes_a_partial_report() {
     let stopped = summary["run"]["stopped_after_secs"].as_f64().unwrap();
     let steady = summary["run"]["steady_secs"].as_f64().unwrap();
     assert!(steady <= stopped, "steady {steady}s counted past the stop at {stopped}s");
-    let sent = (summary["messages"]["sent_text"].as_u64().unwrap()
-        + summary["messages"]["sent_binary"].as_u64().unwrap()) as f64;
-    assert!((summary["throughput"]["sent_per_sec"].as_f64().unwrap() - sent / steady).abs() < 1e-6);
     let csv = std::fs::read_to_string(out.join("timeseries.csv")).unwrap();
+    // The rates are over the whole steady seconds before the stop, from those seconds' counts.
+    let steady_sent: Vec<f64> = csv
+        .lines()
+        .filter(|l| l.split(',').nth(1) == Some("steady"))
+        .map(|l| l.split(',').nth(3).unwrap().parse().unwrap())
+        .collect();
+    assert!(!steady_sent.is_empty(), "{csv}");
+    assert_eq!(summary["throughput"]["seconds"].as_u64().unwrap() as usize, steady_sent.len(), "{csv}");
+    let mean = steady_sent.iter().sum::<f64>() / steady_sent.len() as f64;
+    assert!((summary["throughput"]["sent_per_sec"].as_f64().unwrap() - mean).abs() < 1e-6, "{csv}");
     assert!(csv.lines().last().unwrap().contains(",stopped,"), "{csv}");
     // Each second's phase is the same in the progress lines and the CSV.
     let csv_phase: HashMap<&str, &str> =
@@ -648,4 +655,23 @@ async fn shards_spread_over_every_target_as_the_whole_run_would() {
     assert_eq!(merged["delivery"]["ratio"], 1.0);
     assert!(report.contains("2 external servers"), "{report}");
     assert_eq!(merged["scenario"]["embedded_server"], false);
+}
+
+/// Rates are over whole seconds of the steady phases, from those seconds'
+/// counts; when every client left before one ran, there are none.
+#[tokio::test]
+async fn throughput_is_over_whole_steady_seconds_or_absent() {
+    let results = tempfile::tempdir().unwrap();
+    let text = "ramp_up = \"500ms\"\nduration = \"2s\"\ndrain = \"500ms\"\n[[group]]\nclients = 2\nrate = 10.0\n";
+    let outcome = harness::run(scenario(text), options(results.path()), CancellationToken::new()).await.unwrap();
+    let t = &outcome.summary.throughput;
+    // Steady from 0.5 s to 2.5 s: only second 1 lies wholly inside it.
+    assert_eq!(t.seconds, 1, "{t:?}");
+    assert!(t.sent_per_sec.is_some() && t.delivered_per_sec.is_some(), "{t:?}");
+    let left = "ramp_up = \"1s\"\nduration = \"3s\"\n[[group]]\nclients = 2\n\
+        script = [{ say = \"hello\" }, { think = \"300ms\" }, { leave = true }]\n";
+    let outcome = harness::run(scenario(left), options(results.path()), CancellationToken::new()).await.unwrap();
+    let t = &outcome.summary.throughput;
+    assert_eq!((t.seconds, t.sent_per_sec, t.delivered_per_sec), (0, None, None), "{t:?}");
+    assert!(outcome.report.contains("throughput   - (no whole second of a steady phase ran)"), "{}", outcome.report);
 }

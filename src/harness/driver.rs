@@ -136,7 +136,7 @@ pub async fn run(scenario: Scenario, options: RunOptions, stop: CancellationToke
     let facts = ran.facts(&ctx, &options, addresses, stop.is_cancelled(), embedded);
     let info = scenario_info(&scenario, &facts, &target.urls);
     let Measured { total, groups, targets } = &ran.measured;
-    let summary = Summary::build(info, &scenario.thresholds, facts, total, groups, targets);
+    let summary = Summary::build(info, &scenario.thresholds, facts, total, groups, targets, &ran.collected.seconds);
     let saved = SavedRun::new(total, groups, targets, &ran.collected.seconds);
     let dir =
         results::make_dir(&options.results, options.out.as_deref(), &scenario.name, summary.run.shard.as_deref())?;

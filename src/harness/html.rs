@@ -324,10 +324,10 @@ fn tables(s: &Summary) -> String {
             m.received.to_string(),
             format_bytes(m.bytes_sent as f64),
             format_bytes(m.bytes_received as f64),
-            format!("{:.1}", t.sent_per_sec),
-            format!("{:.1}", t.delivered_per_sec),
-            format_bytes_rate(t.sent_bytes_per_sec),
-            format_bytes_rate(t.received_bytes_per_sec),
+            t.sent_per_sec.map_or("-".into(), |r| format!("{r:.1}")),
+            t.delivered_per_sec.map_or("-".into(), |r| format!("{r:.1}")),
+            t.sent_bytes_per_sec.map_or("-".into(), format_bytes_rate),
+            t.received_bytes_per_sec.map_or("-".into(), format_bytes_rate),
         ]],
     ));
     out.push_str("<h2>Delivery</h2>");

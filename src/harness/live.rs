@@ -252,7 +252,9 @@ impl LiveFeed {
         let mut facts = self.facts.clone();
         facts.steady_secs = state.last.as_ref().map_or(1.0, |(s, _, _)| f64::from(*s + 1));
         // A shard's summary skips thresholds (they are for the merge): evaluate here.
-        let mut summary = Summary::build(self.info.clone(), &self.thresholds, facts, &metrics, &[], &[]);
+        // No seconds: the throughput thresholds are not followed live.
+        let no_seconds = std::collections::BTreeMap::new();
+        let mut summary = Summary::build(self.info.clone(), &self.thresholds, facts, &metrics, &[], &[], &no_seconds);
         summary.evaluate(&self.thresholds);
         summary
             .thresholds

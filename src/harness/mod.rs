@@ -109,7 +109,7 @@ pub fn merge_runs(runs: &[(Summary, SavedRun)], dirs: &[PathBuf], dir: PathBuf) 
         merged_info.target = facts.target.clone();
         merged_info.targets = targets.iter().map(|(url, _, _)| url.clone()).collect();
     }
-    let summary = Summary::build(merged_info, &thresholds, facts, &total, &groups, &targets);
+    let summary = Summary::build(merged_info, &thresholds, facts, &total, &groups, &targets, &collected.seconds);
     let saved = SavedRun::new(&total, &groups, &targets, &collected.seconds);
     driver::finish(summary, &saved, &collected, dir)
 }

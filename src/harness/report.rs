@@ -152,13 +152,18 @@ fn messages(out: &mut String, s: &Summary) {
 
 fn throughput(out: &mut String, s: &Summary) {
     let t = &s.throughput;
+    let (Some(sent), Some(delivered), Some(out_rate), Some(in_rate)) =
+        (t.sent_per_sec, t.delivered_per_sec, t.sent_bytes_per_sec, t.received_bytes_per_sec)
+    else {
+        let _ = writeln!(out, "throughput   - (no whole second of a steady phase ran)\n");
+        return;
+    };
+    let seconds = if t.seconds == 1 { "1 second".to_string() } else { format!("{} seconds", t.seconds) };
     let _ = writeln!(
         out,
-        "throughput   {:.1} sent/s  {:.1} delivered/s  {} out  {} in (steady phases)\n",
-        t.sent_per_sec,
-        t.delivered_per_sec,
-        format_bytes_rate(t.sent_bytes_per_sec),
-        format_bytes_rate(t.received_bytes_per_sec)
+        "throughput   {sent:.1} sent/s  {delivered:.1} delivered/s  {} out  {} in (the {seconds} of steady phases)\n",
+        format_bytes_rate(out_rate),
+        format_bytes_rate(in_rate)
     );
 }
 
@@ -415,25 +420,12 @@ pub fn compare(this: &Summary, base: &Summary) -> String {
             }
         }
     }
-    row(
-        &mut out,
-        "throughput sent/s",
-        Some(this.throughput.sent_per_sec),
-        Some(base.throughput.sent_per_sec),
-        Better::Higher,
-        "",
-    );
-    row(
-        &mut out,
-        "throughput delivered/s",
-        Some(this.throughput.delivered_per_sec),
-        Some(base.throughput.delivered_per_sec),
-        Better::Higher,
-        "",
-    );
-    let bytes = |s: &Summary| (s.throughput.sent_bytes_per_sec, s.throughput.received_bytes_per_sec);
-    row(&mut out, "bytes out/s", Some(bytes(this).0.round()), Some(bytes(base).0.round()), Better::Higher, "");
-    row(&mut out, "bytes in/s", Some(bytes(this).1.round()), Some(bytes(base).1.round()), Better::Higher, "");
+    let (t, b) = (&this.throughput, &base.throughput);
+    row(&mut out, "throughput sent/s", t.sent_per_sec, b.sent_per_sec, Better::Higher, "");
+    row(&mut out, "throughput delivered/s", t.delivered_per_sec, b.delivered_per_sec, Better::Higher, "");
+    let round = |rate: Option<f64>| rate.map(f64::round);
+    row(&mut out, "bytes out/s", round(t.sent_bytes_per_sec), round(b.sent_bytes_per_sec), Better::Higher, "");
+    row(&mut out, "bytes in/s", round(t.received_bytes_per_sec), round(b.received_bytes_per_sec), Better::Higher, "");
     row(&mut out, "delivery.ratio", this.delivery.ratio, base.delivery.ratio, Better::Higher, "");
     row(&mut out, "delivery.lost", Some(this.delivery.lost as f64), Some(base.delivery.lost as f64), Better::Lower, "");
     let errors = |s: &Summary| Some(s.errors.values().sum::<u64>() as f64);

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::metrics::{BotMetrics, Counters, GroupMetrics, Hist, Metric};
+use super::progress::Second;
 use super::scenario::{Arrival, Phase, Scenario};
 use super::thresholds::{Quantity, Threshold};
 
@@ -245,14 +246,50 @@ impl Checks {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Throughput {
-    /// Over the steady phases.
-    pub sent_per_sec: f64,
-    pub delivered_per_sec: f64,
+    /// The whole seconds of steady phases the rates are over (those that ran
+    /// entirely inside a steady phase, before any stop); none: no rates.
+    #[serde(default)]
+    pub seconds: u32,
+    /// Messages sent a second (texts, binaries, renames, file offers).
+    pub sent_per_sec: Option<f64>,
+    /// Deliveries received a second (messages and files).
+    pub delivered_per_sec: Option<f64>,
     /// WebSocket payload bytes per second, sent and received.
     #[serde(default)]
-    pub sent_bytes_per_sec: f64,
+    pub sent_bytes_per_sec: Option<f64>,
     #[serde(default)]
-    pub received_bytes_per_sec: f64,
+    pub received_bytes_per_sec: Option<f64>,
+}
+
+impl Throughput {
+    /// The rates over the whole seconds of the steady phases that ran
+    /// (`until`: the run's end, or its stop): the seconds' own counts, so a
+    /// ramp, a drain or a second cut by a phase change counts for nothing.
+    pub fn of_steady(seconds: &BTreeMap<u32, Second>, phases: &[PhaseInfo], until: f64) -> Throughput {
+        let mut whole = Vec::new();
+        let mut start = 0.0;
+        for phase in phases {
+            let end = (start + phase.seconds).min(until);
+            if phase.kind == "steady" {
+                // Whole seconds s with start <= s and s + 1 <= end.
+                let (first, last) = (start.ceil() as u32, end.floor() as u32);
+                whole.extend(first..last);
+            }
+            start += phase.seconds;
+        }
+        let n = whole.len() as u32;
+        let rate = |count: fn(&Second) -> u64| {
+            let total: u64 = whole.iter().filter_map(|s| seconds.get(s)).map(count).sum();
+            (n > 0).then(|| total as f64 / f64::from(n))
+        };
+        Throughput {
+            seconds: n,
+            sent_per_sec: rate(|s| s.sent),
+            delivered_per_sec: rate(|s| s.received),
+            sent_bytes_per_sec: rate(|s| s.bytes_sent),
+            received_bytes_per_sec: rate(|s| s.bytes_received),
+        }
+    }
 }
 
 /// Latency statistics in milliseconds.
@@ -494,9 +531,11 @@ impl Summary {
         total: &BotMetrics,
         groups: &[GroupMetrics],
         targets: &[GroupMetrics],
+        seconds: &BTreeMap<u32, Second>,
     ) -> Summary {
         let c = &total.counters;
-        let steady = facts.steady_secs.max(1e-9);
+        let until = facts.stopped_after_secs.unwrap_or(facts.duration_secs).min(facts.duration_secs);
+        let throughput = Throughput::of_steady(seconds, &scenario.phases, until);
         let mut summary = Summary {
             schema_version: SCHEMA_VERSION,
             chorus_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -508,12 +547,7 @@ impl Summary {
                 dropped: c.dropped,
             },
             messages: Messages::of(c),
-            throughput: Throughput {
-                sent_per_sec: (c.sent_text + c.sent_binary) as f64 / steady,
-                delivered_per_sec: c.received() as f64 / steady,
-                sent_bytes_per_sec: c.bytes_sent as f64 / steady,
-                received_bytes_per_sec: c.bytes_received as f64 / steady,
-            },
+            throughput,
             latency: latency_table(total),
             delivery: Delivery::of(c),
             errors: total.errors.clone(),
@@ -608,8 +642,8 @@ impl Summary {
                     "connect.failed" => self.connections.failed as f64,
                     "messages.sent" => self.messages.sent as f64,
                     "messages.received" => self.messages.received as f64,
-                    "throughput.sent" => self.throughput.sent_per_sec,
-                    "throughput.delivered" => self.throughput.delivered_per_sec,
+                    "throughput.sent" => return self.throughput.sent_per_sec,
+                    "throughput.delivered" => return self.throughput.delivered_per_sec,
                     "checks.rate" => return self.checks.rate,
                     "checks.passed" => self.checks.passed as f64,
                     "checks.failed" => self.checks.failed as f64,

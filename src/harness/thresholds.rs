@@ -36,11 +36,11 @@ pub const COUNTERS: &[&str] = &[
     "errors",
     "messages.sent",
     "messages.received",
-    "throughput.sent",
-    "throughput.delivered",
     "checks.rate",
     "checks.passed",
     "checks.failed",
+    "throughput.sent",
+    "throughput.delivered",
     "delivery.duplicated",
     "delivery.reordered",
     "delivery.missing",
@@ -52,7 +52,7 @@ pub const COUNTERS: &[&str] = &[
 ];
 
 /// How many of `COUNTERS`, from the first, the live figures carry.
-const LIVE_COUNTERS: usize = 10;
+const LIVE_COUNTERS: usize = 8;
 
 /// Whether the live per-second figures carry what threshold `key` reads:
 /// the run's counts of sends, deliveries, acks, errors and checks, and the
