@@ -249,6 +249,14 @@ async fn two_shards_merge_into_exactly_the_sum_of_their_parts() {
     let args = ["report", "--merge", out1.to_str().unwrap(), out2.to_str().unwrap(), "--out", merged.to_str().unwrap()];
     let (code, report, stderr) = run_chorus(args.map(String::from).to_vec()).await;
     assert_eq!(code, 0, "{report}\n{stderr}");
+    // A shard given twice would count its clients twice.
+    let refused = dir.path().join("refused");
+    let twice =
+        ["report", "--merge", out1.to_str().unwrap(), out1.to_str().unwrap(), "--out", refused.to_str().unwrap()];
+    let (code, _, stderr) = run_chorus(twice.map(String::from).to_vec()).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("shard 1/2 is given twice"), "{stderr}");
+    assert!(!refused.exists(), "no results folder for a refused merge");
     let read = |dir: &Path| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
     };

@@ -89,6 +89,8 @@ pub fn merge(dirs: &[PathBuf], results_base: &Path, out: Option<&Path>) -> anyho
     for dir in dirs {
         runs.push(results::read(dir)?);
     }
+    // Refused before a results folder is made for it.
+    check_one_run(&runs, dirs)?;
     let name = format!("{}-merged", runs[0].0.scenario.name);
     let dir = results::make_dir(results_base, out, &name, None)?;
     merge_runs(&runs, dirs, dir)
@@ -116,6 +118,7 @@ pub fn merge_runs(runs: &[(Summary, SavedRun)], dirs: &[PathBuf], dir: PathBuf) 
 
 /// Only shards of one run merge: the same scenario, the same seed.
 fn check_one_run(runs: &[(Summary, SavedRun)], dirs: &[PathBuf]) -> anyhow::Result<()> {
+    check_shards(runs, dirs)?;
     let (first, _) = &runs[0];
     for (other, dir) in runs.iter().map(|(s, _)| s).zip(dirs).skip(1) {
         if other.scenario.name != first.scenario.name || other.scenario.seed != first.scenario.seed {
@@ -128,6 +131,39 @@ fn check_one_run(runs: &[(Summary, SavedRun)], dirs: &[PathBuf]) -> anyhow::Resu
                 first.scenario.seed
             );
         }
+    }
+    Ok(())
+}
+
+/// Every folder is one shard (`--shard i/N`) of the same N, each shard once,
+/// all N of them: anything else would count clients twice or not at all.
+fn check_shards(runs: &[(Summary, SavedRun)], dirs: &[PathBuf]) -> anyhow::Result<()> {
+    let mut seen: BTreeMap<usize, &PathBuf> = BTreeMap::new();
+    let mut count = None;
+    for ((summary, _), dir) in runs.iter().zip(dirs) {
+        let shard = summary.run.shard.as_deref().and_then(|s| s.split_once('/'));
+        let Some((index, of)) = shard.and_then(|(i, n)| i.parse::<usize>().ok().zip(n.parse::<usize>().ok())) else {
+            bail!("{} is not a shard (a run without --shard i/N): only the shards of one run merge", dir.display());
+        };
+        if *count.get_or_insert(of) != of {
+            bail!(
+                "{} is shard {index}/{of}, the others are of {}: only the shards of one run merge",
+                dir.display(),
+                count.unwrap_or(of)
+            );
+        }
+        if let Some(earlier) = seen.insert(index, dir) {
+            bail!(
+                "shard {index}/{of} is given twice ({} and {}): give each shard once",
+                earlier.display(),
+                dir.display()
+            );
+        }
+    }
+    let of = count.unwrap_or(0);
+    let missing: Vec<String> = (1..=of).filter(|i| !seen.contains_key(i)).map(|i| format!("{i}/{of}")).collect();
+    if !missing.is_empty() {
+        bail!("shard(s) {} missing: merge all {of} shards of the run", missing.join(", "));
     }
     Ok(())
 }

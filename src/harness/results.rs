@@ -113,7 +113,12 @@ pub fn encode_hist(hist: &Hist) -> String {
 
 pub fn decode_hist(text: &str) -> anyhow::Result<Hist> {
     let bytes = base64::engine::general_purpose::STANDARD.decode(text).context("histogram is not base64")?;
-    Deserializer::new().deserialize(&mut bytes.as_slice()).map_err(|e| anyhow::anyhow!("bad histogram: {e:?}"))
+    let mut hist: Hist =
+        Deserializer::new().deserialize(&mut bytes.as_slice()).map_err(|e| anyhow::anyhow!("bad histogram: {e:?}"))?;
+    // A decoded histogram covers only the values it held; merging larger
+    // ones into it (another shard's second) must grow it, not fail.
+    hist.auto(true);
+    Ok(hist)
 }
 
 fn save_metrics(m: &BotMetrics) -> SavedMetrics {
@@ -342,6 +347,18 @@ pub fn phase_at(summary: &Summary, second: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_decoded_histogram_takes_in_larger_values() {
+        // One shard's second held 5 ms at most, the other's 5 s: merged, both count.
+        let (mut small, mut large) = (super::super::metrics::new_hist(), super::super::metrics::new_hist());
+        small.record(5_000).unwrap();
+        large.record(5_000_000).unwrap();
+        let mut merged = decode_hist(&encode_hist(&small)).unwrap();
+        merged.add(&decode_hist(&encode_hist(&large)).unwrap()).unwrap();
+        assert_eq!(merged.len(), 2);
+        assert!(merged.max() >= 4_990_000, "{}", merged.max());
+    }
 
     #[test]
     fn histograms_survive_the_round_trip() {
