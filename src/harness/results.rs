@@ -355,7 +355,7 @@ mod tests {
         small.record(5_000).unwrap();
         large.record(5_000_000).unwrap();
         let mut merged = decode_hist(&encode_hist(&small)).unwrap();
-        merged.add(&decode_hist(&encode_hist(&large)).unwrap()).unwrap();
+        merged.add(decode_hist(&encode_hist(&large)).unwrap()).unwrap();
         assert_eq!(merged.len(), 2);
         assert!(merged.max() >= 4_990_000, "{}", merged.max());
     }
