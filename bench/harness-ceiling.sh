@@ -37,7 +37,8 @@ r = s["run"]
 msgs = s["messages"]["sent"] + s["messages"]["received"]
 cpu_seconds = r["generator_cpu_percent"] / 100 * r["duration_secs"]
 lag = s["latency"].get("lag", {}).get("p99_ms", 0)
-print(f"| {sys.argv[2]} | {s['throughput']['sent_per_sec']:,.0f} | {s['throughput']['delivered_per_sec']:,.0f} "
+rate = lambda v: "-" if v is None else f"{v:,.0f}"  # null: no whole steady second ran
+print(f"| {sys.argv[2]} | {rate(s['throughput']['sent_per_sec'])} | {rate(s['throughput']['delivered_per_sec'])} "
       f"| {r['generator_cpu_percent']:.0f} | {msgs / max(cpu_seconds, 1e-9):,.0f} | {lag:.2f} "
       f"| {'**yes**: ' + '; '.join(r['suspect']) if r['suspect'] else 'no'} |")
 PY

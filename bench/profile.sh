@@ -57,7 +57,8 @@ fi
 import json, sys
 s = json.load(open(sys.argv[1]))
 d = s["latency"].get("delivery", {})
-print(f"Delivered {s['throughput']['delivered_per_sec']:,.0f}/s, ratio {s['delivery']['ratio']:.6f}, "
+rate = s['throughput']['delivered_per_sec']  # null: no whole steady second ran
+print(f"Delivered {'-' if rate is None else f'{rate:,.0f}'}/s, ratio {s['delivery']['ratio']:.6f}, "
       f"delivery p99 {d.get('p99_ms', 0):.2f} ms, harness SUSPECT: {'yes' if s['run']['suspect'] else 'no'}.")
 PY
     echo

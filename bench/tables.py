@@ -112,7 +112,8 @@ def fanout(root):
             if not runs:
                 continue
             c = cell(runs)
-            if holds(c) and c["delivered"] > best.get(server, (0, 0, 0))[0]:
+            # No rate (a run without a whole steady second, tiny CI runs): not a highest rate.
+            if holds(c) and (c["delivered"] or 0) > best.get(server, (0, 0, 0))[0]:
                 best[server] = (c["delivered"], rate, c["suspect"])
             # A run too short for the CPU clock to tick (tiny CI runs) measures 0 µs: no figure.
             if holds(c) and not c["suspect"] and c["server_us"]:
@@ -188,7 +189,7 @@ def history(root):
     print("|---|---:|---:|---|")
     best = {}
     for setting in settings:
-        held = [c["delivered"] for (s, _), c in cells.items() if s == setting and holds(c)]
+        held = [c["delivered"] for (s, _), c in cells.items() if s == setting and holds(c) and c["delivered"]]
         best[setting] = max(held) if held else None
     for setting in settings:
         throughput = "-"
