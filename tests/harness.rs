@@ -118,6 +118,8 @@ async fn a_failing_threshold_sets_exit_code_3_and_report_rereads_it() {
         run_chorus(["report", out.to_str().unwrap(), out.to_str().unwrap()].map(String::from).to_vec()).await;
     assert_eq!(code, 3);
     assert!(compared.contains("delivery.p99") && compared.contains("no regressions"), "{compared}");
+    assert!(compared.contains("result: this FAILED, baseline FAILED"), "{compared}");
+    assert!(!compared.contains("note: the runs are of different scenarios"), "{compared}");
 }
 
 #[tokio::test]

@@ -382,3 +382,37 @@ fn values_that_would_fail_or_do_nothing_are_refused_up_front() {
     // A template is checked when it is filled in, not here.
     parse("duration = \"5s\"\n[[group]]\nclients = 1\nscript = [{ rename = \"guest-{bot}\" }]\n").unwrap();
 }
+
+/// A value of the wrong type says what the key takes, in the scenario's
+/// terms (not serde's `i64` or `untagged enum`), with the fix.
+#[test]
+fn wrong_types_say_what_the_key_takes() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[[group]]\nclients = \"2\"",
+            "group[0].clients: line 3, column 11: must be a whole number, not the string \"2\": write it without quotes",
+        ),
+        (
+            "[[group]]\nclients = 1\nrate = \"fast\"",
+            "group[0].rate: line 4, column 8: must be a number, not the string \"fast\"",
+        ),
+        (
+            "[[group]]\nclients = 1\ntext_size = true",
+            "group[0].text_size: line 4, column 13: must be a size: a number of bytes, \"4KiB\"",
+        ),
+        (
+            "[[group]]\nclients = 1\n[thresholds]\n\"checks.rate\" = 0.9",
+            "must be a string in quotes, not the floating point 0.9: a threshold is a condition in quotes, like \"checks.rate\" = \">= 0.9\"",
+        ),
+        ("ramp_up = true\n[[group]]\nclients = 1", "ramp_up: line 2, column 11: must be a duration: \"30s\""),
+        (
+            "[[group]]\nclients = 100000000000",
+            "group[0].clients add up to 100000000000: a run has at most 1,000,000 clients in all",
+        ),
+    ];
+    for (text, want) in cases {
+        let err = parse(&format!("duration = \"5s\"\n{text}\n")).unwrap_err();
+        assert!(err.contains(want), "{text}: {err}");
+        assert!(!err.contains("i64") && !err.contains("untagged"), "{err}");
+    }
+}

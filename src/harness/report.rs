@@ -391,6 +391,16 @@ pub fn compare(this: &Summary, base: &Summary) -> String {
         "chorus report: {} ({})  vs  baseline {} ({})",
         this.scenario.name, this.run.started_at, base.scenario.name, base.run.started_at
     );
+    let outcome = |s: &Summary| {
+        if s.run.interrupted {
+            "INTERRUPTED (partial)"
+        } else if s.passed {
+            "PASSED"
+        } else {
+            "FAILED"
+        }
+    };
+    let _ = writeln!(out, "result: this {}, baseline {}", outcome(this), outcome(base));
     let _ = writeln!(out, "\n{:<24} {:>12} {:>12} {:>10}", "figure", "this", "baseline", "change");
     let mut regressions = 0;
     let mut row = |out: &mut String, name: &str, a: Option<f64>, b: Option<f64>, better: Better, unit: &str| {
@@ -430,6 +440,9 @@ pub fn compare(this: &Summary, base: &Summary) -> String {
     row(&mut out, "delivery.lost", Some(this.delivery.lost as f64), Some(base.delivery.lost as f64), Better::Lower, "");
     let errors = |s: &Summary| Some(s.errors.values().sum::<u64>() as f64);
     row(&mut out, "errors", errors(this), errors(base), Better::Lower, "");
+    if this.checks.rate.is_some() || base.checks.rate.is_some() {
+        row(&mut out, "checks.rate", this.checks.rate, base.checks.rate, Better::Higher, "");
+    }
     row(
         &mut out,
         "connect failures",
@@ -442,9 +455,26 @@ pub fn compare(this: &Summary, base: &Summary) -> String {
         if regressions == 0 { "no regressions".to_string() } else { format!("{regressions} regression(s) marked ▲") };
     let _ =
         writeln!(out, "\n{verdict} (latency: worse by more than 10% and 0.1ms; throughput: lower by more than 10%)");
+    compare_notes(&mut out, this, base);
+    out
+}
+
+/// What makes two runs not like for like: other scenarios, a stop, a generator that fell behind.
+fn compare_notes(out: &mut String, this: &Summary, base: &Summary) {
+    if this.scenario.name != base.scenario.name {
+        let _ = writeln!(
+            out,
+            "note: the runs are of different scenarios ({} and {}): the figures are not like for like",
+            this.scenario.name, base.scenario.name
+        );
+    }
+    for (which, s) in [("this run", this), ("the baseline", base)] {
+        if s.run.interrupted {
+            let _ = writeln!(out, "note: {which} was interrupted: its figures cover only what ran");
+        }
+    }
     if !this.run.suspect.is_empty() || !base.run.suspect.is_empty() {
         let _ =
             writeln!(out, "note: at least one run is marked SUSPECT (its generator fell behind); compare with care");
     }
-    out
 }

@@ -531,7 +531,9 @@ impl Scenario {
         let raw: RawScenario = serde_path_to_error::deserialize(deserializer).map_err(|err| {
             let path = err.path().to_string();
             let message = err.inner().message().trim();
-            let message = unknown_key(&path, message).unwrap_or_else(|| message.to_string());
+            let message = unknown_key(&path, message)
+                .or_else(|| wrong_type(&path, message))
+                .unwrap_or_else(|| message.to_string());
             let inner = located(text, err.inner(), &message);
             parse_error(if path == "." { inner } else { format!("{path}: {inner}") })
         })?;
@@ -625,6 +627,46 @@ fn unknown_key(path: &str, message: &str) -> Option<String> {
         let list: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
         format!("unknown key `{key}`{nearest}; the keys here are {}", list.join(", "))
     })
+}
+
+/// serde's "invalid type: string \"2\", expected i64" and "data did not
+/// match any variant of untagged enum SizeValue", said in the scenario's
+/// terms with the fix.
+fn wrong_type(path: &str, message: &str) -> Option<String> {
+    if let Some(name) = message.strip_prefix("data did not match any variant of untagged enum ") {
+        let shape = match name.trim() {
+            "DurationValue" => "a duration: \"30s\", \"500ms\", \"2m\", or a number of seconds",
+            "DurationRange" => "a duration (\"2s\") or a [min, max] range of them ([\"1s\", \"5s\"])",
+            "SizeValue" => "a size: a number of bytes, \"4KiB\", or a [min, max] range of them",
+            "OneSize" => "a size: a number of bytes or \"4KiB\"",
+            "ScaleValue" => "a rate multiplier (1.5) or a [start, end] ramp of them ([1.0, 3.0])",
+            _ => return None,
+        };
+        return Some(format!("must be {shape}"));
+    }
+    let rest = message.strip_prefix("invalid type: ")?;
+    let (got, expected) = rest.rsplit_once(", expected ")?;
+    let wanted = match expected.trim() {
+        "i64" | "u64" | "u32" | "u16" | "usize" | "an integer" => "a whole number",
+        "f64" | "a float" => "a number",
+        "a string" => "a string in quotes",
+        "a boolean" => "true or false",
+        "a sequence" => "a list in [brackets]",
+        other => other,
+    };
+    let got = got.replace('`', "");
+    let fix = if got.starts_with("string ") && matches!(wanted, "a whole number" | "a number") {
+        ": write it without quotes".to_string()
+    } else if path.starts_with("thresholds.") && wanted == "a string in quotes" {
+        let key = path.trim_start_matches("thresholds.");
+        format!(
+            ": a threshold is a condition in quotes, like \"{key}\" = \">= {}\"",
+            got.rsplit(' ').next().unwrap_or("1")
+        )
+    } else {
+        String::new()
+    };
+    Some(format!("must be {wanted}, not the {got}{fix}"))
 }
 
 /// Turns a `RawScenario` into a `Scenario`, naming the file in every error.
@@ -825,7 +867,8 @@ impl Validator<'_> {
         }
         let total: usize = groups.iter().map(|g| g.clients).sum();
         if total > 1_000_000 {
-            return Err(self.invalid("group", format!("at most 1,000,000 clients in all (got {total})")));
+            let key = if groups.len() == 1 { "group[0].clients" } else { "group[*].clients" };
+            return Err(self.invalid(key, format!("add up to {total}: a run has at most 1,000,000 clients in all")));
         }
         Ok(groups)
     }

@@ -792,6 +792,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn throughput_is_the_mean_of_whole_steady_seconds() {
+        let phase = |kind: &str, seconds| PhaseInfo { name: kind.into(), kind: kind.into(), seconds, rate: [1.0, 1.0] };
+        let phases = [phase("ramp", 0.5), phase("steady", 3.0), phase("drain", 0.5)];
+        let mut seconds = BTreeMap::new();
+        for (s, sent) in [(0, 100), (1, 10), (2, 20), (3, 30), (4, 1000)] {
+            let mut second = Second::new();
+            second.sent = sent;
+            seconds.insert(s, second);
+        }
+        // Steady from 0.5 s to 3.5 s: seconds 1 and 2 lie wholly inside it.
+        let t = Throughput::of_steady(&seconds, &phases, 4.0);
+        assert_eq!((t.seconds, t.sent_per_sec), (2, Some(15.0)));
+        // Stopped at 2.9 s: second 2 was cut.
+        let t = Throughput::of_steady(&seconds, &phases, 2.9);
+        assert_eq!((t.seconds, t.sent_per_sec), (1, Some(10.0)));
+        let t = Throughput::of_steady(&seconds, &phases, 1.5);
+        assert_eq!((t.seconds, t.sent_per_sec, t.received_bytes_per_sec), (0, None, None));
+    }
+
+    #[test]
     fn shares_add_up_to_the_total() {
         assert_eq!(share_out(10, &[1, 1, 1]).iter().sum::<u64>(), 10);
         assert_eq!(share_out(2942, &[0, 2900]), [0, 2942]);
