@@ -374,6 +374,8 @@ fn values_that_would_fail_or_do_nothing_are_refused_up_front() {
         ("script = [{ join = \"a b\" }]", "group[0].script[0].join is not a room name the server accepts"),
         ("mix = { file = 1 }\nscript = [{ say = \"x\" }]", "group[0].mix shapes the messages sent at `rate`"),
         ("rate = 0\nmix = { text = 1 }", "group[0].mix shapes the messages sent at `rate`, and rate is 0"),
+        ("rooms = [\"lobby\", \"Lobby\"]", "group[0].rooms has room \"Lobby\", which looks like \"lobby\""),
+        ("script = [{ join = \"LOBBY\" }]", "group[0].script has room \"LOBBY\", which looks like \"lobby\""),
     ];
     for (group, want) in cases {
         let err = parse(&format!("duration = \"5s\"\n[[group]]\nclients = 1\n{group}\n")).unwrap_err();

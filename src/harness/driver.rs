@@ -230,9 +230,19 @@ fn check_source_addresses(urls: &[String], options: &RunOptions) -> anyhow::Resu
 
 /// Wait for the agreed start time (the shards of a run start together).
 async fn wait_until(at: SystemTime) {
-    if let Ok(wait) = at.duration_since(SystemTime::now()) {
-        eprintln!("waiting {:.1}s for the agreed start time", wait.as_secs_f64());
-        tokio::time::sleep(wait).await;
+    match at.duration_since(SystemTime::now()) {
+        Ok(wait) => {
+            eprintln!("waiting {:.1}s for the agreed start time", wait.as_secs_f64());
+            tokio::time::sleep(wait).await;
+        }
+        // Past by more than a moment: this shard starts late, out of step with the others.
+        Err(past) if past.duration() > std::time::Duration::from_millis(500) => eprintln!(
+            "warning: the agreed start time (--start-at) passed {:.1}s ago: starting now, {:.1}s after the \
+             shards that started on time (give a time further ahead)",
+            past.duration().as_secs_f64(),
+            past.duration().as_secs_f64()
+        ),
+        Err(_) => {}
     }
 }
 

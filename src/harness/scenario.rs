@@ -870,7 +870,38 @@ impl Validator<'_> {
             let key = if groups.len() == 1 { "group[0].clients" } else { "group[*].clients" };
             return Err(self.invalid(key, format!("add up to {total}: a run has at most 1,000,000 clients in all")));
         }
+        self.no_look_alike_rooms(&groups)?;
         Ok(groups)
+    }
+
+    /// Two rooms the server takes for one (the same case-folded TR39
+    /// confusable skeleton, `names::key`) would see the second refused at
+    /// run time: refused here, naming both.
+    fn no_look_alike_rooms(&self, groups: &[Group]) -> Result<(), ScenarioError> {
+        let mut seen: BTreeMap<String, (String, String)> = BTreeMap::new();
+        for (i, group) in groups.iter().enumerate() {
+            let scripted = group.script.iter().flat_map(|s| s.literal_rooms().map(str::to_string));
+            let rooms = group.rooms.iter().cloned().map(|r| (format!("group[{i}].rooms"), r));
+            for (key, room) in rooms.chain(scripted.map(|r| (format!("group[{i}].script"), r))) {
+                match seen.get(&crate::names::key(&room)) {
+                    Some((first_key, first)) if *first != room => {
+                        return Err(self.invalid(
+                            key,
+                            format!(
+                                "has room {room:?}, which looks like {first:?} ({first_key}) to the server \
+                                 (case and Unicode look-alikes are one name, Unicode TR39): it would refuse \
+                                 the second; use one spelling"
+                            ),
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        seen.insert(crate::names::key(&room), (key, room));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The `[thresholds]`, each for a quantity this protocol and these groups have.
