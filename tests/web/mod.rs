@@ -113,9 +113,20 @@ impl Page {
                 },
             }),
         );
-        let client = Client::with_capabilities_and_connector(&driver.url, &caps, HttpConnector::new())
-            .await
-            .expect("a chromium session");
+        // chromedriver now and then resets the connection of a session
+        // request (seen once in CI, right as a test began): try again.
+        let mut attempt = 1;
+        let client = loop {
+            match Client::with_capabilities_and_connector(&driver.url, &caps, HttpConnector::new()).await {
+                Ok(client) => break client,
+                Err(err) if attempt < 3 => {
+                    eprintln!("{label}: no chromium session on attempt {attempt} ({err}); trying again");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(err) => panic!("a chromium session, 3 attempts: {err:?}"),
+            }
+        };
         let page = Page { client, label: label.to_string(), profile, downloads };
         page.client.goto(url).await.unwrap();
         page
