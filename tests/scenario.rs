@@ -407,6 +407,7 @@ fn wrong_types_say_what_the_key_takes() {
             "must be a string in quotes, not the floating point 0.9: a threshold is a condition in quotes, like \"checks.rate\" = \">= 0.9\"",
         ),
         ("ramp_up = true\n[[group]]\nclients = 1", "ramp_up: line 2, column 11: must be a duration: \"30s\""),
+        ("[[group]]\nclients = 1\n[thresholds]\n\"errors\" = true", "like \"errors\" = \">= N\""),
         (
             "[[group]]\nclients = 100000000000",
             "group[0].clients add up to 100000000000: a run has at most 1,000,000 clients in all",

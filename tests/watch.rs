@@ -62,6 +62,15 @@ async fn ndjson_has_one_line_a_second_that_add_up_to_the_summary() {
     assert!(summary.report.contains("result: PASSED"), "{}", summary.report);
 }
 
+/// SCENARIO written to a temporary folder: (the folder, the file, an `--out` path in it).
+fn scenario_file() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("watched.toml");
+    std::fs::write(&file, SCENARIO).unwrap();
+    let out = dir.path().join("out");
+    (dir, file, out)
+}
+
 /// `chorus run SCENARIO ARGS...`, stdout and stderr piped.
 fn spawn(scenario: &std::path::Path, args: &[&str]) -> Child {
     chorus_run(std::iter::once(scenario.to_str().unwrap()).chain(args.iter().copied()))
@@ -139,10 +148,7 @@ async fn the_metrics_endpoint_counts_up_while_the_run_goes() {
 
 #[tokio::test]
 async fn ndjson_to_stdout_leaves_stdout_to_ndjson_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("watched.toml");
-    std::fs::write(&file, SCENARIO).unwrap();
-    let out = dir.path().join("out");
+    let (_dir, file, out) = scenario_file();
     let child = spawn(&file, &["--out-ndjson", "-", "--out", out.to_str().unwrap()]);
     let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.unwrap().unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
@@ -162,10 +168,7 @@ async fn ndjson_to_stdout_leaves_stdout_to_ndjson_alone() {
 /// is no address gets a clear error.
 #[tokio::test]
 async fn dashboard_takes_an_address_and_leaves_the_scenario_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("watched.toml");
-    std::fs::write(&file, SCENARIO).unwrap();
-    let out = dir.path().join("out");
+    let (_dir, file, out) = scenario_file();
     let (file, out) = (file.to_str().unwrap(), out.to_str().unwrap());
     let finish = |child: Child| async {
         let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.unwrap().unwrap();

@@ -237,9 +237,8 @@ async fn wait_until(at: SystemTime) {
         }
         // Past by more than a moment: this shard starts late, out of step with the others.
         Err(past) if past.duration() > std::time::Duration::from_millis(500) => eprintln!(
-            "warning: the agreed start time (--start-at) passed {:.1}s ago: starting now, {:.1}s after the \
-             shards that started on time (give a time further ahead)",
-            past.duration().as_secs_f64(),
+            "warning: the agreed start time (--start-at) passed {:.1}s ago: starting now, that late against \
+             the shards that started on time (give a time further ahead)",
             past.duration().as_secs_f64()
         ),
         Err(_) => {}

@@ -158,10 +158,15 @@ fn throughput(out: &mut String, s: &Summary) {
         let _ = writeln!(out, "throughput   - (no whole second of a steady phase ran)\n");
         return;
     };
-    let seconds = if t.seconds == 1 { "1 second".to_string() } else { format!("{} seconds", t.seconds) };
+    // Results written before `throughput.seconds` existed (0 there) had rates over the steady time.
+    let seconds = match t.seconds {
+        0 => "steady phases".to_string(),
+        1 => "the 1 second of steady phases".to_string(),
+        n => format!("the {n} seconds of steady phases"),
+    };
     let _ = writeln!(
         out,
-        "throughput   {sent:.1} sent/s  {delivered:.1} delivered/s  {} out  {} in (the {seconds} of steady phases)\n",
+        "throughput   {sent:.1} sent/s  {delivered:.1} delivered/s  {} out  {} in ({seconds})\n",
         format_bytes_rate(out_rate),
         format_bytes_rate(in_rate)
     );

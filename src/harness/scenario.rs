@@ -657,12 +657,12 @@ fn wrong_type(path: &str, message: &str) -> Option<String> {
     let got = got.replace('`', "");
     let fix = if got.starts_with("string ") && matches!(wanted, "a whole number" | "a number") {
         ": write it without quotes".to_string()
-    } else if path.starts_with("thresholds.") && wanted == "a string in quotes" {
-        let key = path.trim_start_matches("thresholds.");
-        format!(
-            ": a threshold is a condition in quotes, like \"{key}\" = \">= {}\"",
-            got.rsplit(' ').next().unwrap_or("1")
-        )
+    } else if let Some(key) = path.strip_prefix("thresholds.")
+        && wanted == "a string in quotes"
+    {
+        // The number written is the likely limit; anything else gets a placeholder.
+        let limit = got.rsplit(' ').next().filter(|n| n.parse::<f64>().is_ok()).unwrap_or("N");
+        format!(": a threshold is a condition in quotes, like \"{key}\" = \">= {limit}\"")
     } else {
         String::new()
     };
@@ -883,7 +883,8 @@ impl Validator<'_> {
             let scripted = group.script.iter().flat_map(|s| s.literal_rooms().map(str::to_string));
             let rooms = group.rooms.iter().cloned().map(|r| (format!("group[{i}].rooms"), r));
             for (key, room) in rooms.chain(scripted.map(|r| (format!("group[{i}].script"), r))) {
-                match seen.get(&crate::names::key(&room)) {
+                let alike = crate::names::key(&room);
+                match seen.get(&alike) {
                     Some((first_key, first)) if *first != room => {
                         return Err(self.invalid(
                             key,
@@ -896,7 +897,7 @@ impl Validator<'_> {
                     }
                     Some(_) => {}
                     None => {
-                        seen.insert(crate::names::key(&room), (key, room));
+                        seen.insert(alike, (key, room));
                     }
                 }
             }

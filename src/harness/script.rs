@@ -392,8 +392,9 @@ impl Builder<'_> {
         if written.is_empty() {
             return Err((key.to_string(), "is empty: give the text to wait for".into()));
         }
-        // `timeout` sits beside `wait_for` in the step: name it so.
-        let timeout_key = format!("{}.timeout", key.strip_suffix(".wait_for").unwrap_or(key));
+        // `timeout` and `check` sit beside `wait_for` in the step: name them so.
+        let beside = |field: &str| format!("{}.{field}", key.strip_suffix(".wait_for").unwrap_or(key));
+        let timeout_key = beside("timeout");
         let timeout = match &step.timeout {
             Some(t) => self.values.duration(&timeout_key, t)?,
             None => Duration::from_secs(10),
@@ -401,9 +402,11 @@ impl Builder<'_> {
         if timeout.is_zero() {
             return Err((timeout_key, "must be more than 0s: the check would fail at once".into()));
         }
-        let check_key = format!("{}.check", key.strip_suffix(".wait_for").unwrap_or(key));
         if step.check.as_deref().is_some_and(|c| c.trim().is_empty()) {
-            return Err((check_key, "is empty: name the check, or leave the key out for \"wait_for TEXT\"".into()));
+            return Err((
+                beside("check"),
+                "is empty: name the check, or leave the key out for \"wait_for TEXT\"".into(),
+            ));
         }
         let check = step.check.clone().unwrap_or_else(|| format!("wait_for {written:?}"));
         let pattern = template(&written, self.cx.data).map_err(|why| (key.to_string(), why))?;
