@@ -339,6 +339,13 @@ fn tables(s: &Summary) -> String {
             .chain([ratio])
             .collect()],
     ));
+    if d.left_in_room > 0 {
+        out.push_str(&format!(
+            "<p>{} leave(s) closed from their room (the server refused a room of their own): \
+             what was in flight to them is lost with them</p>",
+            d.left_in_room
+        ));
+    }
     out.push_str("<h2>Latency (ms)</h2>");
     out.push_str(&table(&["metric", "count", "p50", "p90", "p99", "p99.9", "max"], &latency_rows(&s.latency)));
     out.push_str(&group_table(s));

@@ -183,6 +183,11 @@ pub struct Counters {
     pub history_reads: u64,
     #[serde(default)]
     pub history_messages: u64,
+    /// Scripted `leave`s that closed from their room: the server refused
+    /// (or did not confirm in time) the room of their own they step into
+    /// first, so what was in flight to them is in `lost`.
+    #[serde(default)]
+    pub left_in_room: u64,
 }
 
 impl Counters {
@@ -232,6 +237,7 @@ impl Counters {
         self.upload_us += o.upload_us;
         self.history_reads += o.history_reads;
         self.history_messages += o.history_messages;
+        self.left_in_room += o.left_in_room;
     }
 }
 

@@ -190,6 +190,14 @@ fn delivery(out: &mut String, s: &Summary) {
             d.gaps, d.gap_messages, d.recovered, d.missing
         );
     }
+    if d.left_in_room > 0 {
+        let _ = writeln!(
+            out,
+            "             {} leave(s) closed from their room (the server refused a room of their own): \
+             what was in flight to them is lost with them",
+            d.left_in_room
+        );
+    }
 }
 
 /// Errors, closes by the server, and whether the generator kept up.

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::bot::{Bot, Conn, Content, HistoryFor, Outcome, TIMER_SLACK};
 use super::metrics::{Kind, Live, Metric};
-use super::scenario::{Group, Range};
+use super::scenario::{Group, Protocol, Range};
 use super::script::{Action, Op, Part, Pick, Script, Template};
 use crate::protocol::ClientFrame;
 
@@ -33,8 +33,8 @@ pub(super) struct ScriptState {
     due: Option<Instant>,
     waiting: Option<Waiting>,
     done: bool,
-    /// `leave` waited for the answers once already.
-    settled: bool,
+    /// How far the `leave` being run has got (it runs again after each wait).
+    leaving: Leaving,
     /// Per data set, how many lines this client has taken (`pick = "order"`).
     cursors: Vec<usize>,
 }
@@ -54,6 +54,19 @@ enum Waiting {
     /// at once would leave its last messages unacknowledged, their
     /// deliveries missing from the accounting).
     Answers { deadline: Instant },
+    /// Before `leave` closes: the `joined` of the room of its own it stepped
+    /// into (see `Bot::leave`).
+    SteppingOut { deadline: Instant },
+}
+
+/// The stages of a `leave`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leaving {
+    Not,
+    /// The answers to what was sent are in (or their time is up).
+    Answered,
+    /// Out of the room (or it could not step out): close now.
+    SteppedOut,
 }
 
 impl ScriptState {
@@ -66,7 +79,7 @@ impl ScriptState {
             due: Some(Instant::now()),
             waiting: None,
             done: false,
-            settled: false,
+            leaving: Leaving::Not,
             cursors: Vec::new(),
         })
     }
@@ -107,7 +120,8 @@ impl Bot {
                 Waiting::Joined { deadline }
                 | Waiting::History { deadline, .. }
                 | Waiting::Match { deadline, .. }
-                | Waiting::Answers { deadline },
+                | Waiting::Answers { deadline }
+                | Waiting::SteppingOut { deadline },
             ) => Some(*deadline),
             Some(Waiting::Upload) => None,
         }
@@ -195,21 +209,7 @@ impl Bot {
                 let pattern = self.render(&pattern);
                 self.wait(Waiting::Match { pattern, check, deadline: Instant::now() + timeout });
             }
-            Action::Leave => {
-                let settled = self.script.as_ref().is_some_and(|s| s.settled);
-                if self.pending.is_empty() || settled {
-                    if let Some(script) = self.script.as_mut() {
-                        script.settled = false;
-                    }
-                    return Ok(Some(Outcome::Left));
-                }
-                // Come back to this `leave` once the answers are in (or their time is up).
-                if let Some(script) = self.script.as_mut() {
-                    script.pc -= 1;
-                    script.settled = true;
-                }
-                self.wait(Waiting::Answers { deadline });
-            }
+            Action::Leave => return self.leave(conn, deadline).await,
             // Validation puts `connect` only where the client is offline.
             Action::Connect => {}
         }
@@ -251,7 +251,8 @@ impl Bot {
                 Waiting::Joined { deadline }
                 | Waiting::History { deadline, .. }
                 | Waiting::Match { deadline, .. }
-                | Waiting::Answers { deadline },
+                | Waiting::Answers { deadline }
+                | Waiting::SteppingOut { deadline },
             ) => *deadline <= now,
             _ => false,
         };
@@ -265,14 +266,19 @@ impl Bot {
             }
             Some(Waiting::Joined { .. }) => self.metrics.count_error("script: join not confirmed in time"),
             Some(Waiting::History { .. }) => self.metrics.count_error("script: history not answered in time"),
+            Some(Waiting::SteppingOut { .. }) => self.metrics.count_error("script: leave not confirmed in time"),
             _ => {}
         }
         self.set_due(Some(now));
     }
 
-    /// The server confirmed a join of this client to `room`.
+    /// The server confirmed a join of this client to `room` (a `join`
+    /// step's, or the room of its own a `leave` steps into).
     pub(super) fn script_joined(&mut self, room: &str) {
-        if !matches!(self.script.as_ref().and_then(|s| s.waiting.as_ref()), Some(Waiting::Joined { .. })) {
+        if !matches!(
+            self.script.as_ref().and_then(|s| s.waiting.as_ref()),
+            Some(Waiting::Joined { .. } | Waiting::SteppingOut { .. })
+        ) {
             return;
         }
         // What the old room still owed this client, then a fresh start in the new one.
@@ -289,6 +295,18 @@ impl Bot {
             self.finish_wait();
         }
         joining
+    }
+
+    /// An `error` came while a `leave` steps out of the room: the server
+    /// refused the room of its own (a room limit, say). Not an error of the
+    /// run: the client closes from where it is. True if that was the case.
+    pub(super) fn script_step_out_refused(&mut self) -> bool {
+        let stepping =
+            matches!(self.script.as_ref().and_then(|s| s.waiting.as_ref()), Some(Waiting::SteppingOut { .. }));
+        if stepping {
+            self.finish_wait();
+        }
+        stepping
     }
 
     /// The answer to the script's `history` request: `messages` of them.
@@ -328,6 +346,52 @@ impl Bot {
     pub(super) fn script_upload_done(&mut self) {
         if matches!(self.script.as_ref().and_then(|s| s.waiting.as_ref()), Some(Waiting::Upload)) {
             self.finish_wait();
+        }
+    }
+
+    /// A `leave`: wait for the answers to what was sent, step out of the
+    /// room, then close (`Outcome::Left`).
+    ///
+    /// A client that just closed would lose what the server had already
+    /// queued to it: the server counts a message for every member when it
+    /// fans it out (the sender's `ack` says so), but once it reads a close
+    /// frame it may send no more data (RFC 6455 section 5.5.1), so whatever
+    /// was still queued is dropped and the report would count it lost.
+    /// Stepping into a room of its own first (a `join`, which the server
+    /// confirms after it has taken the client out of its room and queued it
+    /// every message that counted it) and reading up to that `joined` leaves
+    /// nothing in flight; the others see it leave with reason `moved`. A
+    /// connection that drops without this (`churn`) loses what was in flight.
+    async fn leave(&mut self, conn: &mut Conn, deadline: Instant) -> Result<Option<Outcome>, WsError> {
+        let stage = self.script.as_ref().map_or(Leaving::Not, |s| s.leaving);
+        if stage == Leaving::Not && !self.pending.is_empty() {
+            self.leave_again(Leaving::Answered);
+            self.wait(Waiting::Answers { deadline });
+            return Ok(None);
+        }
+        let own_room =
+            (self.protocol() != Protocol::Raw).then(|| format!("left-{:08x}-{}", self.ctx.tag, self.plan.id));
+        if let Some(room) = own_room.clone().filter(|_| stage != Leaving::SteppedOut) {
+            self.leave_again(Leaving::SteppedOut);
+            self.wait(Waiting::SteppingOut { deadline });
+            conn.ws.send(Message::Text(ClientFrame::Join { room: room.into() }.encode().into())).await?;
+            return Ok(None);
+        }
+        if own_room.is_some_and(|own| own != self.room) {
+            // Refused, or not confirmed in time: what is in flight is lost with it.
+            self.metrics.counters.left_in_room += 1;
+        }
+        if let Some(script) = self.script.as_mut() {
+            script.leaving = Leaving::Not;
+        }
+        Ok(Some(Outcome::Left))
+    }
+
+    /// Run this `leave` again, at `stage`, once the wait is over.
+    fn leave_again(&mut self, stage: Leaving) {
+        if let Some(script) = self.script.as_mut() {
+            script.pc -= 1;
+            script.leaving = stage;
         }
     }
 

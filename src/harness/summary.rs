@@ -361,6 +361,10 @@ pub struct Delivery {
     pub gap_messages: u64,
     /// Messages fetched back with `history` after a `gap`.
     pub recovered: u64,
+    /// Scripted `leave`s that closed from their room (the server refused a
+    /// room of their own): what was in flight to them is in `lost`.
+    #[serde(default)]
+    pub left_in_room: u64,
     /// received / expected; none when nothing was expected.
     pub ratio: Option<f64>,
 }
@@ -377,6 +381,7 @@ impl Delivery {
             gaps: c.gaps,
             gap_messages: c.gap_messages,
             recovered: c.recovered,
+            left_in_room: c.left_in_room,
             ratio: ratio(c.received(), c.expected),
         }
     }
