@@ -625,6 +625,44 @@ async fn leaving_while_the_room_talks_loses_nothing() {
     assert!(report.contains("leave(s) closed from their room (the server refused a room of their own)"), "{report}");
 }
 
+/// A `wait_for` still waiting when the run ends had not failed: pending,
+/// apart from the rate; one whose connection the server dropped failed.
+#[tokio::test]
+async fn checks_still_waiting_at_the_end_are_pending_and_dropped_ones_fail() {
+    let results = tempfile::tempdir().unwrap();
+    let text = "ramp_up = \"200ms\"\nduration = \"1s\"\ndrain = \"200ms\"\n[[group]]\nname = \"waiters\"\nclients = 3\n\
+        script = [{ wait_for = \"nobody says this\", timeout = \"30s\", check = \"heard\" }]\n\
+        [thresholds]\n\"checks.pending\" = \"== 3\"\n";
+    let outcome = harness::run(scenario(text), options(results.path()), CancellationToken::new()).await.unwrap();
+    let (s, report) = (&outcome.summary, &outcome.report);
+    assert_eq!((s.checks.passed, s.checks.failed, s.checks.pending, s.checks.rate), (0, 0, 3, None), "{report}");
+    assert!(s.passed, "{report}");
+    assert!(
+        report.contains("checks       - passed (0 of 0; 3 still waiting when the run ended, not counted)"),
+        "{report}"
+    );
+    assert!(report.contains("pending 3"), "{report}");
+
+    // A server that closes every connection 300 ms after the handshake.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else { return };
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = ws.close(None).await;
+                while let Some(Ok(_)) = ws.next().await {}
+            });
+        }
+    });
+    let dropped = format!("protocol = \"raw\"\ntarget = \"ws://{addr}/\"\n{text}");
+    let outcome = harness::run(scenario(&dropped), options(results.path()), CancellationToken::new()).await.unwrap();
+    let (s, report) = (&outcome.summary, &outcome.report);
+    assert_eq!((s.checks.failed, s.checks.pending), (3, 0), "the message can no longer come: {report}");
+    assert!(!s.passed, "{report}");
+}
+
 /// A scenario for the `--shards` tests: one group of `clients` at 10 msg/s
 /// for `duration`, everything delivered and no errors.
 fn sharded_scenario(dir: &Path, duration: &str, clients: u32) -> std::path::PathBuf {

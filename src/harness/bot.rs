@@ -273,6 +273,7 @@ impl Bot {
                 if first {
                     return;
                 }
+                self.script_cut_short(true);
                 self.metrics.counters.dropped += 1;
                 return;
             };
@@ -294,14 +295,19 @@ impl Bot {
             self.uploads.clear();
             self.room = self.plan.room.clone();
             match outcome {
-                Outcome::Finished => return,
+                Outcome::Finished => {
+                    self.script_cut_short(false);
+                    return;
+                }
                 Outcome::Dropped => {
+                    self.script_cut_short(true);
                     self.metrics.counters.dropped += 1;
                     return;
                 }
                 Outcome::Churn => {
                     let downtime = self.group().churn.map_or(Duration::ZERO, |c| c.downtime);
                     if !self.wait_until(Instant::now() + downtime).await || Instant::now() >= self.end {
+                        self.script_cut_short(false);
                         return;
                     }
                 }

@@ -254,11 +254,14 @@ pub struct BotMetrics {
     pub checks: BTreeMap<String, CheckCount>,
 }
 
-/// How often one check passed and failed.
+/// How often one check passed and failed, and how often the run ended
+/// while it was still waiting (neither: it had not failed yet).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CheckCount {
     pub passed: u64,
     pub failed: u64,
+    #[serde(default)]
+    pub pending: u64,
 }
 
 impl BotMetrics {
@@ -313,11 +316,18 @@ impl BotMetrics {
         }
     }
 
+    /// A check still waiting when the run ended.
+    pub fn check_pending(&mut self, name: &str) {
+        self.checks.entry(name.to_string()).or_default().pending += 1;
+    }
+
     /// Every check's outcomes added up.
     pub fn check_total(&self) -> CheckCount {
-        self.checks
-            .values()
-            .fold(CheckCount::default(), |a, c| CheckCount { passed: a.passed + c.passed, failed: a.failed + c.failed })
+        self.checks.values().fold(CheckCount::default(), |a, c| CheckCount {
+            passed: a.passed + c.passed,
+            failed: a.failed + c.failed,
+            pending: a.pending + c.pending,
+        })
     }
 
     pub fn error_total(&self) -> u64 {
@@ -342,6 +352,7 @@ impl BotMetrics {
             let mine = self.checks.entry(name.clone()).or_default();
             mine.passed += c.passed;
             mine.failed += c.failed;
+            mine.pending += c.pending;
         }
     }
 

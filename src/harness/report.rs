@@ -182,6 +182,13 @@ fn delivery(out: &mut String, s: &Summary) {
         "             {:>10} {:>10} {:>10} {:>11} {:>10} {:>9}",
         d.expected, d.received, d.lost, d.duplicated, d.reordered, ratio
     );
+    if let Some(shard) = &s.run.shard {
+        let _ = writeln!(
+            out,
+            "             (shard {shard}: expected counts every recipient of this shard's sends, received only \
+             this shard's clients; lost and ratio mean something on the merge)"
+        );
+    }
     if d.gaps > 0 || d.missing > 0 || d.recovered > 0 {
         let _ = writeln!(
             out,
@@ -238,20 +245,32 @@ files        sent {}  stored {} ({})  upload {speed}  received by others {}{anno
         );
     }
     let c = &s.checks;
-    if c.passed + c.failed > 0 {
+    if c.passed + c.failed + c.pending > 0 {
         let rate = c.rate.map_or("-".to_string(), |r| format!("{:.2}%", r * 100.0));
+        let pending = match c.pending {
+            0 => String::new(),
+            n => format!("; {n} still waiting when the run ended, not counted"),
+        };
         let _ = writeln!(
             out,
             "
-checks       {rate} passed ({} of {})",
+checks       {rate} passed ({} of {}{pending})",
             c.passed,
             c.passed + c.failed
         );
         for check in &c.by_name {
-            let mark = if check.failed == 0 { "ok" } else { "FAILED" };
+            let mark = match (check.failed, check.passed) {
+                (0, 0) => "-",
+                (0, _) => "ok",
+                _ => "FAILED",
+            };
+            let pending = match check.pending {
+                0 => String::new(),
+                n => format!("  pending {n}"),
+            };
             let _ = writeln!(
                 out,
-                "  {mark:<6} {:<40} passed {}  failed {}",
+                "  {mark:<6} {:<40} passed {}  failed {}{pending}",
                 printable(&check.name),
                 check.passed,
                 check.failed
@@ -396,6 +415,9 @@ fn figure(name: &str, v: f64, unit: &str) -> String {
     }
 }
 
+/// The latency statistics compared; file and history rows take the first two.
+const ALL_STATS: [&str; 4] = ["p50", "p99", "p99.9", "max"];
+
 /// Two runs side by side, with deltas; regressions are marked.
 pub fn compare(this: &Summary, base: &Summary) -> String {
     let mut out = String::new();
@@ -435,8 +457,13 @@ pub fn compare(this: &Summary, base: &Summary) -> String {
         }
         let _ = writeln!(out, "{name:<24} {:>12} {:>12} {change:>10}{mark}", show(a), show(b));
     };
-    for metric in ["delivery", "ack", "connect"] {
-        for stat in ["p50", "p99", "p99.9", "max"] {
+    // Files (an upload, offer to ack; its announcement at the others) and
+    // history reads, where either run has them, by their median and p99.
+    let latencies = [("delivery", &ALL_STATS[..]), ("ack", &ALL_STATS), ("connect", &ALL_STATS)]
+        .into_iter()
+        .chain(["ack.file", "delivery.file", "history"].map(|metric| (metric, &ALL_STATS[..2])));
+    for (metric, stats) in latencies {
+        for &stat in stats {
             let get = |s: &Summary| s.latency.get(metric).and_then(|l| l.stat(stat));
             if get(this).is_some() || get(base).is_some() {
                 row(&mut out, &format!("{metric}.{stat}"), get(this), get(base), Better::Lower, "ms");
@@ -455,6 +482,10 @@ pub fn compare(this: &Summary, base: &Summary) -> String {
     row(&mut out, "errors", errors(this), errors(base), Better::Lower, "");
     if this.checks.rate.is_some() || base.checks.rate.is_some() {
         row(&mut out, "checks.rate", this.checks.rate, base.checks.rate, Better::Higher, "");
+    }
+    let (f, g) = (&this.files, &base.files);
+    if f.upload_mb_per_sec.is_some() || g.upload_mb_per_sec.is_some() {
+        row(&mut out, "files upload MB/s", f.upload_mb_per_sec, g.upload_mb_per_sec, Better::Higher, "");
     }
     row(
         &mut out,

@@ -320,6 +320,24 @@ impl Bot {
         self.finish_wait();
     }
 
+    /// The connection ended while a `wait_for` listened. At the run's end
+    /// (or a ctrl-c) the check is pending: it had not failed, and is
+    /// reported apart, not in `checks.rate`. Dropped by the server (or the
+    /// network), the message can no longer come: the check failed.
+    pub(super) fn script_cut_short(&mut self, dropped: bool) {
+        let Some(script) = self.script.as_mut() else { return };
+        if !matches!(script.waiting, Some(Waiting::Match { .. })) {
+            return;
+        }
+        let Some(Waiting::Match { check, .. }) = script.waiting.take() else { return };
+        if dropped {
+            self.metrics.check(&check, false);
+            self.live.count(self.ctx.second(), Live::Check(false));
+        } else {
+            self.metrics.check_pending(&check);
+        }
+    }
+
     /// A chat text arrived while a `wait_for` listens.
     pub(super) fn script_heard(&mut self, text: &str) {
         let Some(Waiting::Match { pattern, check, .. }) = self.script.as_ref().and_then(|s| s.waiting.as_ref()) else {

@@ -216,6 +216,10 @@ pub struct Files {
 pub struct Checks {
     pub passed: u64,
     pub failed: u64,
+    /// Still waiting when the run ended: neither passed nor failed, and not
+    /// in `rate` (a newcomer who arrived in the last seconds had not failed).
+    #[serde(default)]
+    pub pending: u64,
     /// passed / (passed + failed); none without a check.
     pub rate: Option<f64>,
     pub by_name: Vec<CheckResult>,
@@ -226,6 +230,8 @@ pub struct CheckResult {
     pub name: String,
     pub passed: u64,
     pub failed: u64,
+    #[serde(default)]
+    pub pending: u64,
 }
 
 impl Checks {
@@ -234,11 +240,17 @@ impl Checks {
         Checks {
             passed: total.passed,
             failed: total.failed,
+            pending: total.pending,
             rate: ratio(total.passed, total.passed + total.failed),
             by_name: metrics
                 .checks
                 .iter()
-                .map(|(name, c)| CheckResult { name: name.clone(), passed: c.passed, failed: c.failed })
+                .map(|(name, c)| CheckResult {
+                    name: name.clone(),
+                    passed: c.passed,
+                    failed: c.failed,
+                    pending: c.pending,
+                })
                 .collect(),
         }
     }
@@ -417,6 +429,8 @@ pub struct GroupSummary {
     pub checks_passed: u64,
     #[serde(default)]
     pub checks_failed: u64,
+    #[serde(default)]
+    pub checks_pending: u64,
 }
 
 /// One server of a run: its clients' connections and traffic.
@@ -623,6 +637,7 @@ impl Summary {
                     "checks.rate" => ratio(group.checks_passed, group.checks_passed + group.checks_failed),
                     "checks.passed" => Some(group.checks_passed as f64),
                     "checks.failed" => Some(group.checks_failed as f64),
+                    "checks.pending" => Some(group.checks_pending as f64),
                     _ => None,
                 },
             };
@@ -652,6 +667,7 @@ impl Summary {
                     "checks.rate" => return self.checks.rate,
                     "checks.passed" => self.checks.passed as f64,
                     "checks.failed" => self.checks.failed as f64,
+                    "checks.pending" => self.checks.pending as f64,
                     "files.stored" => self.files.stored as f64,
                     "files.upload_mb_per_sec" => return self.files.upload_mb_per_sec,
                     _ => return None,
@@ -717,6 +733,7 @@ fn group_summary(name: &str, clients: u64, m: &BotMetrics, lost: u64) -> GroupSu
         latency: latency_table(m),
         checks_passed: m.check_total().passed,
         checks_failed: m.check_total().failed,
+        checks_pending: m.check_total().pending,
     }
 }
 

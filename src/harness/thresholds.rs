@@ -49,6 +49,7 @@ pub const COUNTERS: &[&str] = &[
     "connect.failed",
     "files.stored",
     "files.upload_mb_per_sec",
+    "checks.pending",
 ];
 
 /// How many of `COUNTERS`, from the first, the live figures carry.
