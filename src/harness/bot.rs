@@ -273,7 +273,6 @@ impl Bot {
                 if first {
                     return;
                 }
-                self.script_cut_short(true);
                 self.metrics.counters.dropped += 1;
                 return;
             };
@@ -307,7 +306,6 @@ impl Bot {
                 Outcome::Churn => {
                     let downtime = self.group().churn.map_or(Duration::ZERO, |c| c.downtime);
                     if !self.wait_until(Instant::now() + downtime).await || Instant::now() >= self.end {
-                        self.script_cut_short(false);
                         return;
                     }
                 }
