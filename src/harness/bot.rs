@@ -452,7 +452,7 @@ impl Bot {
 
     /// The next scheduled send, unless stopping or past the sending phases.
     fn next_send(&mut self) -> Option<Instant> {
-        if self.stopping {
+        if self.stopping || self.script_leaving() {
             return None;
         }
         let send_end = self.ctx.at(self.ctx.timeline.send_end());

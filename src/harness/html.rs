@@ -49,6 +49,26 @@ pub const BLUE: RGBColor = RGBColor(0x2e, 0x86, 0xc1);
 pub const GREEN: RGBColor = RGBColor(0x27, 0xae, 0x60);
 pub const PURPLE: RGBColor = RGBColor(0x7d, 0x3c, 0x98);
 
+/// Script checks by name, and the total with its rate (pending: still
+/// waiting when the run ended, not in the rate).
+fn checks_table(out: &mut String, s: &Summary) {
+    let c = &s.checks;
+    if c.passed + c.failed + c.pending == 0 {
+        return;
+    }
+    let rate = c.rate.map_or("-".to_string(), |r| format!("{:.2}%", r * 100.0));
+    let rows: Vec<Vec<String>> = c
+        .by_name
+        .iter()
+        .map(|k| {
+            vec![escape(&k.name), k.passed.to_string(), k.failed.to_string(), k.pending.to_string(), String::new()]
+        })
+        .chain([vec!["all".into(), c.passed.to_string(), c.failed.to_string(), c.pending.to_string(), rate]])
+        .collect();
+    out.push_str("<h2>Checks</h2>");
+    out.push_str(&table(&["check", "passed", "failed", "pending", "rate"], &rows));
+}
+
 fn escape(text: &str) -> String {
     printable(text).replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
@@ -340,12 +360,9 @@ fn tables(s: &Summary) -> String {
             .collect()],
     ));
     if d.left_in_room > 0 {
-        out.push_str(&format!(
-            "<p>{} leave(s) closed from their room (the server refused a room of their own): \
-             what was in flight to them is lost with them</p>",
-            d.left_in_room
-        ));
+        out.push_str(&format!("<p>{}</p>", escape(&super::report::left_in_room_note(d.left_in_room))));
     }
+    checks_table(&mut out, s);
     out.push_str("<h2>Latency (ms)</h2>");
     out.push_str(&table(&["metric", "count", "p50", "p90", "p99", "p99.9", "max"], &latency_rows(&s.latency)));
     out.push_str(&group_table(s));

@@ -184,8 +184,8 @@ pub struct Counters {
     #[serde(default)]
     pub history_messages: u64,
     /// Scripted `leave`s that closed from their room: the server refused
-    /// (or did not confirm in time) the room of their own they step into
-    /// first, so what was in flight to them is in `lost`.
+    /// (or did not confirm within 2 s) the step out to a room of their own,
+    /// so what was in flight to them is in `lost`.
     #[serde(default)]
     pub left_in_room: u64,
 }

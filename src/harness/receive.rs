@@ -239,13 +239,14 @@ impl Bot {
     /// An `error` event: count it and retire the send (or the gap fetch) it answers.
     fn refused(&mut self, conn: &mut Conn, header: &EventHeader<'_>) {
         let code = header.code.as_deref().unwrap_or("unknown");
-        if header.client_id.is_none() && code.contains("room") && self.script_step_out_refused() {
+        let history_refused = [ErrorCode::HistoryFailed, ErrorCode::Unsupported].map(ErrorCode::as_str);
+        let history = header.client_id.is_none() && history_refused.contains(&code);
+        if !history && header.client_id.is_none() && self.script_step_out_refused() {
             return;
         }
         self.metrics.count_error(code);
         self.live.count(self.ctx.second(), Live::Error);
-        let history_refused = [ErrorCode::HistoryFailed, ErrorCode::Unsupported].map(ErrorCode::as_str);
-        if header.client_id.is_none() && history_refused.contains(&code) {
+        if history {
             match conn.history_for.pop_front() {
                 Some(HistoryFor::Script) => self.script_history(0),
                 // Give up on that gap (its messages stay counted as never recovered).

@@ -186,25 +186,35 @@ fn delivery(out: &mut String, s: &Summary) {
         let _ = writeln!(
             out,
             "             (shard {shard}: expected counts every recipient of this shard's sends, received only \
-             this shard's clients; lost and ratio mean something on the merge)"
+             this shard's clients; lost, ratio and the groups' figures mean something on the merge)"
         );
     }
-    if d.gaps > 0 || d.missing > 0 || d.recovered > 0 {
+    if d.gaps > 0 || d.recovered > 0 {
         let _ = writeln!(
             out,
             "             fell behind: {} gap(s) announcing {} message(s), {} recovered through history; \
              sequence holes never filled {}",
             d.gaps, d.gap_messages, d.recovered, d.missing
         );
-    }
-    if d.left_in_room > 0 {
+    } else if d.missing > 0 {
         let _ = writeln!(
             out,
-            "             {} leave(s) closed from their room (the server refused a room of their own): \
-             what was in flight to them is lost with them",
-            d.left_in_room
+            "             sequence holes never filled {} (messages of a sender its receivers never saw, though \
+             no gap was announced)",
+            d.missing
         );
     }
+    if d.left_in_room > 0 {
+        let _ = writeln!(out, "             {}", left_in_room_note(d.left_in_room));
+    }
+}
+
+/// Why some deliveries to clients that left may be lost (`Delivery::left_in_room`).
+pub(super) fn left_in_room_note(leaves: u64) -> String {
+    format!(
+        "{leaves} leave(s) closed from their room (the server refused their step out to a room of their own, \
+         or did not confirm it within 2 s): what was in flight to them is lost with them"
+    )
 }
 
 /// Errors, closes by the server, and whether the generator kept up.
@@ -406,12 +416,25 @@ enum Better {
 fn figure(name: &str, v: f64, unit: &str) -> String {
     if unit == "ms" {
         format!("{}ms", ms(v))
-    } else if name.contains("ratio") {
+    } else if name.contains("ratio") || name == "checks.rate" {
         format!("{v:.6}")
     } else if v.fract() == 0.0 {
         format!("{v:.0}")
     } else {
         format!("{v:.1}")
+    }
+}
+
+/// A run's result, as the comparison's first line gives it.
+fn outcome(s: &Summary) -> String {
+    if let Some(shard) = &s.run.shard {
+        format!("SHARD {shard} (thresholds not checked)")
+    } else if s.run.interrupted {
+        "INTERRUPTED (partial)".to_string()
+    } else if s.passed {
+        "PASSED".to_string()
+    } else {
+        "FAILED".to_string()
     }
 }
 
@@ -426,15 +449,6 @@ pub fn compare(this: &Summary, base: &Summary) -> String {
         "chorus report: {} ({})  vs  baseline {} ({})",
         this.scenario.name, this.run.started_at, base.scenario.name, base.run.started_at
     );
-    let outcome = |s: &Summary| {
-        if s.run.interrupted {
-            "INTERRUPTED (partial)"
-        } else if s.passed {
-            "PASSED"
-        } else {
-            "FAILED"
-        }
-    };
     let _ = writeln!(out, "result: this {}, baseline {}", outcome(this), outcome(base));
     let _ = writeln!(out, "\n{:<24} {:>12} {:>12} {:>10}", "figure", "this", "baseline", "change");
     let mut regressions = 0;
@@ -515,6 +529,14 @@ fn compare_notes(out: &mut String, this: &Summary, base: &Summary) {
     for (which, s) in [("this run", this), ("the baseline", base)] {
         if s.run.interrupted {
             let _ = writeln!(out, "note: {which} was interrupted: its figures cover only what ran");
+        }
+        if let Some(shard) = &s.run.shard {
+            let _ = writeln!(
+                out,
+                "note: {which} is one shard ({shard}) of a run: its throughput is its clients' share, and its \
+                 delivery ratio counts deliveries to its clients against its own sends' recipients; compare \
+                 merged results (chorus report --merge)"
+            );
         }
     }
     if !this.run.suspect.is_empty() || !base.run.suspect.is_empty() {

@@ -373,8 +373,9 @@ pub struct Delivery {
     pub gap_messages: u64,
     /// Messages fetched back with `history` after a `gap`.
     pub recovered: u64,
-    /// Scripted `leave`s that closed from their room (the server refused a
-    /// room of their own): what was in flight to them is in `lost`.
+    /// Scripted `leave`s that closed from their room (the server refused, or
+    /// did not confirm within 2 s, their step out to a room of their own):
+    /// what was in flight to them is in `lost`.
     #[serde(default)]
     pub left_in_room: u64,
     /// received / expected; none when nothing was expected.
