@@ -662,19 +662,13 @@ async fn checks_still_waiting_at_the_end_are_pending_and_dropped_ones_fail() {
     assert!(html.contains("<h2>Checks</h2>") && html.contains("<td>heard</td>"), "{html}");
 
     // A server that closes every connection 300 ms after the handshake.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else { return };
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                let _ = ws.close(None).await;
-                while let Some(Ok(_)) = ws.next().await {}
-            });
-        }
-    });
-    let dropped = format!("protocol = \"raw\"\ntarget = \"ws://{addr}/\"\n{text}");
+    let url = common::ws_server(|mut ws| async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = ws.close(None).await;
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    let dropped = format!("protocol = \"raw\"\ntarget = \"{url}\"\n{text}");
     let outcome = harness::run(scenario(&dropped), options(results.path()), CancellationToken::new()).await.unwrap();
     let (s, report) = (&outcome.summary, &outcome.report);
     assert_eq!((s.checks.failed, s.checks.pending), (3, 0), "the message can no longer come: {report}");

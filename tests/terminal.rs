@@ -13,7 +13,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpListener;
 
 /// A `chorus client` on a pseudo-terminal, and what it printed so far.
 struct OnTerminal {
@@ -117,21 +116,14 @@ fn strip_escapes(text: &str) -> String {
 
 /// A plain WebSocket echo server (no chorus `welcome`).
 async fn echo_server() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else { return };
-                while let Some(Ok(message)) = ws.next().await {
-                    if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
-                        break;
-                    }
-                }
-            });
+    common::ws_server(|mut ws| async move {
+        while let Some(Ok(message)) = ws.next().await {
+            if (message.is_text() || message.is_binary()) && ws.send(message).await.is_err() {
+                break;
+            }
         }
-    });
-    format!("ws://{addr}/")
+    })
+    .await
 }
 
 #[tokio::test]

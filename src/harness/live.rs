@@ -240,9 +240,10 @@ impl LiveFeed {
         (c.bytes_sent, c.bytes_received) = (t.bytes_sent, t.bytes_received);
         metrics.count_errors("errors", t.errors);
         if t.checks_passed + t.checks_failed > 0 {
-            metrics
-                .checks
-                .insert("checks".into(), CheckCount { passed: t.checks_passed, failed: t.checks_failed, pending: 0 });
+            metrics.checks.insert(
+                "checks".into(),
+                CheckCount { passed: t.checks_passed, failed: t.checks_failed, ..CheckCount::default() },
+            );
         }
         // No samples yet: no statistic (an empty histogram would read 0 ms and pass).
         if let Some(hist) = state.delivery.as_ref().filter(|h| !h.is_empty()) {

@@ -184,7 +184,7 @@ pub struct Counters {
     #[serde(default)]
     pub history_messages: u64,
     /// Scripted `leave`s that closed from their room: the server refused
-    /// (or did not confirm within 2 s) the step out to a room of their own,
+    /// (or did not confirm in time: 2 s at most) the step out to a room of their own,
     /// so what was in flight to them is in `lost`.
     #[serde(default)]
     pub left_in_room: u64,
@@ -264,6 +264,14 @@ pub struct CheckCount {
     pub pending: u64,
 }
 
+impl CheckCount {
+    fn add(&mut self, o: &CheckCount) {
+        self.passed += o.passed;
+        self.failed += o.failed;
+        self.pending += o.pending;
+    }
+}
+
 impl BotMetrics {
     /// Record a latency in microseconds.
     pub fn record(&mut self, metric: Metric, micros: u64) {
@@ -323,11 +331,9 @@ impl BotMetrics {
 
     /// Every check's outcomes added up.
     pub fn check_total(&self) -> CheckCount {
-        self.checks.values().fold(CheckCount::default(), |a, c| CheckCount {
-            passed: a.passed + c.passed,
-            failed: a.failed + c.failed,
-            pending: a.pending + c.pending,
-        })
+        let mut total = CheckCount::default();
+        self.checks.values().for_each(|c| total.add(c));
+        total
     }
 
     pub fn error_total(&self) -> u64 {
@@ -349,10 +355,7 @@ impl BotMetrics {
             *self.closes.entry(kind.clone()).or_default() += n;
         }
         for (name, c) in &other.checks {
-            let mine = self.checks.entry(name.clone()).or_default();
-            mine.passed += c.passed;
-            mine.failed += c.failed;
-            mine.pending += c.pending;
+            self.checks.entry(name.clone()).or_default().add(c);
         }
     }
 

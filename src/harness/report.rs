@@ -213,7 +213,7 @@ fn delivery(out: &mut String, s: &Summary) {
 pub(super) fn left_in_room_note(leaves: u64) -> String {
     format!(
         "{leaves} leave(s) closed from their room (the server refused their step out to a room of their own, \
-         or did not confirm it within 2 s): what was in flight to them is lost with them"
+         or did not confirm it in time): what was in flight to them is lost with them"
     )
 }
 
@@ -427,14 +427,12 @@ fn figure(name: &str, v: f64, unit: &str) -> String {
 
 /// A run's result, as the comparison's first line gives it.
 fn outcome(s: &Summary) -> String {
-    if let Some(shard) = &s.run.shard {
-        format!("SHARD {shard} (thresholds not checked)")
-    } else if s.run.interrupted {
-        "INTERRUPTED (partial)".to_string()
-    } else if s.passed {
-        "PASSED".to_string()
-    } else {
-        "FAILED".to_string()
+    match (&s.run.shard, s.run.interrupted) {
+        (Some(shard), false) => format!("SHARD {shard} (thresholds not checked)"),
+        (Some(shard), true) => format!("SHARD {shard}, INTERRUPTED (partial; thresholds not checked)"),
+        (None, true) => "INTERRUPTED (partial)".to_string(),
+        (None, false) if s.passed => "PASSED".to_string(),
+        (None, false) => "FAILED".to_string(),
     }
 }
 

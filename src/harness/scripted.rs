@@ -59,7 +59,13 @@ enum Waiting {
     SteppingOut { deadline: Instant },
 }
 
-/// Longest wait for the `joined` of a `leave`'s step out.
+/// Ask to move `conn` to `room` (a `join` step, or a `leave`'s step out).
+async fn send_join(conn: &mut Conn, room: String) -> Result<(), WsError> {
+    conn.ws.send(Message::Text(ClientFrame::Join { room: room.into() }.encode().into())).await
+}
+
+/// Longest wait for the `joined` of a `leave`'s step out (less when the
+/// scenario's `connect_timeout` is shorter).
 const STEP_OUT_WAIT: Duration = Duration::from_secs(2);
 
 /// The stages of a `leave`.
@@ -205,7 +211,7 @@ impl Bot {
             Action::Join(room) => {
                 let room = self.render(&room);
                 self.wait(Waiting::Joined { deadline });
-                conn.ws.send(Message::Text(ClientFrame::Join { room: room.into() }.encode().into())).await?;
+                send_join(conn, room).await?;
             }
             Action::History(limit) => {
                 let request =
@@ -335,10 +341,9 @@ impl Bot {
     /// network), the message can no longer come: the check failed.
     pub(super) fn script_cut_short(&mut self, dropped: bool) {
         let Some(script) = self.script.as_mut() else { return };
-        if !matches!(script.waiting, Some(Waiting::Match { .. })) {
+        let Some(Waiting::Match { check, .. }) = script.waiting.take_if(|w| matches!(w, Waiting::Match { .. })) else {
             return;
-        }
-        let Some(Waiting::Match { check, .. }) = script.waiting.take() else { return };
+        };
         if dropped {
             self.metrics.check(&check, false);
             self.live.count(self.ctx.second(), Live::Check(false));
@@ -403,7 +408,7 @@ impl Bot {
             // Not the user's step: a server that does not answer soon gets a
             // close from the room (counted in `left_in_room`), not a stalled script.
             self.wait(Waiting::SteppingOut { deadline: deadline.min(Instant::now() + STEP_OUT_WAIT) });
-            conn.ws.send(Message::Text(ClientFrame::Join { room: room.into() }.encode().into())).await?;
+            send_join(conn, room).await?;
             return Ok(None);
         }
         if own_room.is_some_and(|own| own != self.room) {

@@ -374,7 +374,7 @@ pub struct Delivery {
     /// Messages fetched back with `history` after a `gap`.
     pub recovered: u64,
     /// Scripted `leave`s that closed from their room (the server refused, or
-    /// did not confirm within 2 s, their step out to a room of their own):
+    /// did not confirm in time, their step out to a room of their own):
     /// what was in flight to them is in `lost`.
     #[serde(default)]
     pub left_in_room: u64,
@@ -716,7 +716,7 @@ pub fn share_out(total: u64, weights: &[u64]) -> Vec<u64> {
 }
 
 fn group_summary(name: &str, clients: u64, m: &BotMetrics, lost: u64) -> GroupSummary {
-    let c = &m.counters;
+    let (c, checks) = (&m.counters, m.check_total());
     GroupSummary {
         name: name.to_string(),
         clients,
@@ -732,9 +732,9 @@ fn group_summary(name: &str, clients: u64, m: &BotMetrics, lost: u64) -> GroupSu
         dropped: c.dropped,
         closes: m.closes.clone(),
         latency: latency_table(m),
-        checks_passed: m.check_total().passed,
-        checks_failed: m.check_total().failed,
-        checks_pending: m.check_total().pending,
+        checks_passed: checks.passed,
+        checks_failed: checks.failed,
+        checks_pending: checks.pending,
     }
 }
 

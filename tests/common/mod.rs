@@ -41,6 +41,24 @@ pub async fn server_with(config: ServerConfig) -> ServerHandle {
     ServerHandle::start("127.0.0.1:0", config).await.unwrap()
 }
 
+/// A plain WebSocket server on a free loopback port (no chorus protocol):
+/// each accepted connection is handed to `serve`. Its `ws://addr/` URL.
+pub async fn ws_server<F, Fut>(serve: F) -> String
+where
+    F: Fn(WebSocketStream<TcpStream>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let Ok(ws) = tokio_tungstenite::accept_async(tcp).await else { continue };
+            tokio::spawn(serve(ws));
+        }
+    });
+    format!("ws://{addr}/")
+}
+
 /// A raw WebSocket client that decodes JSON events.
 pub struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
