@@ -610,7 +610,8 @@ async fn leaving_while_the_room_talks_loses_nothing() {
              [[group]]\nname = \"talkers\"\nclients = 10\nroom = \"{room}\"\nrate = 20.0\n\
              [[group]]\nname = \"leavers\"\nclients = 6\nroom = \"{room}\"\nscript = [{{ loop = 1000, do = [\
              {{ think = [\"20ms\", \"80ms\"] }}, {{ leave = true }}, {{ think = \"20ms\" }}, {{ connect = true }} ] }}]\n\
-             [[group]]\nname = \"mixed\"\nclients = 4\nroom = \"{room}\"\nrate = 20.0\nscript = [{{ loop = 1000, do = [\
+             [[group]]\nname = \"mixed\"\nclients = 4\nroom = \"{room}\"\nrate = 20.0\n\
+             mix = {{ text = 1, file = 1 }}\nfile_size = [\"8KiB\", \"64KiB\"]\nscript = [{{ loop = 1000, do = [\
              {{ think = [\"50ms\", \"150ms\"] }}, {{ leave = true }}, {{ connect = true }} ] }}]\n"
         )
     };
@@ -620,8 +621,10 @@ async fn leaving_while_the_room_talks_loses_nothing() {
     assert!(s.connections.reconnects >= 60, "the leavers came and went: {report}");
     assert!(s.delivery.expected > 3_000, "{report}");
     assert_eq!((s.delivery.lost, s.delivery.left_in_room), (0, 0), "{report}");
-    // The rate-driven sends of a group that also leaves wait while it does.
+    // The rate-driven sends of a group that also leaves wait while it does,
+    // and the leave waits for its files still queued behind an upload.
     assert_eq!((s.delivery.missing, s.messages.unacked), (0, 0), "{report}");
+    assert!(s.files.stored > 0 && s.files.stored == s.files.sent, "{report}");
     assert_eq!(s.delivery.received, s.delivery.expected, "{report}");
     assert!(s.errors.is_empty(), "{report}");
 

@@ -291,7 +291,8 @@ impl Bot {
                 self.metrics.count_errors("sends never answered", unanswered);
             }
             self.pending.clear();
-            self.uploads.clear();
+            // Files due but still waiting their turn were never sent: skipped.
+            self.metrics.counters.skipped += self.uploads.clear() as u64;
             self.room = self.plan.room.clone();
             match outcome {
                 Outcome::Finished => {

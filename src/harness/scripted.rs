@@ -365,9 +365,14 @@ impl Bot {
         }
     }
 
+    /// Sends not answered yet, files waiting their turn to be offered included.
+    fn unanswered(&self) -> bool {
+        !self.pending.is_empty() || self.uploads.queued() > 0
+    }
+
     /// An answer came: was it the last one a `leave` waits for?
     pub(super) fn script_answered(&mut self) {
-        if self.pending.is_empty()
+        if !self.unanswered()
             && matches!(self.script.as_ref().and_then(|s| s.waiting.as_ref()), Some(Waiting::Answers { .. }))
         {
             self.finish_wait();
@@ -396,7 +401,7 @@ impl Bot {
     /// connection that drops without this (`churn`) loses what was in flight.
     async fn leave(&mut self, conn: &mut Conn, deadline: Instant) -> Result<Option<Outcome>, WsError> {
         let stage = self.script.as_ref().map_or(Leaving::Not, |s| s.leaving);
-        if stage == Leaving::Not && !self.pending.is_empty() {
+        if stage == Leaving::Not && self.unanswered() {
             self.leave_again(Leaving::Answered);
             self.wait(Waiting::Answers { deadline });
             return Ok(None);

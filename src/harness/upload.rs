@@ -42,10 +42,18 @@ pub(super) struct Uploads {
 }
 
 impl Uploads {
-    /// Forget everything (the connection ended: its uploads with it).
-    pub(super) fn clear(&mut self) {
+    /// Forget everything (the connection ended: its uploads with it); how
+    /// many files were waiting their turn, never offered.
+    pub(super) fn clear(&mut self) -> usize {
         self.active = None;
+        let never_offered = self.queue.len();
         self.queue.clear();
+        never_offered
+    }
+
+    /// Files waiting their turn behind the upload under way.
+    pub(super) fn queued(&self) -> usize {
+        self.queue.len()
     }
 }
 
